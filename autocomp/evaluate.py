@@ -1,0 +1,104 @@
+"""evaluate(candidate) -> Result: the unit of work a Ray trial runs.
+
+build (weights) -> prune -> low-rank -> quantize (calibrated) -> export ONNX -> accuracy of the
+*exported* model on the validation split, run by ONNX Runtime. The latency of the same ONNX file is
+measured separately (``measure_onnx``) so it can run on the node that holds the device.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from pydantic import BaseModel
+from torch import nn
+
+from autocomp.compress import lowrank, prune, quantize
+from autocomp.data import Dataset
+from autocomp.export import to_onnx
+from autocomp.measure import get_device
+from autocomp.measure.onnxruntime import accuracy as ort_accuracy
+from autocomp.models.mbv2 import build, count_params
+from autocomp.space import Candidate, SearchSpace
+
+
+class EvalSettings(BaseModel):
+    """How a trial obtains weights and scores a candidate."""
+
+    train_steps: int = 200  # weights from scratch: optimiser steps before compression
+    finetune_steps: int = 0  # recovery steps after pruning / low-rank, before quantization
+    batch_size: int = 128
+    lr: float = 3e-3
+    val_size: int = 5000  # validation images used to score a candidate
+    calib_batches: int = 4  # int8 activation calibration batches (of the training split)
+    seed: int = 0
+
+
+def train(model: nn.Module, data: Dataset, steps: int, batch_size: int, lr: float, seed: int) -> nn.Module:
+    """Plain supervised training (Adam, cosine schedule) for ``steps`` steps on the training split."""
+    if steps <= 0:
+        return model
+    torch.manual_seed(seed)
+    model.train()
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.15)
+    step, epoch = 0, 0
+    while step < steps:
+        for x, y in data.batches(data.train, batch_size, shuffle=True, seed=seed + epoch):
+            loss = nn.functional.cross_entropy(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            step += 1
+            if step >= steps:
+                break
+        epoch += 1
+    return model.eval()
+
+
+def candidate_precision(candidate: Candidate) -> str:
+    """fp32 / fp16 / int8 when every layer group agrees, else ``mixed``."""
+    precs = set(candidate.layer_precisions())
+    return precs.pop() if len(precs) == 1 else "mixed"
+
+
+@dataclass
+class Scored:
+    """What scoring a candidate yields: the exported ONNX (bytes) and its figures."""
+
+    onnx: bytes
+    accuracy: float
+    params: int
+    onnx_bytes: int
+    wall_s: float
+
+
+def score(candidate: Candidate, space: SearchSpace, data: Dataset, settings: EvalSettings) -> Scored:
+    t0 = time.perf_counter()
+    model = build(candidate, space, data.num_classes)
+    model = train(model, data, settings.train_steps, settings.batch_size, settings.lr, settings.seed)
+    calib_split = data.train.subset(settings.batch_size * settings.calib_batches, seed=settings.seed)
+    calib = [x for x, _ in data.batches(calib_split, settings.batch_size)]
+    model = lowrank.apply(prune.apply(model, candidate), candidate)
+    model = train(model, data, settings.finetune_steps, settings.batch_size, settings.lr / 3, settings.seed + 1)
+    model = quantize.apply(model, candidate, calib)
+    params = count_params(model)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = to_onnx(model, Path(tmp) / "model.onnx", data.input_shape)
+        val = data.val.subset(settings.val_size, seed=settings.seed)
+        acc = ort_accuracy(path, data.batches(val, 500))
+        blob = path.read_bytes()
+    return Scored(blob, acc, params, len(blob), time.perf_counter() - t0)
+
+
+def measure_onnx(onnx: bytes, device: str, precision: str) -> dict:
+    """Latency of an exported model on ``device`` (run this where the device is)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.onnx"
+        path.write_bytes(onnx)
+        return get_device(device).measure(path, precision).to_dict()
+

@@ -1,0 +1,392 @@
+"""Search spaces (YAML data in search_spaces/) and the Candidate that travels through a run.
+
+A Candidate is a frozen, JSON-serialisable value: architecture (stem width, per-stage width and
+depth, per-block kernel and expansion) plus the compression policy of every layer group
+(per-block channel keep ratio, low-rank ratio and precision; stem and head precision).
+Its id is a hash of its canonical JSON, so it is stable across processes and machines.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from autocomp.errors import UserError
+from autocomp.resources import data_dir
+
+SCHEMA_VERSION = 1
+PRECISIONS = ("fp32", "fp16", "int8")
+Precision = Literal["fp32", "fp16", "int8"]
+
+
+# --------------------------------------------------------------------------- YAML schema
+
+
+def _nonempty_unique(v: list, what: str) -> list:
+    if not v:
+        raise ValueError(f"must list at least one {what}")
+    if len(set(v)) != len(v):
+        raise ValueError(f"must not repeat values, got {v}")
+    return sorted(v)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class InputSpec(_Strict):
+    channels: int = Field(gt=0)
+    height: int = Field(gt=0)
+    width: int = Field(gt=0)
+
+
+class WidthSpec(_Strict):
+    width: list[int]
+
+    @field_validator("width")
+    @classmethod
+    def _w(cls, v: list[int]) -> list[int]:
+        if any(x <= 0 for x in v):
+            raise ValueError(f"widths must be positive integers, got {v}")
+        return _nonempty_unique(v, "width")
+
+
+class StageSpec(_Strict):
+    stride: Literal[1, 2]
+    depth: list[int]
+    width: list[int]
+    kernel: list[int]
+    expand: list[int]
+
+    @field_validator("depth", "width", "expand")
+    @classmethod
+    def _pos(cls, v: list[int]) -> list[int]:
+        if any(x <= 0 for x in v):
+            raise ValueError(f"values must be positive integers, got {v}")
+        return _nonempty_unique(v, "value")
+
+    @field_validator("kernel")
+    @classmethod
+    def _odd(cls, v: list[int]) -> list[int]:
+        if any(x <= 0 or x % 2 == 0 for x in v):
+            raise ValueError(f"kernel sizes must be odd positive integers, got {v}")
+        return _nonempty_unique(v, "kernel size")
+
+
+class CompressionSpec(_Strict):
+    keep_ratio: list[float] = [1.0]
+    rank_ratio: list[float] = [1.0]
+    precision: list[Precision] = ["fp32"]
+
+    @field_validator("keep_ratio", "rank_ratio")
+    @classmethod
+    def _ratio(cls, v: list[float]) -> list[float]:
+        if any(not (0.0 < x <= 1.0) for x in v):
+            raise ValueError(f"ratios must lie in (0, 1], got {v}")
+        return _nonempty_unique(v, "ratio")
+
+    @field_validator("precision")
+    @classmethod
+    def _prec(cls, v: list[str]) -> list[str]:
+        _nonempty_unique(v, "precision")
+        return [p for p in PRECISIONS if p in v]
+
+
+class SearchSpace(_Strict):
+    """A search space, validated from YAML. Look one up by name with :func:`get_space`."""
+
+    schema_version: Literal[1] = 1
+    name: str = Field(min_length=1)
+    input: InputSpec
+    num_classes: int = Field(gt=1)
+    stem: WidthSpec
+    stages: list[StageSpec] = Field(min_length=1)
+    head: WidthSpec
+    compression: CompressionSpec = CompressionSpec()
+
+    @model_validator(mode="after")
+    def _fits_input(self) -> "SearchSpace":
+        down = 2 ** sum(1 for s in self.stages if s.stride == 2)
+        if min(self.input.height, self.input.width) < down:
+            raise ValueError(f"input {self.input.height}x{self.input.width} is smaller than the total stride {down}")
+        return self
+
+    # ----------------------------------------------------------------------- candidates
+
+    def sample(self, rng: random.Random) -> "Candidate":
+        stages = []
+        for st in self.stages:
+            depth = rng.choice(st.depth)
+            stages.append(Stage(rng.choice(st.width), tuple(self._sample_block(st, rng) for _ in range(depth))))
+        return Candidate(
+            space=self.name,
+            stem_width=rng.choice(self.stem.width),
+            stem_precision=rng.choice(self.compression.precision),
+            stages=tuple(stages),
+            head_width=rng.choice(self.head.width),
+            head_precision=rng.choice(self.compression.precision),
+        )
+
+    def _sample_block(self, st: StageSpec, rng: random.Random) -> "Block":
+        c = self.compression
+        expand = rng.choice(st.expand)
+        return Block(
+            kernel=rng.choice(st.kernel),
+            expand=expand,
+            keep=1.0 if expand == 1 else rng.choice(c.keep_ratio),
+            rank=rng.choice(c.rank_ratio),
+            precision=rng.choice(c.precision),
+        )
+
+    def largest(self, precision: str = "fp32") -> "Candidate":
+        """The biggest architecture, uncompressed (the default teacher and supernet top)."""
+        return self._extreme(max, precision)
+
+    def smallest(self, precision: str = "fp32") -> "Candidate":
+        """The smallest architecture, uncompressed."""
+        return self._extreme(min, precision)
+
+    def _extreme(self, pick, precision: str) -> "Candidate":
+        stages = tuple(
+            Stage(pick(st.width), tuple(Block(pick(st.kernel), pick(st.expand), 1.0, 1.0, precision) for _ in range(pick(st.depth))))
+            for st in self.stages
+        )
+        return Candidate(self.name, pick(self.stem.width), precision, stages, pick(self.head.width), precision)
+
+    def mutate(self, cand: "Candidate", rng: random.Random, prob: float = 0.2) -> "Candidate":
+        """Resample each gene with probability ``prob``; the result stays inside the space."""
+        c = self.compression
+
+        def maybe(cur, choices):
+            return rng.choice(choices) if rng.random() < prob else cur
+
+        stages = []
+        for st, cs in zip(self.stages, cand.stages):
+            depth = maybe(cs.depth, st.depth)
+            blocks = []
+            for i in range(depth):
+                if i >= cs.depth:
+                    blocks.append(self._sample_block(st, rng))
+                    continue
+                b = cs.blocks[i]
+                expand = maybe(b.expand, st.expand)
+                blocks.append(Block(
+                    kernel=maybe(b.kernel, st.kernel),
+                    expand=expand,
+                    keep=1.0 if expand == 1 else maybe(b.keep if b.keep in c.keep_ratio else c.keep_ratio[-1], c.keep_ratio),
+                    rank=maybe(b.rank, c.rank_ratio),
+                    precision=maybe(b.precision, c.precision),
+                ))
+            stages.append(Stage(maybe(cs.width, st.width), tuple(blocks)))
+        return replace(
+            cand,
+            stem_width=maybe(cand.stem_width, self.stem.width),
+            stem_precision=maybe(cand.stem_precision, c.precision),
+            stages=tuple(stages),
+            head_width=maybe(cand.head_width, self.head.width),
+            head_precision=maybe(cand.head_precision, c.precision),
+        )
+
+    def crossover(self, a: "Candidate", b: "Candidate", rng: random.Random) -> "Candidate":
+        """Uniform crossover, gene by gene (blocks slot by slot); the child stays inside the space."""
+        pick = lambda x, y: x if rng.random() < 0.5 else y  # noqa: E731
+        stages = []
+        for sa, sb in zip(a.stages, b.stages):
+            depth = pick(sa.depth, sb.depth)
+            blocks = []
+            for i in range(depth):
+                ba = sa.blocks[i] if i < sa.depth else None
+                bb = sb.blocks[i] if i < sb.depth else None
+                blocks.append(pick(ba, bb) if ba and bb else (ba or bb))
+            stages.append(Stage(pick(sa.width, sb.width), tuple(blocks)))
+        return Candidate(
+            space=self.name,
+            stem_width=pick(a.stem_width, b.stem_width),
+            stem_precision=pick(a.stem_precision, b.stem_precision),
+            stages=tuple(stages),
+            head_width=pick(a.head_width, b.head_width),
+            head_precision=pick(a.head_precision, b.head_precision),
+        )
+
+    def validate_candidate(self, cand: "Candidate") -> None:
+        """Raise UserError naming the first gene that lies outside this space."""
+        c = self.compression
+
+        def need(ok: bool, field: str, got: Any, choices: Any) -> None:
+            if not ok:
+                raise UserError(f"candidate.{field}", f"{got!r} is not in space {self.name!r}", f"one of {choices}")
+
+        need(cand.space == self.name, "space", cand.space, [self.name])
+        need(cand.stem_width in self.stem.width, "stem_width", cand.stem_width, self.stem.width)
+        need(cand.head_width in self.head.width, "head_width", cand.head_width, self.head.width)
+        need(cand.stem_precision in c.precision, "stem_precision", cand.stem_precision, c.precision)
+        need(cand.head_precision in c.precision, "head_precision", cand.head_precision, c.precision)
+        need(len(cand.stages) == len(self.stages), "stages", len(cand.stages), f"{len(self.stages)} stages")
+        for i, (st, cs) in enumerate(zip(self.stages, cand.stages)):
+            need(cs.width in st.width, f"stages[{i}].width", cs.width, st.width)
+            need(cs.depth in st.depth, f"stages[{i}].depth", cs.depth, st.depth)
+            for j, b in enumerate(cs.blocks):
+                f = f"stages[{i}].blocks[{j}]"
+                need(b.kernel in st.kernel, f + ".kernel", b.kernel, st.kernel)
+                need(b.expand in st.expand, f + ".expand", b.expand, st.expand)
+                keep_ok = b.keep == 1.0 if b.expand == 1 else b.keep in c.keep_ratio
+                need(keep_ok, f + ".keep", b.keep, [1.0] if b.expand == 1 else c.keep_ratio)
+                need(b.rank in c.rank_ratio, f + ".rank", b.rank, c.rank_ratio)
+                need(b.precision in c.precision, f + ".precision", b.precision, c.precision)
+
+    # ----------------------------------------------------------------------- encoding
+
+    @property
+    def max_depths(self) -> list[int]:
+        return [max(st.depth) for st in self.stages]
+
+    def encode(self, cand: "Candidate") -> list[float]:
+        """Fixed-length numeric vector (for predictors): inactive block slots are zeros."""
+        one_hot = lambda p: [float(p == q) for q in PRECISIONS]  # noqa: E731
+        v: list[float] = [cand.stem_width, *one_hot(cand.stem_precision), cand.head_width, *one_hot(cand.head_precision)]
+        for cs, dmax in zip(cand.stages, self.max_depths):
+            v += [cs.depth, cs.width]
+            for i in range(dmax):
+                if i < cs.depth:
+                    b = cs.blocks[i]
+                    v += [1.0, b.kernel, b.expand, b.keep, b.rank, *one_hot(b.precision)]
+                else:
+                    v += [0.0] * 8
+        return [float(x) for x in v]
+
+    def restrict_precisions(self, allowed: list[str]) -> "SearchSpace":
+        """This space with precisions limited to those a device supports."""
+        keep = [p for p in self.compression.precision if p in allowed]
+        if not keep:
+            raise UserError("precision", f"space {self.name!r} allows {self.compression.precision} but the device supports none of them", f"one of {allowed}")
+        return self.model_copy(update={"compression": self.compression.model_copy(update={"precision": keep})})
+
+
+# --------------------------------------------------------------------------- candidate
+
+
+@dataclass(frozen=True)
+class Block:
+    kernel: int
+    expand: int
+    keep: float  # share of the block's hidden (expanded) channels kept by structured pruning
+    rank: float  # low-rank ratio of the block's 1x1 convolutions (1.0 = full rank)
+    precision: str  # fp32 | fp16 | int8
+
+
+@dataclass(frozen=True)
+class Stage:
+    width: int
+    blocks: tuple[Block, ...]
+
+    @property
+    def depth(self) -> int:
+        return len(self.blocks)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    space: str
+    stem_width: int
+    stem_precision: str
+    stages: tuple[Stage, ...]
+    head_width: int
+    head_precision: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        """Canonical JSON (sorted keys, no spaces): the basis of the id."""
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Candidate":
+        try:
+            stages = tuple(
+                Stage(int(s["width"]), tuple(
+                    Block(int(b["kernel"]), int(b["expand"]), float(b["keep"]), float(b["rank"]), str(b["precision"])) for b in s["blocks"]
+                ))
+                for s in d["stages"]
+            )
+            return cls(str(d["space"]), int(d["stem_width"]), str(d["stem_precision"]), stages, int(d["head_width"]), str(d["head_precision"]))
+        except (KeyError, TypeError, ValueError) as e:
+            raise UserError("candidate", f"malformed candidate JSON ({type(e).__name__}: {e})", "the output of Candidate.to_json()") from None
+
+    @classmethod
+    def from_json(cls, s: str) -> "Candidate":
+        try:
+            return cls.from_dict(json.loads(s))
+        except json.JSONDecodeError as e:
+            raise UserError("candidate", f"not valid JSON ({e})", "the output of Candidate.to_json()") from None
+
+    @property
+    def id(self) -> str:
+        return hashlib.sha1(self.to_json().encode()).hexdigest()[:12]
+
+    def layer_precisions(self) -> list[str]:
+        return [self.stem_precision, *(b.precision for s in self.stages for b in s.blocks), self.head_precision]
+
+    def summary(self) -> str:
+        """A short human-readable description: d<depths> w<widths> and the compression mix."""
+        depths = "".join(str(s.depth) for s in self.stages)
+        widths = "-".join(str(s.width) for s in self.stages)
+        blocks = [b for s in self.stages for b in s.blocks]
+        keep = sum(b.keep for b in blocks) / len(blocks)
+        rank = sum(b.rank for b in blocks) / len(blocks)
+        precs = self.layer_precisions()
+        mix = "/".join(f"{p}:{precs.count(p)}" for p in PRECISIONS if p in precs)
+        return f"d{depths} w{self.stem_width}-{widths}-{self.head_width} keep{keep:.2f} rank{rank:.2f} {mix}"
+
+
+# --------------------------------------------------------------------------- registry
+
+
+def spaces_dir() -> Path:
+    return data_dir("search_spaces")
+
+
+def list_spaces() -> list[str]:
+    return sorted(p.stem for p in spaces_dir().glob("*.yaml"))
+
+
+DEFAULT_SPACE = "mnist-mbv2"
+
+
+def get_space(name_or_path: str | Path = DEFAULT_SPACE) -> SearchSpace:
+    """Look a space up by name (search_spaces/<name>.yaml) or load it from a YAML path."""
+    p = Path(name_or_path)
+    if not (p.suffix in (".yaml", ".yml") or p.exists()):
+        p = spaces_dir() / f"{name_or_path}.yaml"
+        if not p.exists():
+            raise UserError("--space", f"unknown search space {str(name_or_path)!r}", f"a YAML path or one of {list_spaces()}")
+    return load_space(p)
+
+
+def load_space(path: Path) -> SearchSpace:
+    if not path.is_file():
+        raise UserError("--space", f"no such file {str(path)!r}", "a search-space YAML file")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        line = getattr(getattr(e, "problem_mark", None), "line", None)
+        where = f" at line {line + 1}" if line is not None else ""
+        raise UserError(str(path), f"invalid YAML{where}", "a YAML mapping") from None
+    if not isinstance(raw, dict):
+        raise UserError(str(path), f"top level is {type(raw).__name__}", "a YAML mapping")
+    try:
+        return SearchSpace.model_validate(raw)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = "".join(f"[{x}]" if isinstance(x, int) else f".{x}" for x in err["loc"]).lstrip(".") or "(top level)"
+        msg = err["msg"].removeprefix("Value error, ")
+        got = err.get("input")
+        got_s = "" if isinstance(got, dict) or err["type"] == "missing" else f" (got {got!r})"
+        raise UserError(f"{path.name}: {loc}", msg + got_s) from None
