@@ -18,63 +18,102 @@ from autocomp.data import load_dataset
 from autocomp.errors import UserError
 from autocomp.evaluate import EvalSettings
 from autocomp.measure import get_device
-from autocomp.runner import ResultsTable, init_ray, run_trials, write_json
+from autocomp.runner import ControllerFactory, init_ray, read_results, run_tune, write_json
 from autocomp.search import get_controller
+from autocomp.search.constraint import load_latency_predictor
 from autocomp.search.pareto import budget_verdict, pareto_front
 from autocomp.space import get_space
 
 SCHEMA_VERSION = 1
 
 
-def run_search(cfg: SearchConfig, train_steps: int = 100, console: Console | None = None) -> dict:
+def run_search(cfg: SearchConfig, train_steps: int = 100, console: Console | None = None, *, resume: bool = False,
+               val_size: int | None = None, controller_options: dict | None = None, predictor=None) -> dict:
+    """Run (or with ``resume`` continue) a search; writes config.json, results.csv, summary.json in ``cfg.out``.
+
+    A run directory that already holds a run is refused unless ``resume``; a resumed run must use the
+    same configuration (checked against config.json) and replays its recorded results.
+    """
     console = console or Console()
     device = get_device(cfg.device)
     space = get_space(cfg.space).restrict_precisions(list(device.precisions))
-    controller = get_controller(cfg.controller, space, cfg.seed)
-    if (cfg.out / "results.csv").exists():
-        raise UserError("--out", f"{cfg.out} already holds a run (results.csv)", "a new run directory")
+    get_controller(cfg.controller, space, cfg.seed)  # unknown controller: fail before anything starts
+    settings = EvalSettings(train_steps=train_steps, seed=cfg.seed, **({"val_size": val_size} if val_size else {}))
+    config = {"schema_version": SCHEMA_VERSION, **json.loads(cfg.model_dump_json()), "eval": settings.model_dump(),
+              "device_protocol": device.options, "controller_options": controller_options or {}}
+    _check_run_dir(cfg, config, resume)
     data = load_dataset(cfg.data, (space.input.channels, space.input.height, space.input.width))
     if data.num_classes != space.num_classes:
         console.print(f"[yellow]dataset has {data.num_classes} classes; the space's classifier is sized to match[/]")
-    settings = EvalSettings(train_steps=train_steps, seed=cfg.seed)
+    if predictor is None:
+        predictor, notice = load_latency_predictor(device.name)
+        if notice:
+            console.print(f"[yellow]notice:[/] {notice}")
+    factory = ControllerFactory(cfg.controller, space, cfg.seed, budget_ms=cfg.budget_ms, predictor=predictor,
+                                options=controller_options or {})
 
     cfg.out.mkdir(parents=True, exist_ok=True)
-    write_json(cfg.out / "config.json", {"schema_version": SCHEMA_VERSION, **json.loads(cfg.model_dump_json()),
-                                         "eval": settings.model_dump(), "device_protocol": device.options})
+    if not (cfg.out / "config.json").exists():
+        write_json(cfg.out / "config.json", config)
     init_ray(cfg.address, device)
     import ray
 
-    concurrency = cfg.concurrency or max(1, int(ray.cluster_resources().get("CPU", 1)))
+    cluster = ray.cluster_resources()
+    if not cluster.get(device.resource):
+        console.print(f"[yellow]no node of the cluster holds {device.resource}: measurements will wait for one[/]")
+    concurrency = cfg.concurrency or max(1, int(cluster.get("CPU", 1)))
     console.print(f"[bold]autocomp search[/] budget {cfg.budget_ms:g} ms on {device.name} ({device.description}); "
-                  f"space {space.name}, {cfg.trials} trials, {concurrency} in flight, run dir {cfg.out}")
-    table = ResultsTable(cfg.out / "results.csv")
+                  f"space {space.name}, controller {cfg.controller}, {cfg.trials} trials, up to {concurrency} in flight "
+                  f"(Ray Tune), run dir {cfg.out}{' (resumed)' if resume else ''}")
     t0 = time.time()
     with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=console, transient=False) as progress:
-        task = progress.add_task("evaluating", total=cfg.trials)
+        already = len(read_results(cfg.out / "results.csv"))
+        task = progress.add_task("evaluating", total=cfg.trials, completed=already)
 
         def on_row(row: dict) -> None:
             progress.advance(task)
             if row["status"] == "ok":
-                progress.console.print(f"  {row['id']} acc {row['accuracy']:.4f}  {row['latency_ms']:.3f} ms  {row['summary']}")
+                progress.console.print(f"  #{row['trial']} {row['id']} acc {float(row['accuracy']):.4f}  "
+                                       f"{float(row['latency_ms']):.3f} ms  {row['summary']}")
             else:
-                progress.console.print(f"  {row['id']} [red]error[/] {row['error']}")
+                progress.console.print(f"  #{row['trial']} {row['id']} [red]error[/] {row['error']}")
 
-        try:
-            rows = run_trials(controller, space, data, device, settings, cfg.trials, table, concurrency, on_row)
-        finally:
-            table.close()
+        rows, searcher = run_tune(factory, space, data, device, settings, cfg.trials, cfg.out,
+                                  concurrency=cfg.concurrency, resume=resume, on_row=on_row)
     summary = summarise(rows, cfg.budget_ms)
-    summary["wall_s"] = round(time.time() - t0, 1)
+    summary.update(controller=cfg.controller, skipped_infeasible=searcher.skipped, predictor=predictor is not None,
+                   resumed=resume, replayed=searcher.replayed, wall_s=round(time.time() - t0, 1))
     write_json(cfg.out / "summary.json", summary)
     print_summary(summary, cfg.budget_ms, console)
     return summary
 
 
+def _check_run_dir(cfg: SearchConfig, config: dict, resume: bool) -> None:
+    out = cfg.out
+    has_run = (out / "results.csv").exists() or (out / "config.json").exists()
+    if not resume:
+        if has_run:
+            raise UserError("--out", f"{out} already holds a run", "a new run directory, or --resume to continue it")
+        return
+    if not has_run:
+        raise UserError("--resume", f"{out} holds no run to resume (no config.json)", "the --out of an interrupted run")
+    try:
+        old = json.loads((out / "config.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        raise UserError(str(out / "config.json"), "unreadable", "the config.json written by `autocomp search`") from None
+    keys = ("space", "device", "data", "controller", "seed", "budget_ms", "trials", "eval", "controller_options")
+    diff = [k for k in keys if k in old and old.get(k) != config.get(k)]
+    if diff:
+        k = diff[0]
+        raise UserError(f"--{k.replace('_', '-')}", f"the run in {out} used {old.get(k)!r}, this command {config.get(k)!r}",
+                        "the same options as the interrupted run when resuming")
+
+
 def summarise(rows: list[dict], budget_ms: float) -> dict:
     ok = [r for r in rows if r["status"] == "ok"]
     verdict = budget_verdict(ok, budget_ms)
-    keep = ("id", "accuracy", "latency_ms", "latency_p90_ms", "params", "summary")
+    keep = ("id", "trial", "accuracy", "latency_ms", "latency_p90_ms", "predicted_latency_ms", "params", "summary")
     slim = lambda r: {k: r[k] for k in keep} if r else None  # noqa: E731
     return {
         "schema_version": SCHEMA_VERSION,
@@ -106,5 +145,9 @@ def print_summary(summary: dict, budget_ms: float, console: Console) -> None:
     else:
         console.print(f"[bold red]no evaluated candidate fits {budget_ms:g} ms[/]")
     console.print(summary["verdict"])
+    if summary.get("skipped_infeasible"):
+        console.print(f"{summary['skipped_infeasible']} candidate(s) predicted over the budget were skipped (never evaluated)")
+    elif not summary.get("predictor"):
+        console.print("no latency predictor: no candidate was skipped by the budget")
     if summary["failed"]:
         console.print(f"[yellow]{summary['failed']} evaluation(s) failed; see the error column of results.csv[/]")

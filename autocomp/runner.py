@@ -25,6 +25,7 @@ RESULT_COLUMNS = [
     "trial", "id", "status", "accuracy", "latency_ms", "latency_p90_ms", "latency_cv", "latency_flagged",
     "params", "onnx_bytes", "score_s", "summary", "policy", "error",
     "device", "backend", "backend_version", "precision", "batch", "threads", "warmup", "repeats", "host",
+    "predicted_latency_ms", "measure_node", "measure_pid",
 ]
 
 
@@ -35,8 +36,8 @@ def init_ray(address: str | None, device: Device, num_cpus: int | None = None) -
         return
     address = address or os.environ.get("RAY_ADDRESS")
     env = {"env_vars": {"PYTHONWARNINGS": "ignore"}}
-    if address:
-        ray.init(address=address, runtime_env=env, log_to_driver=False)
+    if address:  # the cluster's (or the submitted job's) runtime environment applies
+        ray.init(address=address, log_to_driver=False)
     else:
         ray.init(num_cpus=num_cpus, resources={device.resource: 1}, include_dashboard=False,
                  dashboard_host="127.0.0.1", runtime_env=env, log_to_driver=False)
@@ -54,10 +55,11 @@ def _score_task(cand_json: str, space: SearchSpace, data: Dataset, settings: Eva
 
 @ray.remote(num_cpus=1, max_retries=1)
 def _measure_task(onnx: bytes, device: str, precision: str) -> dict:
+    where = {"measure_node": ray.get_runtime_context().get_node_id(), "measure_pid": os.getpid()}
     try:
-        return {"ok": True, **measure_onnx(onnx, device, precision)}
+        return {"ok": True, **measure_onnx(onnx, device, precision), **where}
     except Exception as e:
-        return {"ok": False, "error": f"{type(e).__name__}: {e}"}
+        return {"ok": False, "error": f"{type(e).__name__}: {e}", **where}
 
 
 class ResultsTable:
@@ -91,7 +93,7 @@ def read_results(path: Path) -> list[dict]:
     rows = []
     with path.open(newline="") as f:
         for r in csv.DictReader(f):
-            for k in ("accuracy", "latency_ms", "latency_p90_ms", "latency_cv", "score_s"):
+            for k in ("accuracy", "latency_ms", "latency_p90_ms", "latency_cv", "score_s", "predicted_latency_ms"):
                 r[k] = float(r[k]) if r.get(k) not in (None, "") else None
             for k in ("trial", "params", "onnx_bytes"):
                 r[k] = int(r[k]) if r.get(k) not in (None, "") else None
@@ -156,3 +158,276 @@ def write_json(path: Path, obj: Any) -> None:
     tmp.write_text(json.dumps(obj, indent=2, default=str))
     tmp.replace(path)
 
+
+
+# --------------------------------------------------------------------------- Ray Tune
+#
+# The controller runs inside Tune as a Searcher (suggest / on_trial_complete / save / restore); each
+# trial scores one candidate (1 CPU, anywhere) and has its exported ONNX timed by a task pinned to a
+# node holding ``device:<name>``. Tune does the scheduling, the retries of trials whose process died
+# (FailureConfig) and the experiment checkpoints that Tuner.restore resumes from. results.csv is the
+# source of truth: a row is appended (fsynced) by a Tune Callback as each trial ends, and on resume
+# the controller is rebuilt by replaying those rows in trial order (controllers are deterministic).
+
+from dataclasses import dataclass, field  # noqa: E402
+
+from ray import tune  # noqa: E402
+from ray.tune.search import Searcher  # noqa: E402
+
+TUNE_DIR, TUNE_NAME = "tune", "search"
+_ROW_KEYS = [c for c in RESULT_COLUMNS if c not in ("trial", "id", "summary", "policy", "precision", "predicted_latency_ms")]
+
+
+@dataclass
+class ControllerFactory:
+    """Everything needed to build the controller again (picklable: Tune keeps it in its experiment)."""
+
+    name: str
+    space: SearchSpace
+    seed: int
+    budget_ms: float | None = None
+    device: str | None = None  # load this device's latency predictor (hard budget constraint)
+    predictor: Any = None  # or use this one (tests, benchmarks)
+    options: dict = field(default_factory=dict)
+
+    def __call__(self):
+        from autocomp.search import get_controller
+        from autocomp.search.constraint import load_latency_predictor
+
+        pred = self.predictor
+        if pred is None and self.device is not None:
+            pred, _ = load_latency_predictor(self.device)
+        return get_controller(self.name, self.space, self.seed, budget_ms=self.budget_ms, predictor=pred, **self.options)
+
+
+class ControllerSearcher(Searcher):
+    """An autocomp controller as a Tune Searcher. Trial configs are {trial, candidate, predicted_latency_ms}."""
+
+    def __init__(self, factory: ControllerFactory, n_trials: int, results_path: str | Path):
+        super().__init__(metric="accuracy", mode="max")
+        self.factory, self.n_trials, self.results_path = factory, n_trials, str(results_path)
+        self._rebuild({})
+
+    # Tune pickles the searcher with its experiment; only the recipe travels, the state is rebuilt.
+    def __getstate__(self):
+        return {k: v for k, v in self.__dict__.items() if k not in ("ctrl", "queue", "trial_ids", "told")}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._rebuild({})
+
+    def _rebuild(self, known: dict[str, int]) -> None:
+        """Replay results.csv (in trial order) into a fresh controller. ``known``: Tune trial id -> trial
+        number of trials Tune still holds (they will run or report again). Trials asked before the
+        crash that neither finished nor are held by Tune are queued to be suggested again."""
+        self.ctrl = self.factory()
+        self.trial_ids: dict[str, int] = dict(known)
+        self.queue: list[tuple[int, Candidate]] = []
+        self.told: set[int] = set()
+        done = {r["trial"]: r for r in read_results(Path(self.results_path)) if r.get("trial") is not None}
+        held = set(known.values())
+        last = max(done.keys() | held, default=-1)
+        while self.ctrl.asked <= last:
+            cand = self.ctrl.ask()
+            if cand is None:
+                break
+            i = self.ctrl.asked - 1
+            if i in done:
+                if done[i]["id"] != cand.id:
+                    from autocomp.errors import UserError
+
+                    raise UserError("--resume", f"trial {i} of the run is candidate {done[i]['id']} but this configuration "
+                                    f"proposes {cand.id}", "the same seed, space, controller and budget as the interrupted run")
+                self.ctrl.tell(cand, done[i], trial=i)
+                self.told.add(i)
+            elif i not in held:
+                self.queue.append((i, cand))
+        self.replayed = len(self.told)
+
+    @property
+    def skipped(self) -> int:
+        return self.ctrl.skipped
+
+    def suggest(self, trial_id: str):
+        if self.queue:
+            i, cand = self.queue.pop(0)
+        else:
+            if self.ctrl.asked >= self.n_trials:
+                return Searcher.FINISHED
+            cand = self.ctrl.ask()
+            if cand is None:  # the generation is still out; Tune asks again later
+                return None
+            i = self.ctrl.asked - 1
+        self.trial_ids[trial_id] = i
+        return {"trial": i, "candidate": cand.to_json(), "predicted_latency_ms": self.ctrl.predicted.get(cand.id)}
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        i = self.trial_ids.get(trial_id)
+        if i is None or i in self.told or i not in self.ctrl.pending:
+            return
+        cand = self.ctrl._pending[i]
+        if error or not result:
+            res = {"status": "error", "error": "evaluation process failed"}
+        else:
+            res = {k: result.get(k) for k in RESULT_COLUMNS if k in result}
+            res["predicted_latency_ms"] = self.ctrl.predicted.get(cand.id)
+        self.ctrl.tell(cand, res, trial=i)
+        self.told.add(i)
+
+    def save(self, checkpoint_path: str) -> None:
+        Path(checkpoint_path).write_text(json.dumps({"schema_version": 1, "trial_ids": self.trial_ids}))
+
+    def restore(self, checkpoint_path: str) -> None:
+        state = json.loads(Path(checkpoint_path).read_text())
+        self._rebuild({k: int(v) for k, v in state["trial_ids"].items()})
+
+
+def _row_from_trial(trial, status: str | None = None, error: str = "") -> dict:
+    cfg = trial.config
+    cand = Candidate.from_json(cfg["candidate"])
+    res = {k: v for k, v in (trial.last_result or {}).items() if k in _ROW_KEYS}
+    row = {**res, "trial": cfg["trial"], "id": cand.id, "summary": cand.summary(), "policy": cand.to_json(),
+           "precision": candidate_precision(cand), "predicted_latency_ms": cfg.get("predicted_latency_ms")}
+    if status:
+        row.update(status=status, error=error)
+    return row
+
+
+class ResultsCallback(tune.Callback):
+    """Appends each finished trial to results.csv (fsynced) as it arrives; replayed trials are skipped."""
+
+    def __init__(self, results_path: str | Path, on_row: Callable[[dict], Any] | None = None):
+        self.results_path, self.on_row = str(results_path), on_row
+
+    def __getstate__(self):
+        return {"results_path": self.results_path, "on_row": None}
+
+    def _append(self, row: dict) -> None:
+        table = ResultsTable(Path(self.results_path))
+        try:
+            table.append(row)
+        finally:
+            table.close()
+        if self.on_row:
+            self.on_row(row)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        if (trial.last_result or {}).get("replayed"):
+            return
+        if "status" not in (trial.last_result or {}):
+            self._append(_row_from_trial(trial, "error", "trial ended without reporting"))
+        else:
+            self._append(_row_from_trial(trial))
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        msg = ""
+        try:
+            msg = (trial.error_message or "").strip().splitlines()[-1][:300]
+        except Exception:
+            pass
+        self._append(_row_from_trial(trial, "error", f"evaluation process failed after retries: {msg}"))
+
+
+def evaluate_trial(config: dict, space: SearchSpace, data: Dataset, settings: EvalSettings, device: str,
+                   done: dict | None = None) -> None:
+    """One Tune trial: score the candidate here, time it on a device node, report one result."""
+    i = config["trial"]
+    if done and i in done:  # finished before the driver was interrupted: report it again, do not re-run
+        tune.report({**done[i], "replayed": True})
+        return
+    cand = Candidate.from_json(config["candidate"])
+    try:
+        s = score(cand, space, data, settings)
+    except Exception as e:  # recorded in the table; the search goes on
+        tune.report({"status": "error", "error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]})
+        return
+    dev = get_device_by_name(device)
+    # Escape the trial's placement group: the measurement needs the device's node, not this one.
+    task = _measure_task.options(num_cpus=0, resources={dev.resource: 1}, scheduling_strategy="DEFAULT")
+    try:
+        out = ray.get(task.remote(s.onnx, device, candidate_precision(cand)))
+    except Exception as e:  # the measuring worker died
+        out = {"ok": False, "error": f"{type(e).__name__}: {str(e).splitlines()[0]}"}
+    row = {"accuracy": s.accuracy, "params": s.params, "onnx_bytes": s.onnx_bytes, "score_s": round(s.wall_s, 3)}
+    if not out["ok"]:
+        tune.report({**row, "status": "error", "error": "measurement: " + out["error"][:300],
+                     "measure_node": out.get("measure_node"), "measure_pid": out.get("measure_pid")})
+        return
+    tune.report({
+        **row, "status": "ok", "error": "",
+        "latency_ms": out["median_ms"], "latency_p90_ms": out["p90_ms"], "latency_cv": out["cv"],
+        "latency_flagged": out["flagged"],
+        **{k: out[k] for k in ("device", "backend", "backend_version", "batch", "threads", "warmup", "repeats", "host",
+                               "measure_node", "measure_pid")},
+    })
+
+
+def get_device_by_name(name: str) -> Device:
+    from autocomp.measure import get_device
+
+    return get_device(name)
+
+
+def run_tune(
+    factory: ControllerFactory, space: SearchSpace, data: Dataset, device: Device, settings: EvalSettings,
+    n_trials: int, run_dir: Path, concurrency: int | None = None, resume: bool = False, max_failures: int = 1,
+    on_row: Callable[[dict], Any] | None = None,
+) -> tuple[list[dict], ControllerSearcher]:
+    """Run (or resume) the search in Tune; returns the rows of results.csv (by trial) and the searcher."""
+    results = run_dir / "results.csv"
+    ResultsTable(results).close()  # header now: a crash before the first row still leaves a valid table
+    done = {r["trial"]: {k: v for k, v in r.items() if k in _ROW_KEYS and v is not None}
+            for r in read_results(results) if r.get("trial") is not None}
+    trainable = tune.with_parameters(evaluate_trial, space=space, data=data, settings=settings, device=device.name,
+                                     done=done)
+    storage = str((run_dir / TUNE_DIR).resolve())
+    exp_path = os.path.join(storage, TUNE_NAME)
+    searcher = None
+    if resume and tune.Tuner.can_restore(exp_path):
+        tuner = tune.Tuner.restore(exp_path, trainable=trainable, resume_unfinished=True, resume_errored=False,
+                                   restart_errored=False)
+        searcher = _find_searcher(tuner)
+    if searcher is None:
+        searcher = ControllerSearcher(factory, n_trials, results)
+        remaining = n_trials - searcher.replayed
+        name = TUNE_NAME if not os.path.exists(exp_path) else f"{TUNE_NAME}-{len(os.listdir(storage))}"
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(search_alg=searcher, num_samples=max(remaining, 0) or 1,
+                                        max_concurrent_trials=concurrency, reuse_actors=True),
+            run_config=tune.RunConfig(
+                name=name, storage_path=storage, verbose=0,
+                failure_config=tune.FailureConfig(max_failures=max_failures),
+                callbacks=[ResultsCallback(results, on_row)],
+            ),
+        )
+        if remaining <= 0:
+            tuner = None
+    else:
+        for cb in _find_callbacks(tuner):
+            cb.on_row = on_row
+    if tuner is not None:
+        os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
+        tuner.fit()
+    rows = read_results(results)
+    by_trial = {}
+    for r in rows:  # one row per trial (the first one recorded)
+        by_trial.setdefault(r["trial"], r)
+    return [by_trial[k] for k in sorted(by_trial)], searcher
+
+
+def _tuner_internal(tuner):
+    return getattr(tuner, "_local_tuner", None)
+
+
+def _find_searcher(tuner) -> ControllerSearcher | None:
+    internal = _tuner_internal(tuner)
+    alg = getattr(getattr(internal, "_tune_config", None), "search_alg", None) if internal else None
+    alg = getattr(alg, "searcher", alg)
+    return alg if isinstance(alg, ControllerSearcher) else None
+
+
+def _find_callbacks(tuner) -> list[ResultsCallback]:
+    internal = _tuner_internal(tuner)
+    cbs = getattr(getattr(internal, "_run_config", None), "callbacks", None) or [] if internal else []
+    return [c for c in cbs if isinstance(c, ResultsCallback)]

@@ -8,5 +8,5 @@ from autocomp.space import Candidate
 
 @register("random")
 class RandomSearch(Controller):
-    def ask(self) -> Candidate:
-        return self.fresh(lambda: self.space.sample(self.rng))
+    def propose(self) -> Candidate:
+        return self.space.sample(self.rng)
