@@ -1,0 +1,88 @@
+"""One real small search through Ray: real MNIST, real ONNX export, real ONNX Runtime timings."""
+
+import csv
+import json
+import subprocess
+import sys
+
+import onnxruntime as ort
+import pytest
+
+from autocomp.config import SearchConfig
+from autocomp.errors import UserError
+from autocomp.evaluate import EvalSettings, measure_onnx, score
+from autocomp.pipeline import run_search
+from autocomp.space import Candidate, get_space
+
+
+@pytest.fixture(scope="module")
+def small_run(ray_local, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "r1"
+    cfg = SearchConfig(budget_ms=2.0, trials=3, seed=11, out=out)
+    summary = run_search(cfg, train_steps=0)
+    return out, summary
+
+
+def test_results_table_has_one_row_per_candidate(small_run):
+    out, summary = small_run
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert len(rows) == 3 == summary["evaluated"]
+    assert len({r["id"] for r in rows}) == 3
+    space = get_space()
+    for r in rows:
+        assert r["status"] == "ok", r["error"]
+        cand = Candidate.from_json(r["policy"])
+        assert cand.id == r["id"]
+        space.validate_candidate(cand)
+        assert 0.0 <= float(r["accuracy"]) <= 1.0
+
+
+def test_latencies_are_real_onnxruntime_measurements(small_run, mnist):
+    out, _ = small_run
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    for r in rows:
+        assert r["backend"] == "onnxruntime" and r["backend_version"] == ort.__version__
+        assert r["device"] == "cpu-ort" and r["threads"] == "1" and r["batch"] == "1"
+        assert int(r["repeats"]) >= 100 and int(r["warmup"]) >= 1
+        med, p90 = float(r["latency_ms"]), float(r["latency_p90_ms"])
+        assert 0.005 < med <= p90 < 1000
+    # the figure is a timing of the candidate's exported model: re-scoring and re-measuring it agrees
+    r = min(rows, key=lambda r: float(r["latency_ms"]))
+    cand = Candidate.from_json(r["policy"])
+    scored = score(cand, get_space(), mnist, EvalSettings(train_steps=0, val_size=500))
+    again = measure_onnx(scored.onnx, "cpu-ort", r["precision"])["median_ms"]
+    assert int(r["params"]) == scored.params
+    assert 1 / 3 < again / float(r["latency_ms"]) < 3
+
+def test_summary_reports_front_best_and_binding(small_run):
+    out, summary = small_run
+    assert json.loads((out / "summary.json").read_text())["evaluated"] == 3
+    front = summary["pareto_front"]
+    assert front and all(a["latency_ms"] <= b["latency_ms"] and a["accuracy"] < b["accuracy"] for a, b in zip(front, front[1:]))
+    best = summary["best_under_budget"]
+    if best is not None:
+        assert best["latency_ms"] <= 2.0
+    assert isinstance(summary["binding"], bool) and summary["verdict"]
+
+
+def test_existing_run_dir_is_refused_and_kept(small_run):
+    out, _ = small_run
+    before = (out / "results.csv").read_bytes()
+    with pytest.raises(UserError, match="already holds a run"):
+        run_search(SearchConfig(budget_ms=2.0, trials=1, out=out), train_steps=0)
+    assert (out / "results.csv").read_bytes() == before
+
+
+def test_cli_refuses_existing_run_dir_with_exit_2(small_run):
+    out, _ = small_run
+    p = subprocess.run([sys.executable, "-m", "autocomp.cli", "search", "--budget", "10ms", "--out", str(out)],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 2 and "already holds a run" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_cli_unknown_device_and_space(tmp_path):
+    for args, msg in ((["--device", "toaster"], "--device"), (["--space", "nope"], "--space")):
+        p = subprocess.run([sys.executable, "-m", "autocomp.cli", "search", "--budget", "10ms", "--out", str(tmp_path / "x"), *args],
+                           capture_output=True, text=True, timeout=300)
+        assert p.returncode == 2 and msg in p.stderr and "Traceback" not in p.stderr
+        assert not (tmp_path / "x").exists()
