@@ -29,10 +29,12 @@ def search(
     space: str = typer.Option("mnist-mbv2", help="Search space name (search_spaces/) or YAML path."),
     device: str = typer.Option("cpu-ort", help="Target device (see `autocomp devices`)."),
     data: str = typer.Option("mnist", help="'mnist' or 'imagefolder:PATH'."),
-    controller: str = typer.Option("random", help="Search strategy."),
+    controller: str = typer.Option("random", help="Search strategy: random, evolution (regularized, aging) or nsga2."),
     address: Optional[str] = typer.Option(None, help="Ray cluster: 'auto' or 'ray://host:port' (default: local Ray)."),
     concurrency: Optional[int] = typer.Option(None, min=1, help="Evaluations in flight (default: the cluster's CPUs)."),
     train_steps: int = typer.Option(100, min=0, help="Training steps per candidate when no supernet checkpoint exists."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the interrupted run in --out (same options): finished evaluations are kept, not repeated."),
+    val_size: Optional[int] = typer.Option(None, min=1, help="Validation images that score a candidate (default 5000)."),
 ) -> None:
     """Search the space for the most accurate candidates under the latency budget."""
     from autocomp.config import SearchConfig, default_run_dir, parse_budget
@@ -42,7 +44,9 @@ def search(
         budget_ms=parse_budget(budget), trials=trials, seed=seed, space=space, device=device, data=data,
         out=out or default_run_dir(), controller=controller, address=address, concurrency=concurrency,
     )
-    run_search(cfg, train_steps=train_steps, console=console)
+    if resume and out is None:
+        raise UserError("--resume", "needs the run directory to continue", "--out DIR of the interrupted run")
+    run_search(cfg, train_steps=train_steps, console=console, resume=resume, val_size=val_size)
 
 
 @app.command()
