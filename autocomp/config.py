@@ -42,6 +42,7 @@ class SearchConfig(BaseModel):
     controller: str = "random"
     address: str | None = None
     concurrency: int | None = None
+    weights: str = "auto"  # auto | supernet | scratch | PATH.pt (see evaluate.supernet_path)
 
 
 def default_run_dir() -> Path:

@@ -24,3 +24,42 @@ def to_onnx(model: nn.Module, path: Path, input_shape: tuple[int, int, int], dyn
             dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}} if dynamic_batch else None,
         )
     return path
+
+
+def check_onnx(path: Path) -> int:
+    """Run onnx.checker (full check, with shape inference); returns the model's default-domain opset."""
+    import onnx
+
+    model = onnx.load(str(path))
+    onnx.checker.check_model(model, full_check=True)
+    return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+
+
+@torch.no_grad()
+def max_output_diff(model: nn.Module, onnx_path: Path, x: torch.Tensor) -> float:
+    """Largest absolute difference between PyTorch and ONNX Runtime logits on ``x``."""
+    from autocomp.measure.onnxruntime import session
+
+    model.eval()
+    ref = model(x).float().numpy()
+    sess = session(onnx_path)
+    got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+    return float(abs(ref - got).max())
+
+
+def trtexec_script(onnx_name: str, precision: str) -> str:
+    """A shell script that builds and times the engine on a Jetson the way the predictor's data was taken."""
+    import shlex
+
+    from autocomp.measure.trtexec import build_command
+
+    cmd = build_command(onnx_name, precision, layer_info="layers.json", save_engine="model.engine")
+    return "\n".join([
+        "#!/usr/bin/env bash",
+        "# Build and time the TensorRT engine on the target (Jetson: lock clocks first).",
+        "set -euo pipefail",
+        'cd "$(dirname "$0")"',
+        "if command -v nvpmodel >/dev/null; then sudo nvpmodel -m 0 && sudo jetson_clocks; fi",
+        " ".join(shlex.quote(c) for c in cmd) + " | tee trtexec.log",
+        "",
+    ])
