@@ -38,7 +38,7 @@ def run_search(cfg: SearchConfig, train_steps: int = 100, console: Console | Non
     device = get_device(cfg.device)
     space = get_space(cfg.space).restrict_precisions(list(device.precisions))
     get_controller(cfg.controller, space, cfg.seed)  # unknown controller: fail before anything starts
-    settings = EvalSettings(train_steps=train_steps, seed=cfg.seed, **({"val_size": val_size} if val_size else {}))
+    settings = EvalSettings(weights=cfg.weights, train_steps=train_steps, seed=cfg.seed, **({"val_size": val_size} if val_size else {}))
     config = {"schema_version": SCHEMA_VERSION, **json.loads(cfg.model_dump_json()), "eval": settings.model_dump(),
               "device_protocol": device.options, "controller_options": controller_options or {}}
     _check_run_dir(cfg, config, resume)
@@ -103,7 +103,12 @@ def _check_run_dir(cfg: SearchConfig, config: dict, resume: bool) -> None:
     except (OSError, json.JSONDecodeError):
         raise UserError(str(out / "config.json"), "unreadable", "the config.json written by `autocomp search`") from None
     keys = ("space", "device", "data", "controller", "seed", "budget_ms", "trials", "eval", "controller_options")
-    diff = [k for k in keys if k in old and old.get(k) != config.get(k)]
+    def same(a, b) -> bool:  # settings added since the run was written do not count as changes
+        if isinstance(a, dict) and isinstance(b, dict):
+            return all(same(a[k], b[k]) for k in a.keys() & b.keys())
+        return a == b
+
+    diff = [k for k in keys if k in old and not same(old.get(k), config.get(k))]
     if diff:
         k = diff[0]
         raise UserError(f"--{k.replace('_', '-')}", f"the run in {out} used {old.get(k)!r}, this command {config.get(k)!r}",
