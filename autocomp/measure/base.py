@@ -32,6 +32,7 @@ class Measurement:
     cv: float
     host: str = field(default_factory=platform.node)
     flagged: bool = False  # CV stayed above the threshold after the allowed re-measurements
+    notes: str = ""  # backend-specific protocol details as a JSON string (e.g. the trtexec command, engine precision check)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -73,7 +74,23 @@ def _onnxruntime() -> Callable[..., Measurement]:
     return measure
 
 
-BACKENDS: dict[str, Callable[[], Callable[..., Measurement]]] = {"onnxruntime": _onnxruntime}
+def _tensorrt() -> Callable[..., Measurement]:
+    from autocomp.measure.tensorrt import measure
+
+    return measure
+
+
+def _trtexec() -> Callable[..., Measurement]:
+    from autocomp.measure.trtexec import measure
+
+    return measure
+
+
+# backend name -> loader of its ``measure(onnx_path, *, device, precision, **options)``; loaders
+# import lazily so that a missing TensorRT only matters to the devices that need it
+BACKENDS: dict[str, Callable[[], Callable[..., Measurement]]] = {
+    "onnxruntime": _onnxruntime, "tensorrt": _tensorrt, "trtexec": _trtexec,
+}
 
 DEVICES: dict[str, Device] = {}
 
@@ -85,13 +102,35 @@ def register_device(device: Device) -> Device:
 
 register_device(Device(
     "cpu-ort", "onnxruntime", ("fp32", "fp16", "int8"),
-    {"threads": 1, "warmup": 20, "repeats": 100, "min_time_s": 0.3},
-    "this machine's CPU through ONNX Runtime, 1 thread, batch 1 (the default)",
+    {"threads": 1, "warmup": 20, "repeats": 100, "min_time_s": 0.3, "clock": "thread_cpu"},
+    "this machine's CPU through ONNX Runtime, 1 thread, batch 1, thread CPU time (the default)",
+))
+register_device(Device(
+    "cpu-ort-wall", "onnxruntime", ("fp32", "fp16", "int8"),
+    {"threads": 1, "warmup": 20, "repeats": 100, "min_time_s": 0.3, "clock": "wall"},
+    "this machine's CPU through ONNX Runtime, 1 thread, batch 1, wall-clock time (quiet machines only)",
+))
+register_device(Device(
+    "cpu-ort-b8", "onnxruntime", ("fp32", "fp16", "int8"),
+    {"threads": 1, "batch": 8, "warmup": 10, "repeats": 50, "min_time_s": 0.3, "clock": "thread_cpu"},
+    "this machine's CPU through ONNX Runtime, 1 thread, batch 8, thread CPU time (a second execution mode)",
 ))
 register_device(Device(
     "cpu-ort-2t", "onnxruntime", ("fp32", "fp16", "int8"),
     {"threads": 2, "warmup": 20, "repeats": 100, "min_time_s": 0.3},
     "this machine's CPU through ONNX Runtime, 2 threads, batch 1",
+))
+
+
+register_device(Device(
+    "jetson-orin-nano-trt", "trtexec", ("fp32", "fp16", "int8"),
+    {"warmup_ms": 500, "iterations": 500, "avg_runs": 100, "use_cuda_graph": True, "ssh": None},
+    "Jetson Orin Nano through trtexec (nvpmodel -m 0, jetson_clocks), batch 1; set options.ssh to run it remotely",
+))
+register_device(Device(
+    "gpu-trt", "tensorrt", ("fp32", "fp16", "int8"),
+    {"warmup": 50, "repeats": 300},
+    "the local NVIDIA GPU through the TensorRT Python API, CUDA-event timing, batch 1",
 ))
 
 

@@ -1,0 +1,266 @@
+"""Measurement campaigns: sample candidates (seeded), export each, measure it on a device and
+append the result to ``predictors/<device>/measurements.parquet`` — the table predictors are fit on.
+
+The campaign is resumable: candidate ``i`` of a campaign is the ``i``-th sample of
+``random.Random(seed)``, and ids already in the table are skipped, so running the same command
+twice measures nothing twice, and a larger ``n`` continues where the last run stopped. The table
+is rewritten atomically after every measurement, so an interrupted campaign loses at most the
+candidate in flight.
+
+Weights are random (latency does not depend on their values); int8 layers are calibrated on
+random inputs, which gives valid QDQ scales for timing.
+
+On a Ray cluster (``address`` given, or Ray already initialised) the export runs on the driver and
+the measurement runs as a Ray task that needs the device's custom resource (``device:<name>``), so
+it lands on the node holding the device, one measurement at a time per device unit.
+
+Table schema (``SCHEMA_VERSION`` 1), one row per measured candidate:
+
+=================  =========================================================================
+schema_version     int, 1
+id                 candidate id (``Candidate.id``), unique in the table
+space              search-space name
+candidate          canonical candidate JSON (``Candidate.to_json()``)
+encoding           list<float>: ``space.encode(candidate)``
+precision          fp32 / fp16 / int8 when every layer group agrees, else ``mixed``
+params             parameter count of the exported (compressed) model
+onnx_bytes         size of the exported ONNX file
+seed, index        campaign seed and sample index (reproduces the candidate)
+device, backend, backend_version, batch, threads, warmup, repeats, statistic, host
+                   the measurement protocol (:class:`autocomp.measure.base.Measurement`)
+median_ms, mean_ms, p90_ms, p99_ms, cv, flagged
+                   the figures; ``median_ms`` is the latency, ``flagged`` marks a CV above the
+                   backend's threshold after its re-measurements
+cpu_model          the measuring host's CPU model (``/proc/cpuinfo``)
+notes              backend-specific protocol details (JSON string; e.g. the trtexec command)
+measured_at        UTC timestamp (ISO 8601)
+=================  =========================================================================
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import random
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+
+from autocomp.errors import UserError
+from autocomp.measure.base import Device, get_device
+from autocomp.resources import data_dir
+from autocomp.space import Candidate, SearchSpace, get_space
+
+SCHEMA_VERSION = 1
+TABLE_NAME = "measurements.parquet"
+
+COLUMNS = [
+    "schema_version", "id", "space", "candidate", "encoding", "precision", "params", "onnx_bytes", "seed", "index",
+    "device", "backend", "backend_version", "batch", "threads", "warmup", "repeats", "statistic", "host",
+    "median_ms", "mean_ms", "p90_ms", "p99_ms", "cv", "flagged", "cpu_model", "notes", "measured_at",
+]
+
+
+def cpu_model() -> str:
+    """The CPU model string of this machine (``/proc/cpuinfo``), or platform.processor()."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def predictors_dir() -> Path:
+    return data_dir("predictors")
+
+
+def table_path(device: str, out_dir: Path | str | None = None) -> Path:
+    """``<out_dir or predictors/>/<device>/measurements.parquet``."""
+    base = Path(out_dir) if out_dir is not None else predictors_dir()
+    return base / device / TABLE_NAME
+
+
+# --------------------------------------------------------------------------- table I/O
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    """A measurement table, checked for its schema; an empty frame when the file does not exist."""
+    if not path.exists():
+        return pd.DataFrame(columns=COLUMNS)
+    try:
+        df = pd.read_parquet(path)
+    except Exception as e:  # pyarrow raises several types for corrupt files
+        raise UserError(str(path), f"not a readable parquet table ({type(e).__name__})", "a measurement table written by `autocomp measure`") from None
+    missing = [c for c in ("schema_version", "id", "candidate", "median_ms") if c not in df.columns]
+    if missing:
+        raise UserError(str(path), f"missing columns {missing}", f"a measurement table (schema {SCHEMA_VERSION})")
+    versions = set(int(v) for v in df["schema_version"].unique())
+    if versions - {SCHEMA_VERSION}:
+        raise UserError(str(path), f"schema_version {sorted(versions)}", f"schema_version {SCHEMA_VERSION}")
+    return df
+
+
+def write_table(df: pd.DataFrame, path: Path) -> None:
+    """Atomic rewrite (temp file + rename): a crash never leaves a half-written table."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+    df.to_parquet(tmp, index=False)
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------- export
+
+
+def export_candidate(candidate: Candidate, space: SearchSpace, path: Path, calib_batches: int = 2, seed: int = 0) -> tuple[Path, int]:
+    """Build ``candidate`` with random weights, compress it (prune -> low-rank -> quantize with
+    random calibration inputs) and export ONNX to ``path``. Returns (path, parameter count)."""
+    import torch
+
+    from autocomp.compress import lowrank, prune, quantize
+    from autocomp.export import to_onnx
+    from autocomp.models.mbv2 import build, count_params
+
+    torch.manual_seed(seed)
+    shape = (space.input.channels, space.input.height, space.input.width)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models: more threads only fight the measurement (and other jobs)
+    try:
+        with torch.no_grad():
+            model = build(candidate, space).eval()
+            model = lowrank.apply(prune.apply(model, candidate), candidate)
+            calib = [torch.randn(8, *shape) for _ in range(calib_batches)]
+            model = quantize.apply(model, candidate, calib)
+            params = count_params(model)
+        to_onnx(model, path, shape)
+    finally:
+        torch.set_num_threads(threads)
+    return path, params
+
+
+def candidate_precision(candidate: Candidate) -> str:
+    precs = set(candidate.layer_precisions())
+    return precs.pop() if len(precs) == 1 else "mixed"
+
+
+def campaign_candidates(space: SearchSpace, n: int, seed: int) -> list[Candidate]:
+    """The first ``n`` candidates of a campaign with ``seed`` (deterministic)."""
+    rng = random.Random(seed)
+    return [space.sample(rng) for _ in range(n)]
+
+
+def measure_candidate(candidate: Candidate, space: SearchSpace, device: Device, **overrides: Any) -> dict:
+    """Export and measure one candidate here; returns the table row (without campaign fields)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path, params = export_candidate(candidate, space, Path(tmp) / "model.onnx")
+        onnx_bytes = path.stat().st_size
+        m = device.measure(path, candidate_precision(candidate), **overrides)
+    d = m.to_dict()
+    d.pop("precision", None)
+    return {
+        "schema_version": SCHEMA_VERSION, "id": candidate.id, "space": space.name, "candidate": candidate.to_json(),
+        "encoding": space.encode(candidate), "precision": candidate_precision(candidate),
+        "params": int(params), "onnx_bytes": int(onnx_bytes), **d, "cpu_model": cpu_model(),
+        "measured_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def _remote_measure(space: SearchSpace, device: Device, overrides: dict[str, Any]) -> Callable[[Candidate], dict]:
+    import ray
+
+    @ray.remote(num_cpus=1, max_retries=1)
+    def task(cand_json: str, space: SearchSpace, device_name: str, overrides: dict[str, Any]) -> dict:
+        return measure_candidate(Candidate.from_json(cand_json), space, get_device(device_name), **overrides)
+
+    fn = task.options(resources={device.resource: 1})
+    return lambda c: ray.get(fn.remote(c.to_json(), space, device.name, overrides))
+
+
+# --------------------------------------------------------------------------- the campaign
+
+
+def run_campaign(space: SearchSpace | str, device: Device | str, n: int, out_dir: Path | str | None = None, seed: int = 0,
+                 progress: bool = True, address: str | None = None, use_ray: bool | None = None,
+                 on_row: Callable[[dict], Any] | None = None, overrides: dict[str, Any] | None = None) -> pd.DataFrame:
+    """Measure the first ``n`` candidates of the seeded campaign on ``device``, skipping ids
+    already in ``<out_dir>/<device>/measurements.parquet``; returns the whole table.
+
+    ``use_ray`` (default: when ``address`` is given or Ray is initialised) runs each measurement as a
+    Ray task on the node advertising ``device:<name>``. ``overrides`` replace device options
+    (e.g. ``{"repeats": 50, "retries": 1}``); the recorded protocol reflects them.
+    """
+    overrides = dict(overrides or {})
+    device = get_device(device) if isinstance(device, str) else device
+    space = get_space(space) if isinstance(space, str) else space
+    space = space.restrict_precisions(list(device.precisions))
+    if n < 0:
+        raise UserError("--n", f"{n} is negative", "a number of candidates >= 0")
+    path = table_path(device.name, out_dir)
+    table = read_table(path)
+    done = set(table["id"])
+    todo: list[tuple[int, Candidate]] = []
+    for i, c in enumerate(campaign_candidates(space, n, seed)):
+        if c.id not in done:
+            todo.append((i, c))
+            done.add(c.id)  # a duplicate sample (rare) is measured once
+
+    if use_ray is None:
+        try:
+            import ray
+
+            use_ray = address is not None or ray.is_initialized()
+        except ImportError:
+            use_ray = False
+    if use_ray and todo:
+        from autocomp.runner import init_ray
+
+        init_ray(address, device)
+        measure = _remote_measure(space, device, overrides)
+    else:
+        measure = lambda c: measure_candidate(c, space, device, **overrides)  # noqa: E731
+
+    rows = table.to_dict("records")
+    prog = None
+    if progress:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        prog = Progress(TextColumn(f"measuring on {device.name}"), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.description}"))
+        prog.start()
+        task = prog.add_task("", total=len(todo))
+    try:
+        for i, cand in todo:
+            t0 = time.perf_counter()
+            row = {**measure(cand), "seed": seed, "index": i}
+            rows.append(row)
+            write_table(pd.DataFrame(rows, columns=COLUMNS), path)
+            if on_row:
+                on_row(row)
+            if prog is not None:
+                flag = " [yellow]flagged[/]" if row["flagged"] else ""
+                prog.update(task, advance=1, description=f"{cand.id} {row['median_ms']:.3f} ms cv {row['cv']:.2f}{flag} ({time.perf_counter() - t0:.1f}s)")
+    finally:
+        if prog is not None:
+            prog.stop()
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def noise_floor(candidate: Candidate, space: SearchSpace, device: Device, repeats: int = 5, **overrides: Any) -> dict:
+    """Measure one model ``repeats`` times (fresh sessions): the run-to-run CV of the median and
+    the mean within-run CV — the floor below which predictor error cannot go."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path, _ = export_candidate(candidate, space, Path(tmp) / "model.onnx")
+        ms = [device.measure(path, candidate_precision(candidate), **overrides) for _ in range(repeats)]
+    med = np.array([m.median_ms for m in ms])
+    return {
+        "id": candidate.id, "repeats": repeats, "medians_ms": med.round(4).tolist(),
+        "between_run_cv": float(med.std(ddof=1) / med.mean()) if repeats > 1 else 0.0,
+        "within_run_cv": float(np.mean([m.cv for m in ms])),
+    }

@@ -1,0 +1,68 @@
+"""``autocomp measure``: a resumable latency-measurement campaign (mounted by autocomp.cli)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False,
+                  help="Measure sampled candidates on a device; append to predictors/<device>/measurements.parquet.")
+console = Console()
+
+
+@app.callback(invoke_without_command=True)
+def measure(
+    ctx: typer.Context,
+    space: str = typer.Option("mnist-mbv2", help="Search space name (search_spaces/) or YAML path."),
+    device: str = typer.Option("cpu-ort", help="Device to measure on (see `autocomp devices`)."),
+    n: int = typer.Option(50, min=0, help="Candidates of the seeded campaign (ids already measured are skipped)."),
+    seed: int = typer.Option(0, help="Campaign seed: candidate i is the i-th sample of this seed."),
+    out: Optional[Path] = typer.Option(None, help="Predictors folder (default: predictors/); the table is <out>/<device>/measurements.parquet."),
+    address: Optional[str] = typer.Option(None, help="Ray cluster ('auto', 'ray://host:port'): measure on the node holding the device."),
+    noise: int = typer.Option(0, min=0, help="Also measure the first candidate this many times and report the noise floor."),
+    repeats: Optional[int] = typer.Option(None, min=1, help="Timed runs per measurement (default: the device's)."),
+    retries: Optional[int] = typer.Option(None, min=0, help="Re-measurements when CV exceeds the threshold (default: the backend's)."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+) -> None:
+    """Sample, export and measure candidates on a device (resumable)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from autocomp.measure.base import get_device
+    from autocomp.measure.campaign import campaign_candidates, noise_floor, run_campaign, table_path
+    from autocomp.space import get_space
+
+    dev = get_device(device)
+    sp = get_space(space).restrict_precisions(list(dev.precisions))
+    path = table_path(dev.name, out)
+    console.print(f"[bold]autocomp measure[/] {n} candidates of {sp.name} (seed {seed}) on {dev.name} -> {path}")
+    overrides = {k: v for k, v in (("repeats", repeats), ("retries", retries)) if v is not None}
+    df = run_campaign(sp, dev, n, out, seed, progress=progress, address=address, overrides=overrides)
+    ok = df[df["id"].notna()]
+    console.print(f"{len(ok)} measurements in {path} ({int(ok['flagged'].sum())} flagged, "
+                  f"median {ok['median_ms'].median():.3f} ms, range {ok['median_ms'].min():.3f}–{ok['median_ms'].max():.3f} ms)")
+    if noise:
+        cand = campaign_candidates(sp, 1, seed)[0]
+        nf = noise_floor(cand, sp, dev, noise, **overrides)
+        console.print(f"noise floor ({cand.id}, {noise} runs): between-run CV {nf['between_run_cv']:.3f}, within-run CV {nf['within_run_cv']:.3f}")
+        console.print(json.dumps(nf))
+
+
+def main() -> None:
+    """``python -m autocomp.measure.cli`` (the same as ``autocomp measure``)."""
+    import sys
+
+    from autocomp.errors import UserError
+
+    try:
+        app()
+    except UserError as e:
+        Console(stderr=True).print(f"error: {e}", markup=False, highlight=False, soft_wrap=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,110 @@
+"""``autocomp predictor train|eval`` (mounted by autocomp.cli as ``predictor``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Train and evaluate latency predictors on measured tables (predictors/<device>/).")
+console = Console()
+
+
+def _table(device: str, root: Optional[Path]):
+    from autocomp.errors import UserError
+    from autocomp.measure.campaign import read_table, table_path
+
+    path = table_path(device, root)
+    if not path.exists():
+        raise UserError("--device", f"no measurements for {device!r} at {path}", f"a table from `autocomp measure --device {device}`")
+    return read_table(path), path
+
+
+@app.command()
+def train(
+    device: str = typer.Option("cpu-ort", help="Device whose measurement table to fit."),
+    root: Optional[Path] = typer.Option(None, help="Predictors folder (default: predictors/)."),
+    max_train: int = typer.Option(300, min=10, help="At most this many training measurements."),
+    kind: Optional[str] = typer.Option(None, help="Force a model kind (sum, whole, sum+gbm); default: chosen by cross-validation."),
+) -> None:
+    """Fit a predictor on predictors/<device>/measurements.parquet and save it next to the table."""
+    from autocomp.predictor import predictor_dir
+    from autocomp.predictor.model import KINDS, fit
+
+    df, path = _table(device, root)
+    kinds = KINDS if kind is None else (kind,)
+    pred, report = fit(df, kinds=kinds, max_train=max_train)
+    out = pred.save(predictor_dir(device, root))
+    sel = report.get("selection", {})
+    for k, m in sel.items():
+        console.print(f"  cv {k:8s} rmspe {m['rmspe']:.3f}  within10 {m['within_10pct']:.2f}  spearman {m['spearman']:.3f}")
+    t = report.get("test")
+    console.print(f"[bold]{pred.kind}[/] predictor for {device}: {report['n_train']} training rows -> {out}")
+    if t:
+        console.print(f"held-out ({t['n_test']}): within ±10% {t['within_10pct']:.3f}, Spearman {t['spearman']:.3f}, RMSPE {t['rmspe']:.3f}")
+
+
+@app.command("eval")
+def evaluate(
+    device: str = typer.Option("cpu-ort", help="Device whose predictor to evaluate."),
+    root: Optional[Path] = typer.Option(None, help="Predictors folder (default: predictors/)."),
+    noise: int = typer.Option(0, min=0, help="Also re-measure one held-out model this many times here (noise floor)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Held-out accuracy of a device's predictor (RMSPE, ±5/±10%, Spearman, Kendall) and the noise floor."""
+    from autocomp.errors import UserError
+    from autocomp.predictor import load_predictor
+    from autocomp.predictor.model import candidates_of, metrics, split_table
+
+    pred = load_predictor(device, root)
+    if pred is None:
+        raise UserError("--device", f"no predictor for {device!r}", f"one trained with `autocomp predictor train --device {device}`")
+    df, _ = _table(device, root)
+    _, test = split_table(df, pred.meta.get("n_train", 300))
+    if not len(test):
+        raise UserError("measurements", "no held-out rows in the table", "a table with more measurements")
+    y = test["median_ms"].to_numpy(float)
+    res = metrics(pred.predict(candidates_of(test)), y)
+    res.update(device=device, kind=pred.kind, n_train=pred.meta.get("n_train"),
+               within_run_cv_median=float(test["cv"].median()), flagged_share=float(test["flagged"].mean()))
+    if noise:
+        from autocomp.measure.base import get_device
+        from autocomp.measure.campaign import noise_floor
+
+        c = candidates_of(test.sort_values("median_ms").iloc[[len(test) // 2]])[0]
+        nf = noise_floor(c, pred.space, get_device(device), noise)
+        res["noise_floor_cv"] = nf["between_run_cv"]
+        res["noise_floor"] = nf
+    elif pred.meta.get("noise_floor"):
+        res["noise_floor_cv"] = pred.meta["noise_floor"].get("between_run_cv")
+    if as_json:
+        print(json.dumps(res))
+        return
+    t = Table(title=f"{device}: {pred.kind} predictor, {res['n_train']} training / {res['n_test']} held-out measurements")
+    t.add_column("metric")
+    t.add_column("value")
+    for k in ("rmspe", "mape", "within_5pct", "within_10pct", "spearman", "kendall", "within_run_cv_median", "noise_floor_cv"):
+        if res.get(k) is not None:
+            t.add_row(k, f"{res[k]:.4f}")
+    console.print(t)
+
+
+def main() -> None:
+    import sys
+
+    from autocomp.errors import UserError
+
+    try:
+        app()
+    except UserError as e:
+        Console(stderr=True).print(f"error: {e}", markup=False, highlight=False, soft_wrap=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,273 @@
+"""Latency predictors: fit on a device's measurement table, chosen by measurement, saved as JSON +
+LightGBM text (no pickle), loaded by device name.
+
+Three model kinds, all on the analytic features of :mod:`autocomp.predictor.features`:
+
+``sum``       latency = sum over fused layer groups of a per-group cost, linear in the group's
+              MACs / activation traffic / count per (precision, op kind), plus Cast, QDQ and add costs;
+              non-negative least squares on relative error. Interpretable, extrapolates sanely.
+``whole``     LightGBM on whole-network features, target log(latency).
+``sum+gbm``   the ``sum`` model corrected by LightGBM on log(measured / sum prediction).
+
+``fit`` scores each kind by K-fold cross-validation on the training rows (RMSPE) and keeps the best;
+the scores are recorded in the metadata (``selection``).
+
+Artifacts in ``predictors/<device>/``: ``predictor.json`` (schema version, kind, space, coefficients,
+calibration, metadata) and, for the LightGBM kinds, ``model.txt`` (LightGBM's text format).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import platform
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from autocomp.errors import UserError
+from autocomp.predictor.features import group_feature_names, group_features, network_feature_names, network_features
+from autocomp.space import Candidate, SearchSpace, get_space
+
+SCHEMA_VERSION = 1
+META_NAME = "predictor.json"
+MODEL_NAME = "model.txt"
+KINDS = ("sum", "whole", "sum+gbm")
+MAX_TRAIN = 300
+TEST_SHARE = 5  # one id in five (by hash) is held out
+
+LGB_PARAMS = {
+    "objective": "regression", "learning_rate": 0.05, "num_leaves": 15, "min_data_in_leaf": 5,
+    "feature_fraction": 0.8, "bagging_fraction": 0.9, "bagging_freq": 1, "lambda_l2": 1.0,
+    "verbose": -1, "seed": 0, "deterministic": True, "num_threads": 1, "force_row_wise": True,
+}
+NUM_ROUNDS = 400
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def metrics(pred: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    """RMSPE, share within ±5% / ±10%, Spearman and Kendall rank correlations, n."""
+    from scipy.stats import kendalltau, spearmanr
+
+    pred, y = np.asarray(pred, float), np.asarray(y, float)
+    rel = (pred - y) / y
+    out = {
+        "n_test": int(len(y)),
+        "rmspe": float(np.sqrt(np.mean(rel ** 2))) if len(y) else float("nan"),
+        "mape": float(np.mean(np.abs(rel))) if len(y) else float("nan"),
+        "within_5pct": float(np.mean(np.abs(rel) <= 0.05)) if len(y) else float("nan"),
+        "within_10pct": float(np.mean(np.abs(rel) <= 0.10)) if len(y) else float("nan"),
+    }
+    if len(y) > 2:
+        out["spearman"] = float(spearmanr(pred, y).statistic)
+        out["kendall"] = float(kendalltau(pred, y).statistic)
+    else:
+        out["spearman"] = out["kendall"] = float("nan")
+    return out
+
+
+# --------------------------------------------------------------------------- splits
+
+
+def is_test_id(cid: str) -> bool:
+    """The deterministic held-out split: stable as a table grows, independent of row order."""
+    return int(hashlib.sha1(("split:" + cid).encode()).hexdigest()[:8], 16) % TEST_SHARE == 0
+
+
+def split_table(df: pd.DataFrame, max_train: int = MAX_TRAIN) -> tuple[pd.DataFrame, pd.DataFrame]:
+    test = df["id"].map(is_test_id)
+    train = df[~test].sort_values(["seed", "index"] if "index" in df else "id").head(max_train)
+    return train.reset_index(drop=True), df[test].reset_index(drop=True)
+
+
+def candidates_of(df: pd.DataFrame) -> list[Candidate]:
+    return [Candidate.from_json(s) for s in df["candidate"]]
+
+
+# --------------------------------------------------------------------------- the predictor
+
+
+class Predictor:
+    """Predicts a device's latency (ms) for candidates of one search space."""
+
+    def __init__(self, kind: str, space: SearchSpace, meta: dict[str, Any], coef: np.ndarray | None = None,
+                 booster: Any = None, calibration: dict[str, float] | None = None):
+        if kind not in KINDS:
+            raise ValueError(f"unknown predictor kind {kind!r}; expected one of {KINDS}")
+        self.kind, self.space, self.meta = kind, space, meta
+        self.coef, self.booster = coef, booster
+        self.calibration = calibration  # {"a", "b"}: ms' = exp(a + b * log(ms)), from a few new-device measurements
+
+    # ----------------------------------------------------------------- predict
+
+    def _raw(self, candidates: Sequence[Candidate]) -> np.ndarray:
+        if self.kind == "sum":
+            return np.maximum(group_features(candidates, self.space) @ self.coef, 1e-4)
+        x = network_features(candidates, self.space)
+        log_gbm = self.booster.predict(x, num_threads=1)
+        if self.kind == "whole":
+            return np.exp(log_gbm)
+        base = np.maximum(x[:, : len(self.coef) - 1] @ self.coef[:-1] + self.coef[-1], 1e-4)
+        return base * np.exp(log_gbm)
+
+    def predict(self, candidates: Sequence[Candidate]) -> np.ndarray:
+        """Predicted latency in milliseconds, one per candidate (batched; no export)."""
+        if not len(candidates):
+            return np.zeros(0)
+        spaces = {c.space for c in candidates}
+        if spaces - {self.space.name}:
+            raise UserError("candidate.space", f"{sorted(spaces)} but this predictor was fit on space {self.space.name!r}", self.space.name)
+        y = self._raw(candidates)
+        if self.calibration:
+            y = np.exp(self.calibration["a"] + self.calibration["b"] * np.log(y))
+        return y
+
+    # ----------------------------------------------------------------- persistence
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "schema_version": SCHEMA_VERSION, "kind": self.kind, "space": self.space.name,
+            "group_features": group_feature_names(), "network_features": network_feature_names(self.space),
+            "coef": None if self.coef is None else [float(v) for v in self.coef],
+            "calibration": self.calibration, "model_file": MODEL_NAME if self.booster is not None else None,
+            "meta": self.meta,
+        }
+
+    def save(self, directory: Path) -> Path:
+        directory.mkdir(parents=True, exist_ok=True)
+        if self.booster is not None:
+            tmp = directory / (MODEL_NAME + ".tmp")
+            self.booster.save_model(str(tmp))
+            tmp.replace(directory / MODEL_NAME)
+        tmp = directory / (META_NAME + ".tmp")
+        tmp.write_text(json.dumps(self.to_json(), indent=1, default=str))
+        tmp.replace(directory / META_NAME)
+        return directory / META_NAME
+
+    @classmethod
+    def load(cls, directory: Path) -> "Predictor":
+        import lightgbm as lgb
+
+        path = directory / META_NAME
+        try:
+            d = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise UserError(str(path), f"unreadable predictor metadata ({type(e).__name__})", "a predictor.json written by `autocomp predictor train`") from None
+        if not isinstance(d, dict) or d.get("schema_version") != SCHEMA_VERSION:
+            got = d.get("schema_version") if isinstance(d, dict) else None
+            raise UserError(str(path), f"schema_version {got!r}", f"schema_version {SCHEMA_VERSION} (retrain with `autocomp predictor train`)")
+        if d.get("kind") not in KINDS:
+            raise UserError(str(path), f"kind {d.get('kind')!r}", f"one of {KINDS}")
+        space = get_space(d["space"])
+        if d.get("network_features") not in (None, network_feature_names(space)):
+            raise UserError(str(path), "feature set differs from this autocomp version", "a predictor retrained with this version")
+        booster = None
+        if d.get("model_file"):
+            mpath = directory / d["model_file"]
+            try:
+                booster = lgb.Booster(model_str=mpath.read_text())
+            except Exception as e:
+                raise UserError(str(mpath), f"unreadable LightGBM model ({type(e).__name__})", "a LightGBM text model") from None
+        coef = np.asarray(d["coef"], float) if d.get("coef") is not None else None
+        return cls(d["kind"], space, d.get("meta", {}), coef, booster, d.get("calibration"))
+
+
+# --------------------------------------------------------------------------- fitting
+
+
+def _fit_sum(g: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Non-negative least squares on relative error (rows scaled by 1/y); the constant is free to be
+    any sign (fixed per-inference overhead)."""
+    from scipy.optimize import nnls
+
+    w = 1.0 / y
+    a = g * w[:, None]
+    b = np.ones_like(y)
+    scale = np.maximum(np.abs(a).max(0), 1e-12)
+    coef, _ = nnls(a / scale, b)
+    return coef / scale
+
+
+def _fit_gbm(x: np.ndarray, target: np.ndarray, rounds: int = NUM_ROUNDS, init_model: Any = None) -> Any:
+    import lightgbm as lgb
+
+    ds = lgb.Dataset(x, target, free_raw_data=False, params={"verbose": -1})
+    return lgb.train(LGB_PARAMS, ds, num_boost_round=rounds, init_model=init_model)
+
+
+def _fit_kind(kind: str, g: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray | None, Any]:
+    if kind == "sum":
+        return _fit_sum(g, y), None
+    if kind == "whole":
+        return None, _fit_gbm(x, np.log(y))
+    coef = _fit_sum(g, y)
+    base = np.maximum(g @ coef, 1e-4)
+    return coef, _fit_gbm(x, np.log(y / base))
+
+
+def _predict_kind(kind: str, coef, booster, g: np.ndarray, x: np.ndarray) -> np.ndarray:
+    if kind == "sum":
+        return np.maximum(g @ coef, 1e-4)
+    if kind == "whole":
+        return np.exp(booster.predict(x, num_threads=1))
+    return np.maximum(g @ coef, 1e-4) * np.exp(booster.predict(x, num_threads=1))
+
+
+def cross_validate(g: np.ndarray, x: np.ndarray, y: np.ndarray, kinds: Sequence[str] = KINDS, folds: int = 5, seed: int = 0) -> dict[str, dict]:
+    rng = np.random.default_rng(seed)
+    fold = rng.permutation(len(y)) % folds
+    out = {}
+    for kind in kinds:
+        pred = np.zeros_like(y)
+        for f in range(folds):
+            tr, te = fold != f, fold == f
+            coef, booster = _fit_kind(kind, g[tr], x[tr], y[tr])
+            pred[te] = _predict_kind(kind, coef, booster, g[te], x[te])
+        out[kind] = metrics(pred, y)
+    return out
+
+
+def host_info(table: pd.DataFrame) -> dict[str, Any]:
+    """Where the table was measured: host, CPU model, backend and version (most common values)."""
+    def mode(col: str) -> Any:
+        return table[col].mode().iloc[0] if col in table and len(table) else None
+
+    return {"host": mode("host"), "cpu_model": mode("cpu_model"), "backend": mode("backend"),
+            "backend_version": mode("backend_version"), "device": mode("device"),
+            "threads": int(mode("threads")) if mode("threads") is not None else None,
+            "batch": int(mode("batch")) if mode("batch") is not None else None}
+
+
+def fit(table: pd.DataFrame, space: SearchSpace | None = None, kinds: Sequence[str] = KINDS, max_train: int = MAX_TRAIN,
+        drop_flagged: bool = False) -> tuple[Predictor, dict[str, Any]]:
+    """Fit a predictor on a measurement table's training split; returns (predictor, report) where the
+    report has the CV selection scores and held-out metrics."""
+    if drop_flagged and "flagged" in table:
+        table = table[~table["flagged"].astype(bool)]
+    train, test = split_table(table, max_train)
+    if len(train) < 10:
+        raise UserError("measurements", f"only {len(train)} training rows", "at least 10 measured candidates (run `autocomp measure`)")
+    space = space or get_space(str(train["space"].iloc[0]))
+    cands = candidates_of(train)
+    y = train["median_ms"].to_numpy(float)
+    g, x = group_features(cands, space), network_features(cands, space)
+    selection = cross_validate(g, x, y, kinds) if len(kinds) > 1 else {}
+    best = min(selection, key=lambda k: selection[k]["rmspe"]) if selection else kinds[0]
+    coef, booster = _fit_kind(best, g, x, y)
+    meta = {
+        **host_info(table), "space": space.name, "kind": best, "n_train": int(len(train)), "n_test": int(len(test)),
+        "n_table": int(len(table)), "trained_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "trained_on": platform.node(), "selection": selection, "target": "median_ms",
+        "split": f"held out: sha1('split:'+id) % {TEST_SHARE} == 0; train: first {max_train} others by (seed, index)",
+    }
+    pred = Predictor(best, space, meta, coef, booster)
+    report = {"kind": best, "selection": selection, "n_train": len(train)}
+    if len(test):
+        report["test"] = metrics(pred.predict(candidates_of(test)), test["median_ms"].to_numpy(float))
+        meta["test"] = report["test"]
+    return pred, report

@@ -1,0 +1,57 @@
+"""Adapt a device's predictor to a new device (or execution mode) from a few measurements.
+
+``loglinear`` (default): ms_new = exp(a + b * log(ms_old)), least squares on log latency — keeps the
+ranking of the source predictor and learns the new device's scale and its scaling with model size.
+``scale``: b fixed to 1 (only a constant factor; the safest with very few points).
+``refit``: for the LightGBM kinds, LightGBM continues boosting from the source model
+(``init_model``) on the new measurements, a few shallow rounds, after the log-linear calibration.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Sequence
+
+import numpy as np
+
+from autocomp.predictor.model import Predictor
+from autocomp.space import Candidate
+
+METHODS = ("scale", "loglinear", "refit")
+
+
+def adapt(source: Predictor, candidates: Sequence[Candidate], latency_ms: Sequence[float], method: str = "loglinear",
+          device: str | None = None) -> Predictor:
+    """A copy of ``source`` calibrated on (candidates, measured ms) of the new device."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
+    y = np.log(np.asarray(latency_ms, float))
+    base = source.calibration
+    src = copy.copy(source)
+    src.calibration = None
+    p = np.log(src.predict(candidates))
+    src.calibration = base
+    if method == "scale" or len(y) < 3:
+        a, b = float(np.mean(y - p)), 1.0
+    else:
+        b, a = np.polyfit(p, y, 1)
+        a, b = float(a), float(b)
+    out = Predictor(source.kind, source.space, {**source.meta}, source.coef, source.booster, {"a": a, "b": b})
+    if method == "refit" and source.booster is not None:
+        import lightgbm as lgb
+
+        from autocomp.predictor.features import group_features, network_features
+
+        # continue boosting the source model (its predictions are the starting score) on the new
+        # device's log latency (minus the analytic sum for sum+gbm); no calibration on top
+        x = network_features(candidates, source.space)
+        target = y
+        if source.kind == "sum+gbm":
+            target = y - np.log(np.maximum(group_features(candidates, source.space) @ source.coef, 1e-4))
+        params = {"objective": "regression", "learning_rate": 0.1, "num_leaves": 4, "min_data_in_leaf": 3,
+                  "verbose": -1, "seed": 0, "deterministic": True, "num_threads": 1}
+        ds = lgb.Dataset(x, target, free_raw_data=False, params={"verbose": -1})
+        out.booster = lgb.train(params, ds, num_boost_round=30, init_model=source.booster)
+        out.calibration = None
+    out.meta.update(adapted_from=source.meta.get("device"), adapted_to=device, adapt_method=method, n_adapt=int(len(y)))
+    return out
