@@ -1,0 +1,304 @@
+"""Controllers (random, regularized evolution, NSGA-II), the budget as a hard constraint, and the
+search on Ray Tune: failures recorded, resume after SIGKILL of the driver."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from autocomp.errors import UserError
+from autocomp.search import get_controller
+from autocomp.search.base import list_controllers
+from autocomp.search.nsga2 import select
+from autocomp.search.pareto import crowding_distance, dominates, hypervolume, non_dominated_sort, pareto_front
+from autocomp.space import SearchSpace, get_space
+
+TINY_SPACE = """\
+schema_version: 1
+name: tiny
+input: {channels: 1, height: 28, width: 28}
+num_classes: 10
+stem: {width: [4, 8]}
+stages:
+  - {stride: 2, depth: [1, 2], width: [8, 16], kernel: [3, 5], expand: [1, 3]}
+  - {stride: 2, depth: [1], width: [16, 24], kernel: [3], expand: [2, 3]}
+head: {width: [16, 32]}
+compression: {keep_ratio: [1.0, 0.5], rank_ratio: [1.0, 0.5], precision: [fp32, int8]}
+"""
+
+
+@pytest.fixture(scope="module")
+def space() -> SearchSpace:
+    return get_space("mnist-mbv2")
+
+
+class EncodingLatency:
+    """A real (if crude) latency model: a fixed linear function of the candidate's encoding.
+
+    Widths, kernels, expansions, keep and rank ratios raise the cost; int8 halves a layer's share.
+    """
+
+    def __init__(self, space: SearchSpace):
+        self.space = space
+
+    def predict(self, candidates) -> np.ndarray:
+        out = []
+        for c in candidates:
+            ms = 0.002 * c.stem_width + 0.001 * c.head_width
+            for s in c.stages:
+                for b in s.blocks:
+                    cost = 1e-4 * s.width * b.expand * b.keep * (b.kernel ** 2) * (0.5 + b.rank)
+                    out_prec = 0.5 if b.precision == "int8" else (0.75 if b.precision == "fp16" else 1.0)
+                    ms += cost * out_prec
+            out.append(ms)
+        return np.asarray(out)
+
+
+def synthetic_eval(space: SearchSpace, cand, trial: int) -> dict:
+    """Deterministic stand-in for training: accuracy grows with capacity, latency from the model above."""
+    v = np.asarray(space.encode(cand))
+    lat = float(EncodingLatency(space).predict([cand])[0])
+    acc = float(1.0 - np.exp(-0.02 * (v.sum() ** 0.5)) + 0.01 * np.sin(v.sum()))
+    return {"trial": trial, "status": "ok", "accuracy": acc, "latency_ms": lat, "params": int(v.sum() * 10)}
+
+
+def drive(name: str, space: SearchSpace, seed: int, n: int, shuffle_seed: int | None, **opts) -> list[str]:
+    """Ask/tell ``n`` trials with up to 4 in flight, telling in a (possibly shuffled) completion order."""
+    ctrl = get_controller(name, space, seed, **opts)
+    rng = random.Random(shuffle_seed)
+    inflight: list[tuple[int, object]] = []
+    ids: list[str] = []
+    while len(ids) < n or inflight:
+        while len(inflight) < 4 and ctrl.asked < n:
+            cand = ctrl.ask()
+            if cand is None:
+                break
+            ids.append(cand.id)
+            inflight.append((ctrl.asked - 1, cand))
+        k = rng.randrange(len(inflight)) if shuffle_seed is not None else 0
+        trial, cand = inflight.pop(k)
+        ctrl.tell(cand, synthetic_eval(space, cand, trial), trial=trial)
+    return ids
+
+
+# --------------------------------------------------------------------------- controllers
+
+
+@pytest.mark.parametrize("name", ["random", "evolution", "nsga2"])
+def test_same_seed_same_candidates_whatever_the_completion_order(name, space):
+    opts = {"population": 6, "generation": 3} if name == "evolution" else ({"population": 4} if name == "nsga2" else {})
+    a = drive(name, space, 7, 24, None, **opts)
+    b = drive(name, space, 7, 24, 123, **opts)  # results arrive in another order
+    c = drive(name, space, 8, 24, None, **opts)
+    assert a == b
+    assert a != c
+    assert len(set(a)) == len(a)  # never the same candidate twice
+
+
+def test_registry_lists_strategies_and_rejects_unknown(space):
+    assert {"random", "evolution", "nsga2"} <= set(list_controllers())
+    with pytest.raises(UserError, match="--controller"):
+        get_controller("annealing", space)
+
+
+@pytest.mark.parametrize("name", ["evolution", "nsga2"])
+def test_evolved_candidates_stay_inside_the_space(name, space):
+    ctrl = get_controller(name, space, 3, population=4, **({"generation": 2} if name == "evolution" else {}))
+    for t in range(40):
+        cand = ctrl.ask()
+        assert cand is not None
+        space.validate_candidate(cand)
+        ctrl.tell(cand, synthetic_eval(space, cand, t), trial=t)
+
+
+def test_mutation_and_crossover_stay_inside_the_space(space):
+    rng = random.Random(0)
+    pop = [space.sample(rng) for _ in range(8)]
+    for _ in range(300):
+        a, b = rng.sample(pop, 2)
+        child = space.mutate(space.crossover(a, b, rng), rng, prob=0.5)
+        space.validate_candidate(child)
+        pop[rng.randrange(len(pop))] = child
+
+
+def test_generation_waits_for_all_results(space):
+    ctrl = get_controller("nsga2", space, 0, population=3)
+    got = [ctrl.ask() for _ in range(3)]
+    assert all(got) and ctrl.ask() is None  # the generation is out
+    ctrl.tell(got[1], synthetic_eval(space, got[1], 1), trial=1)
+    assert ctrl.ask() is None
+    ctrl.tell(got[0], synthetic_eval(space, got[0], 0), trial=0)
+    ctrl.tell(got[2], synthetic_eval(space, got[2], 2), trial=2)
+    assert ctrl.ask() is not None and ctrl.generation == 1
+
+
+def test_replaying_results_rebuilds_the_controller(space):
+    """The basis of resume: feeding the recorded results in trial order gives the same next proposals."""
+    live = get_controller("evolution", space, 5, population=4, generation=2)
+    rows = []
+    for t in range(10):
+        c = live.ask()
+        if c is None:
+            break
+        rows.append((t, c, synthetic_eval(space, c, t)))
+        if len(rows) % 2 == 0:
+            for tt, cc, rr in reversed(rows[-2:]):
+                live.tell(cc, rr, trial=tt)
+    replay = get_controller("evolution", space, 5, population=4, generation=2)
+    for t, c, r in rows:  # as runner.ControllerSearcher does: ask, then tell the recorded result
+        assert replay.ask().id == c.id
+        replay.tell(c, r, trial=t)
+    assert [replay.ask().id for _ in range(2)] == [live.ask().id for _ in range(2)]
+
+
+# --------------------------------------------------------------------------- budget
+
+
+@pytest.mark.parametrize("name", ["random", "evolution", "nsga2"])
+def test_infeasible_candidates_are_never_asked(name, space):
+    pred = EncodingLatency(space)
+    rng = random.Random(1)
+    lat = pred.predict([space.sample(rng) for _ in range(400)])
+    budget = float(np.percentile(lat, 30))  # ~70% of the space is over budget
+    ctrl = get_controller(name, space, 0, budget_ms=budget, predictor=pred, population=4)
+    for t in range(16):
+        c = ctrl.ask()
+        assert float(pred.predict([c])[0]) <= budget
+        assert ctrl.predicted[c.id] == pytest.approx(float(pred.predict([c])[0]))
+        ctrl.tell(c, synthetic_eval(space, c, t), trial=t)
+    assert ctrl.skipped > 0
+
+
+def test_impossible_budget_is_a_user_error(space):
+    ctrl = get_controller("random", space, 0, budget_ms=1e-9, predictor=EncodingLatency(space), max_proposals=64)
+    with pytest.raises(UserError, match="--budget"):
+        ctrl.ask()
+
+
+def test_without_budget_the_predictor_does_not_filter(space):
+    ctrl = get_controller("random", space, 0, budget_ms=None, predictor=EncodingLatency(space))
+    ctrl.ask()
+    assert ctrl.skipped == 0 and ctrl.predictor is None
+
+
+# --------------------------------------------------------------------------- NSGA-II maths
+
+
+def test_non_dominated_sort_on_a_hand_checked_set():
+    #            0       1       2       3       4       5       6
+    pts = [(1, 5), (2, 3), (3, 1), (2, 4), (4, 4), (3, 3), (1, 5)]
+    # front 0: (1,5) twice (equal points do not dominate each other), (2,3), (3,1)
+    # front 1: (2,4) [dominated by (2,3)], (3,3) [by (2,3)]
+    # front 2: (4,4) [by (2,4), (3,3)]
+    assert non_dominated_sort(pts) == [[0, 1, 2, 6], [3, 5], [4]]
+    assert dominates((1, 1), (1, 2)) and not dominates((1, 2), (1, 2)) and not dominates((0, 3), (1, 2))
+
+
+def test_crowding_distance_hand_checked():
+    d = crowding_distance([(0, 4), (1, 2), (2, 1), (4, 0)])
+    assert d[0] == d[3] == float("inf")
+    assert d[1] == pytest.approx((2 - 0) / 4 + (4 - 1) / 4)
+    assert d[2] == pytest.approx((4 - 1) / 4 + (2 - 0) / 4)
+
+
+def test_survivor_selection_prefers_feasible_then_front_then_spread(space):
+    c = space.smallest()
+    pool = [
+        (0, c, (-0.9, 1.0), 0.0), (1, c, (-0.8, 0.5), 0.0), (2, c, (-0.7, 0.9), 0.0),  # 2 is dominated by 1
+        (3, c, (-0.99, 9.0), 4.0), (4, c, (-0.95, 6.0), 1.0),  # over budget by 4 and 1 ms
+    ]
+    survivors, rank = select(pool, 4)
+    assert [s[0] for s in survivors] == [0, 1, 2, 4]
+    assert rank[0][0] == rank[1][0] == 0 and rank[2][0] == 1 and rank[4][0] == 2
+
+
+def test_pareto_front_and_hypervolume():
+    rows = [{"accuracy": a, "latency_ms": l} for a, l in [(0.5, 1.0), (0.7, 2.0), (0.6, 3.0), (0.9, 4.0)]]
+    assert [r["accuracy"] for r in pareto_front(rows)] == [0.5, 0.7, 0.9]
+    assert hypervolume(rows, 5.0) == pytest.approx(1 * 0.5 + 2 * 0.7 + 1 * 0.9)
+
+
+# --------------------------------------------------------------------------- on Ray Tune
+
+
+def test_failed_evaluations_are_recorded_and_the_search_goes_on(ray_local, mnist, tmp_path):
+    """Images with 3 channels for a 1-channel space: every evaluation raises; each is a row with its error."""
+    from autocomp.data import Dataset, Split
+    from autocomp.evaluate import EvalSettings
+    from autocomp.measure import get_device
+    from autocomp.runner import ControllerFactory, read_results, run_tune
+
+    sp = space_file(tmp_path)
+    from autocomp.space import load_space
+
+    tiny = load_space(sp)
+    bad = Split(np.repeat(mnist.train.x[:256], 3, axis=1), mnist.train.y[:256])
+    data = Dataset("bad", bad, Split(np.repeat(mnist.val.x[:64], 3, axis=1), mnist.val.y[:64]), bad, 10, mnist.mean, mnist.std)
+    rows, searcher = run_tune(ControllerFactory("random", tiny, 0), tiny, data, get_device("cpu-ort"),
+                              EvalSettings(train_steps=1, val_size=64), 2, tmp_path)
+    assert [r["trial"] for r in rows] == [0, 1]
+    assert all(r["status"] == "error" and "RuntimeError" in r["error"] for r in rows)
+    assert read_results(tmp_path / "results.csv") == rows
+    assert searcher.ctrl.pending == []
+
+
+def space_file(tmp_path: Path) -> Path:
+    p = tmp_path / "tiny.yaml"
+    p.write_text(TINY_SPACE)
+    return p
+
+
+def _search_cmd(out: Path, space: Path, address: str, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "autocomp.cli", "search", "--budget", "5ms", "--trials", "4", "--seed", "3",
+            "--out", str(out), "--space", str(space), "--controller", "evolution", "--train-steps", "1",
+            "--val-size", "100", "--address", address, *extra]
+
+
+def test_resume_after_sigkill_neither_loses_nor_repeats(ray_local, tmp_path):
+    """SIGKILL the driver after two results, run again with --resume: 4 trials, each exactly once, the
+    two first rows untouched, and the candidates those of the seed (random phase of evolution)."""
+    from autocomp.runner import read_results
+
+    address = ray_local.get_runtime_context().gcs_address
+    sp, out = space_file(tmp_path), tmp_path / "run"
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    proc = subprocess.Popen(_search_cmd(out, sp, address), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    results = out / "results.csv"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if results.exists() and len(results.read_text().strip().splitlines()) >= 3:  # header + 2 rows
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = results.read_text().splitlines()
+    assert 2 <= len(before) - 1 < 4, "the driver should have been killed mid-search"
+
+    # without --resume the run dir is refused, nothing overwritten
+    again = subprocess.run(_search_cmd(out, sp, address), env=env, capture_output=True, text=True)
+    assert again.returncode == 2 and "--resume" in again.stderr
+    assert results.read_text().splitlines() == before
+
+    done = subprocess.run(_search_cmd(out, sp, address, "--resume"), env=env, capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    after = results.read_text().splitlines()
+    assert after[: len(before)] == before  # nothing recorded is lost or rewritten
+    rows = read_results(results)
+    assert sorted(r["trial"] for r in rows) == [0, 1, 2, 3]  # each trial exactly once
+    from autocomp.space import load_space
+
+    ctrl = get_controller("evolution", load_space(sp), 3)
+    assert [r["id"] for r in sorted(rows, key=lambda r: r["trial"])] == [ctrl.ask().id for _ in range(4)]
+    assert all(r["status"] == "ok" and r["measure_node"] for r in rows)
+    import json
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["resumed"] and summary["evaluated"] == 4 and summary["replayed"] >= 2
