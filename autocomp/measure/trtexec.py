@@ -90,7 +90,7 @@ def parse_summary_line(text: str, metric: str = "GPU Compute Time") -> TimingSta
     (the last summary of ``text``). TensorRT 8.0-8.4 print only percentile(99%), 8.5+ and 10.x also
     90% and 95%; copies of logs sometimes lose the ``=``, both are accepted. Raises ValueError when
     the metric is missing."""
-    lines = [ln for ln in text.splitlines() if re.search(rf"(^|\s|\]){re.escape(metric)}:\s*min", ln)]
+    lines = [ln for ln in text.splitlines() if re.search(rf"(?:^|\]\s*){re.escape(metric)}:\s*min", ln.strip())]
     if not lines:
         raise ValueError(f"no '{metric}: min = ...' line in trtexec output (did the run finish? see its log)")
     line = lines[-1]
