@@ -204,7 +204,7 @@ class ControllerSearcher(Searcher):
     """An autocomp controller as a Tune Searcher. Trial configs are {trial, candidate, predicted_latency_ms}."""
 
     def __init__(self, factory: ControllerFactory, n_trials: int, results_path: str | Path):
-        super().__init__(metric="accuracy", mode="max")
+        super().__init__()  # no single metric: the controller reads whole results
         self.factory, self.n_trials, self.results_path = factory, n_trials, str(results_path)
         self._rebuild({})
 
@@ -374,6 +374,8 @@ def run_tune(
     on_row: Callable[[dict], Any] | None = None,
 ) -> tuple[list[dict], ControllerSearcher]:
     """Run (or resume) the search in Tune; returns the rows of results.csv (by trial) and the searcher."""
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")  # experiment state at most 1 s behind results.csv
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: Tune prints nothing; our progress does
     results = run_dir / "results.csv"
     ResultsTable(results).close()  # header now: a crash before the first row still leaves a valid table
     done = {r["trial"]: {k: v for k, v in r.items() if k in _ROW_KEYS and v is not None}
@@ -407,7 +409,6 @@ def run_tune(
         for cb in _find_callbacks(tuner):
             cb.on_row = on_row
     if tuner is not None:
-        os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
         tuner.fit()
     rows = read_results(results)
     by_trial = {}
