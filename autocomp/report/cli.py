@@ -7,13 +7,13 @@ from typing import List, Optional
 
 import typer
 
-app = typer.Typer(add_completion=False, pretty_exceptions_enable=False,
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, context_settings={"allow_interspersed_args": True}, subcommand_metavar="",
                   help="Pareto report of a run: report.html (self-contained), summary.md, results.parquet.")
 
 
 @app.callback(invoke_without_command=True)
 def report(
-    run: Path = typer.Argument(..., help="Run directory (holds config.json and results.csv), e.g. reports/<run>."),
+    run: Path = typer.Argument(..., metavar="RUN", help="Run directory (holds config.json and results.csv), e.g. reports/<run>."),
     compare: Optional[List[Path]] = typer.Option(None, "--compare", help="Another run directory to compare with (repeatable)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Write the report here instead of into the run directory."),
     png: bool = typer.Option(False, "--png", help="Also write pareto.png of the accuracy/latency plot (needs Chromium)."),
@@ -27,3 +27,7 @@ def report(
     typer.echo(f"wrote {path.parent / 'results.parquet'}")
     if png:
         typer.echo(f"wrote {export_png(run, path.parent / 'pareto.png')}")
+
+
+if __name__ == "__main__":
+    app()

@@ -14,10 +14,11 @@ import html
 import math
 from datetime import datetime, timezone
 
+import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from autocomp.report.summary import Run, genes_text, layer_groups, predictor_quality, progress, run_figures, winners
+from autocomp.report.summary import MAX_AUTO_WINNERS, Run, genes_text, layer_groups, predictor_quality, progress, run_figures, winners
 
 PLOT_CONFIG = {"displaylogo": False, "responsive": True, "toImageButtonOptions": {"format": "png", "scale": 2}}
 PRECISION_BITS = {"fp32": 32, "fp16": 16, "int8": 8}
@@ -38,10 +39,16 @@ def _e(x) -> str:
     return html.escape("" if x is None else str(x))
 
 
+def _missing(x) -> bool:
+    return x is None or bool(pd.isna(x))
+
+
 def _num(x, fmt: str = ".4f") -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "—"
-    return format(x, fmt)
+    return "—" if _missing(x) else format(x, fmt)
+
+
+def _int(x) -> str:
+    return "—" if _missing(x) else f"{int(x):,}"
 
 
 def _table(headers: list[str], rows: list[list[str]], num_cols: set[int] = frozenset(), raw: bool = False) -> str:
@@ -69,40 +76,47 @@ def pareto_figure(run: Run, wins: list[dict]) -> go.Figure:
     custom = []
     for r in ok:
         cand = run.candidates.get(r["id"])
-        custom.append([r["id"], r["summary"], genes_text(cand) if cand else "", f"{r['params']:,}" if r.get("params") is not None else "—",
+        custom.append([r["id"], r["summary"], genes_text(cand) if cand else "", _int(r.get("params")),
                        _num(r.get("latency_p90_ms"), ".3f"), int(r["trial"]), "yes" if r["id"] in front_ids else "no"])
     fig.add_trace(go.Scatter(
         x=[r["latency_ms"] for r in ok], y=[r["accuracy"] for r in ok], mode="markers", name=f"evaluated ({len(ok)})",
         customdata=custom,
-        marker=dict(size=9, color=[math.log10(r["params"]) if r.get("params") else 0 for r in ok], colorscale="Viridis",
+        marker=dict(size=9, color=[math.log10(r["params"]) if not _missing(r.get("params")) and r["params"] > 0 else 0 for r in ok], colorscale="Viridis",
                     colorbar=dict(title="log10 params", thickness=12), showscale=bool(ok),
-                    line=dict(width=[2 if r["id"] in front_ids else 0 for r in ok], color="#000")),
+                    line=dict(width=0)),
         hovertemplate=("<b>%{customdata[0]}</b> (trial %{customdata[5]})<br>accuracy %{y:.4f}<br>latency %{x:.3f} ms "
                        "(p90 %{customdata[4]} ms)<br>params %{customdata[3]} · on front: %{customdata[6]}<br>"
                        "%{customdata[1]}<br><span style='font-size:11px'>%{customdata[2]}</span><extra></extra>"),
     ))
     front = run.front()
     if front:
-        fig.add_trace(go.Scatter(x=[r["latency_ms"] for r in front], y=[r["accuracy"] for r in front], mode="lines",
-                                 line=dict(shape="hv", color="#d62728", width=2), name=f"Pareto front ({len(front)})", hoverinfo="skip"))
+        # the staircase bounding the dominated region, carried on to the slowest candidate
+        xs = [r["latency_ms"] for r in front] + [max(r["latency_ms"] for r in ok)]
+        ys = [r["accuracy"] for r in front] + [front[-1]["accuracy"]]
+        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", line=dict(shape="hv", color="#d62728", width=2),
+                                 name=f"Pareto front ({len(front)})", legendgroup="front", hoverinfo="skip"))
+        fig.add_trace(go.Scatter(x=xs[:-1], y=ys[:-1], mode="markers", legendgroup="front", showlegend=False, hoverinfo="skip",
+                                 marker=dict(symbol="circle-open", size=15, color="#d62728", line=dict(width=2))))
     if wins:
         fig.add_trace(go.Scatter(
-            x=[w["latency_ms"] for w in wins if w.get("latency_ms")], y=[w["accuracy"] for w in wins if w.get("latency_ms")],
-            mode="markers", name="winners (search)", marker=dict(symbol="star", size=16, color="gold", line=dict(width=1, color="#000")),
-            text=[w["id"] for w in wins if w.get("latency_ms")], hovertemplate="winner %{text}<extra></extra>"))
-        pred = [w for w in wins if w.get("predicted_latency_ms") and w.get("accuracy") is not None]
+            x=[w["latency_ms"] for w in wins if not _missing(w.get("latency_ms"))],
+            y=[w["accuracy"] for w in wins if not _missing(w.get("latency_ms"))],
+            mode="markers", name="winners", marker=dict(symbol="star-open", size=24, color="#e6a700", line=dict(width=2)),
+            text=[w["id"] for w in wins if not _missing(w.get("latency_ms"))], hovertemplate="winner %{text}<extra></extra>"))
+        pred = [w for w in wins if not _missing(w.get("predicted_latency_ms")) and not _missing(w.get("accuracy"))]
         if pred:
             fig.add_trace(go.Scatter(x=[w["predicted_latency_ms"] for w in pred], y=[w["accuracy"] for w in pred], mode="markers",
                                      name="winners: predicted latency", marker=dict(symbol="x-thin-open", size=12, line=dict(width=2, color="#9467bd")),
                                      text=[w["id"] for w in pred], hovertemplate="%{text}: predicted %{x:.3f} ms<extra></extra>"))
-        meas = [w for w in wins if w.get("measured_latency_ms")]
+        meas = [w for w in wins if not _missing(w.get("measured_latency_ms"))
+                and not (_missing(w.get("accuracy_test")) and _missing(w.get("accuracy")))]
         if meas:
             fig.add_trace(go.Scatter(
                 x=[w["measured_latency_ms"] for w in meas],
-                y=[w["accuracy_test"] if w.get("accuracy_test") is not None else w["accuracy"] for w in meas], mode="markers",
+                y=[w["accuracy"] if _missing(w.get("accuracy_test")) else w["accuracy_test"] for w in meas], mode="markers",
                 name="winners: exported, measured (test accuracy)", marker=dict(symbol="diamond", size=12, color="#ff7f0e", line=dict(width=1, color="#000")),
                 text=[w["id"] for w in meas], hovertemplate="%{text}: measured %{x:.3f} ms, accuracy %{y:.4f}<extra></extra>"))
-    fig.add_vline(x=run.budget_ms, line=dict(color="#555", dash="dash"), annotation_text=f"budget {run.budget_ms:g} ms",
+    fig.add_vline(x=run.budget_ms, line=dict(color="#555", dash="dash"), annotation_text=f"budget {run.budget_ms:.4g} ms",
                   annotation_position="top left")
     lats = [r["latency_ms"] for r in ok] + [run.budget_ms]
     fig.update_layout(title="Accuracy against latency", xaxis_title=f"latency on {run.config.get('device', 'the device')} (ms, median)",
@@ -148,8 +162,8 @@ def layers_figure(run: Run, wins: list[dict]) -> go.Figure | None:
 def progress_figure(run: Run) -> go.Figure:
     p = progress(run)
     fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08,
-                        subplot_titles=(f"hypervolume of the front under the budget (accuracy × ms, reference {run.budget_ms:g} ms)",
-                                        f"best accuracy under {run.budget_ms:g} ms"))
+                        subplot_titles=(f"hypervolume of the front under the budget (accuracy × ms, reference {run.budget_ms:.4g} ms)",
+                                        f"best accuracy under {run.budget_ms:.4g} ms"))
     text = [f"trial {t} ({s})" for t, s in zip(p["trial"], p["status"])]
     fig.add_trace(go.Scatter(x=p["evaluation"], y=p["hypervolume"], mode="lines+markers", line=dict(shape="hv"), name="hypervolume",
                              text=text, hovertemplate="evaluation %{x}, %{text}<br>hypervolume %{y:.4f}<extra></extra>"), row=1, col=1)
@@ -162,6 +176,9 @@ def progress_figure(run: Run) -> go.Figure:
                                  marker=dict(symbol="x", color="#d62728", size=9), hovertemplate="evaluation %{x} failed<extra></extra>"),
                       row=1, col=1)
     fig.update_xaxes(title_text="evaluations (in trial order)", row=2, col=1)
+    fig.update_yaxes(rangemode="tozero")
+    if len(p) <= 25:
+        fig.update_xaxes(dtick=1)
     fig.update_layout(title="Search progress", height=520, template="plotly_white", showlegend=False)
     return fig
 
@@ -199,7 +216,7 @@ def compare_figure(runs: list[Run]) -> go.Figure:
                                  marker=dict(color=color, size=8), text=[p["id"] for p in front],
                                  hovertemplate=f"{_e(r.name)} front %{{text}}<br>%{{x:.3f}} ms, %{{y:.4f}}<extra></extra>"))
     for b in sorted({r.budget_ms for r in runs}):
-        fig.add_vline(x=b, line=dict(color="#555", dash="dash"), annotation_text=f"budget {b:g} ms", annotation_position="top left")
+        fig.add_vline(x=b, line=dict(color="#555", dash="dash"), annotation_text=f"budget {b:.4g} ms", annotation_position="top left")
     lats = [p["latency_ms"] for r in runs for p in r.ok_records()]
     fig.update_layout(title="Pareto fronts of the compared runs", xaxis_title="latency (ms, median)", yaxis_title="validation accuracy",
                       height=520, template="plotly_white", legend=dict(orientation="h", yanchor="bottom", y=1.02, x=0))
@@ -230,7 +247,7 @@ def render(run: Run, compare: list[Run] | None = None) -> str:
         return _fig_html(f, div_id, figs_done == 1)
 
     setting = [
-        ("budget", f"{run.budget_ms:g} ms"), ("device", cfg.get("device", "—")), ("space", cfg.get("space", "—")),
+        ("budget", f"{run.budget_ms:.4g} ms"), ("device", cfg.get("device", "—")), ("space", cfg.get("space", "—")),
         ("controller", cfg.get("controller", "—")), ("seed", cfg.get("seed", "—")), ("trials asked", cfg.get("trials", "—")),
         ("data", cfg.get("data", "—")), ("train steps", (cfg.get("eval") or {}).get("train_steps", "—")),
         ("evaluated", len(run.results)), ("ok / failed", f"{len(run.ok)} / {len(run.failed)}"),
@@ -249,13 +266,13 @@ def render(run: Run, compare: list[Run] | None = None) -> str:
     if summ.get("verdict"):
         parts.append(f"<div class=verdict>{_e(summ['verdict'])}</div>")
     best = run.best_under_budget()
-    parts.append(f"<div class=verdict>best under {run.budget_ms:g} ms: " + (
+    parts.append(f"<div class=verdict>best under {run.budget_ms:.4g} ms: " + (
         f"<b>{_e(best['id'])}</b> accuracy {best['accuracy']:.4f}, {best['latency_ms']:.3f} ms — {_e(best['summary'])}" if best
         else "<b>no evaluated candidate fits the budget</b>") + "</div>")
 
     parts.append("<h2>Accuracy against latency</h2>")
     if len(run.ok):
-        parts.append(f"<p class=muted>Every successfully evaluated candidate (hover for its policy); black outline = on the Pareto front. "
+        parts.append(f"<p class=muted>Every successfully evaluated candidate (hover for its policy); red ring = on the Pareto front (red staircase), open star = winner. "
                      f"Dashed line = budget.</p><div class=figure data-candidates='{len(run.ok)}'>{fig(pareto_figure(run, wins), 'pareto-plot')}</div>")
     else:
         parts.append("<div class=note>No candidate was evaluated successfully; nothing to plot.</div>")
@@ -263,13 +280,13 @@ def render(run: Run, compare: list[Run] | None = None) -> str:
     parts.append("<h2>Winners</h2>")
     if wins:
         src = ("from <code>models/&lt;id&gt;/metrics.json</code> (distilled, exported and measured)" if run.metrics
-               else f"the Pareto-front members under the budget (at most {5}); no <code>models/&lt;id&gt;/metrics.json</code> yet")
+               else f"the Pareto-front members under the budget (at most {MAX_AUTO_WINNERS}); no <code>models/&lt;id&gt;/metrics.json</code> yet")
         parts.append(f"<p class=muted>Winners: {src}.</p>")
         parts.append(_table(
             ["id", "val accuracy", "test accuracy", "latency in search (ms)", "predicted (ms)", "measured after export (ms)", "params", "policy"],
             [[w["id"], _num(w.get("accuracy")), _num(w.get("accuracy_test")), _num(w.get("latency_ms"), ".3f"),
               _num(w.get("predicted_latency_ms"), ".3f"), _num(w.get("measured_latency_ms"), ".3f"),
-              f"{w['params']:,}" if w.get("params") is not None and not _isnan(w["params"]) else "—", w.get("summary", "")] for w in wins],
+              _int(w.get("params")), w.get("summary", "")] for w in wins],
             num_cols={1, 2, 3, 4, 5, 6}))
         lf = layers_figure(run, wins)
         if lf is not None:
@@ -298,7 +315,7 @@ def render(run: Run, compare: list[Run] | None = None) -> str:
         runs = [run] + compare
         ref = max(r.budget_ms for r in runs)
         parts.append("<h2>Run comparison</h2>")
-        parts.append(f"<p class=muted>Hypervolume with a common reference latency of {ref:g} ms (the largest budget); "
+        parts.append(f"<p class=muted>Hypervolume with a common reference latency of {ref:.4g} ms (the largest budget); "
                      f"best under budget uses each run's own budget.</p>")
         parts.append(comparison_table_html([run_figures(r, ref) for r in runs]))
         parts.append(f"<div class=figure>{fig(compare_figure(runs), 'compare-plot')}</div>")
@@ -315,7 +332,7 @@ def render(run: Run, compare: list[Run] | None = None) -> str:
     parts.append(_table(
         ["trial", "id", "accuracy", "latency (ms)", "p90 (ms)", "CV", "params", "front", "policy"],
         [[int(r["trial"]), r["id"], _num(r["accuracy"]), _num(r["latency_ms"], ".3f"), _num(r.get("latency_p90_ms"), ".3f"),
-          _num(r.get("latency_cv"), ".1%"), f"{r['params']:,}" if r.get("params") is not None and not _isnan(r["params"]) else "—",
+          _num(r.get("latency_cv"), ".1%"), _int(r.get("params")),
           "yes" if r["id"] in front_ids else "", r["summary"]] for r in sorted(run.ok_records(), key=lambda r: r["latency_ms"])],
         num_cols={0, 2, 3, 4, 5, 6}))
     parts.append("</details>")
@@ -326,13 +343,6 @@ def render(run: Run, compare: list[Run] | None = None) -> str:
     body = "\n".join(parts)
     return (f"<!DOCTYPE html>\n<html lang=en><head><meta charset='utf-8'><meta name=viewport content='width=device-width, initial-scale=1'>"
             f"<title>autocomp report — {_e(run.name)}</title><style>{CSS}</style></head>\n<body>\n{body}\n</body></html>\n")
-
-
-def _isnan(x) -> bool:
-    try:
-        return math.isnan(x)
-    except TypeError:
-        return x is None
 
 
 def _layers_table(run: Run, wins: list[dict]) -> str:
@@ -355,6 +365,6 @@ def _layers_table(run: Run, wins: list[dict]) -> str:
 def comparison_table_html(figs: list[dict]) -> str:
     return _table(
         ["run", "device", "budget (ms)", "evaluated", "failed", "front size", "hypervolume", "best under budget: accuracy", "latency (ms)", "id"],
-        [[f["run"], f["device"], f"{f['budget_ms']:g}", f["evaluated"], f["failed"], f["front_size"], _num(f["hypervolume"]),
+        [[f["run"], f["device"], f"{f['budget_ms']:.4g}", f["evaluated"], f["failed"], f["front_size"], _num(f["hypervolume"]),
           _num(f["best_under_budget_accuracy"]), _num(f["best_under_budget_latency_ms"], ".3f"), f["best_under_budget_id"] or "—"] for f in figs],
         num_cols={2, 3, 4, 5, 6, 7, 8})

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import math
+import pandas as pd
 
 from autocomp.report.summary import Run, run_figures, winners
 
 
 def _f(x, fmt: str = ".4f") -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "—"
-    return format(x, fmt)
+    return "—" if x is None or pd.isna(x) else format(x, fmt)
 
 
 def _cell(x) -> str:
@@ -26,7 +24,7 @@ def _md_table(headers: list[str], rows: list[list]) -> list[str]:
 def render_markdown(run: Run, compare: list[Run] | None = None) -> str:
     cfg = run.config
     lines = [f"# autocomp run `{run.name}`", ""]
-    lines.append(f"Budget **{run.budget_ms:g} ms** on `{cfg.get('device', '?')}`, space `{cfg.get('space', '?')}`, "
+    lines.append(f"Budget **{run.budget_ms:.4g} ms** on `{cfg.get('device', '?')}`, space `{cfg.get('space', '?')}`, "
                  f"controller `{cfg.get('controller', '?')}`, seed {cfg.get('seed', '?')}: "
                  f"{len(run.results)} evaluated, {len(run.failed)} failed. Interactive report: [report.html](report.html); "
                  f"full table: [results.csv](results.csv), results.parquet.")
@@ -34,7 +32,7 @@ def render_markdown(run: Run, compare: list[Run] | None = None) -> str:
     if run.summary and run.summary.get("verdict"):
         lines += [f"> {run.summary['verdict']}", ""]
     best = run.best_under_budget()
-    lines.append(f"**Best under {run.budget_ms:g} ms:** " + (
+    lines.append(f"**Best under {run.budget_ms:.4g} ms:** " + (
         f"`{best['id']}` accuracy {best['accuracy']:.4f}, {best['latency_ms']:.3f} ms — {best['summary']}" if best
         else "no evaluated candidate fits the budget."))
     lines.append("")
@@ -42,7 +40,7 @@ def render_markdown(run: Run, compare: list[Run] | None = None) -> str:
     lines += [f"## Pareto front ({len(front)})", ""]
     lines += _md_table(["id", "accuracy", "latency ms", "p90 ms", "params", "fits", "policy"],
                        [[f"`{r['id']}`", _f(r["accuracy"]), _f(r["latency_ms"], ".3f"), _f(r.get("latency_p90_ms"), ".3f"),
-                         f"{int(r['params']):,}" if r.get("params") is not None and r["params"] == r["params"] else "—",
+                         _f(r.get("params"), ","),
                          "yes" if r["latency_ms"] <= run.budget_ms else "no", r["summary"]] for r in front])
     wins = winners(run)
     if wins:
@@ -53,10 +51,10 @@ def render_markdown(run: Run, compare: list[Run] | None = None) -> str:
     if compare:
         runs = [run] + compare
         ref = max(r.budget_ms for r in runs)
-        lines += ["", f"## Comparison (hypervolume reference {ref:g} ms)", ""]
+        lines += ["", f"## Comparison (hypervolume reference {ref:.4g} ms)", ""]
         figs = [run_figures(r, ref) for r in runs]
         lines += _md_table(["run", "budget ms", "evaluated", "failed", "hypervolume", "best under budget", "latency ms", "id"],
-                           [[f["run"], f"{f['budget_ms']:g}", f["evaluated"], f["failed"], _f(f["hypervolume"]),
+                           [[f["run"], f"{f['budget_ms']:.4g}", f["evaluated"], f["failed"], _f(f["hypervolume"]),
                              _f(f["best_under_budget_accuracy"]), _f(f["best_under_budget_latency_ms"], ".3f"),
                              f"`{f['best_under_budget_id']}`" if f["best_under_budget_id"] else "—"] for f in figs])
     if len(run.failed):

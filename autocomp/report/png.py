@@ -70,7 +70,7 @@ def export_png(run_dir: str | Path, png_path: str | Path | None = None, width: i
     run = load_run(run_dir)
     png = Path(png_path) if png_path is not None else run.path / "pareto.png"
     fig = pareto_figure(run, winners(run))
-    fig.update_layout(width=width, height=height, title=f"{run.name}: accuracy against latency (budget {run.budget_ms:g} ms)")
+    fig.update_layout(width=width, height=height, title=f"{run.name}: accuracy against latency (budget {run.budget_ms:.4g} ms)")
     with tempfile.TemporaryDirectory(prefix="autocomp-png-") as tmp:
         page = Path(tmp) / "pareto.html"
         page.write_text(fig.to_html(full_html=True, include_plotlyjs=True, div_id="pareto-plot",
