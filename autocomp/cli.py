@@ -32,7 +32,8 @@ def search(
     controller: str = typer.Option("random", help="Search strategy: random, evolution (regularized, aging) or nsga2."),
     address: Optional[str] = typer.Option(None, help="Ray cluster: 'auto' or 'ray://host:port' (default: local Ray)."),
     concurrency: Optional[int] = typer.Option(None, min=1, help="Evaluations in flight (default: the cluster's CPUs)."),
-    train_steps: int = typer.Option(100, min=0, help="Training steps per candidate when no supernet checkpoint exists."),
+    weights: str = typer.Option("auto", help="Candidate weights: auto (the space's supernet if trained, else scratch), supernet, scratch, or a supernet .pt."),
+    train_steps: int = typer.Option(100, min=0, help="Training steps per candidate when weights come from scratch."),
     resume: bool = typer.Option(False, "--resume", help="Continue the interrupted run in --out (same options): finished evaluations are kept, not repeated."),
     val_size: Optional[int] = typer.Option(None, min=1, help="Validation images that score a candidate (default 5000)."),
 ) -> None:
@@ -42,11 +43,55 @@ def search(
 
     cfg = SearchConfig(
         budget_ms=parse_budget(budget), trials=trials, seed=seed, space=space, device=device, data=data,
-        out=out or default_run_dir(), controller=controller, address=address, concurrency=concurrency,
+        out=out or default_run_dir(), controller=controller, address=address, concurrency=concurrency, weights=weights,
     )
     if resume and out is None:
         raise UserError("--resume", "needs the run directory to continue", "--out DIR of the interrupted run")
     run_search(cfg, train_steps=train_steps, console=console, resume=resume, val_size=val_size)
+
+
+def _kd_config(kd: str, steps: int, seed: int = 0):
+    from autocomp.distill import KDConfig
+
+    return KDConfig(kinds=tuple(k.strip() for k in kd.split(",") if k.strip()), steps=steps, seed=seed)
+
+
+@app.command()
+def distill(
+    run: Path = typer.Argument(..., help="A run directory written by `autocomp search`."),
+    top_k: int = typer.Option(3, min=1, help="Winners to distil, export and verify (over-budget ones are replaced)."),
+    kd: str = typer.Option("logits", help="Distillation losses: comma-separated subset of logits,features,attention."),
+    steps: int = typer.Option(300, min=0, help="Distillation steps per winner (0: export without distilling)."),
+    teacher: Optional[str] = typer.Option(None, help="Teacher: default the space's largest subnet; 'module:factory' or 'torchvision:NAME'."),
+    teacher_weights: Optional[str] = typer.Option(None, help="Weights for a torchvision teacher (torch.load, weights_only)."),
+) -> None:
+    """Distil the top-k candidates under budget from the teacher, export them and verify them on the device."""
+    from autocomp.deploy import deploy_run
+
+    deploy_run(run, top_k, _kd_config(kd, steps), teacher, teacher_weights, console=console)
+
+
+@app.command("export")
+def export_cmd(
+    run: Optional[Path] = typer.Argument(None, help="A run directory (with ID)."),
+    cand_id: Optional[str] = typer.Argument(None, metavar="ID", help="Candidate id in the run's results.csv."),
+    policy: Optional[Path] = typer.Option(None, help="Export this policy.json instead of a run's candidate."),
+    out: Optional[Path] = typer.Option(None, help="Output folder for --policy (default exports/<id>)."),
+    device: str = typer.Option("cpu-ort", help="Device to verify on (for --policy)."),
+    kd_steps: int = typer.Option(0, min=0, help="Distillation steps from the default teacher before export (RUN ID form)."),
+) -> None:
+    """Re-export one candidate of a run (`RUN ID`) or any policy (`--policy policy.json`)."""
+    from autocomp.deploy import export_policy, load_policy, reexport
+
+    if policy is not None:
+        cand = load_policy(policy)
+        m = export_policy(cand, out or Path("exports") / cand.id, device_name=device, console=console)
+    elif run is not None and cand_id is not None:
+        m = reexport(run, cand_id, _kd_config("logits", kd_steps) if kd_steps else None, console=console)
+    else:
+        raise UserError("export", "needs RUN and ID, or --policy", "`autocomp export RUN ID` or `autocomp export --policy policy.json`")
+    console.print(f"exported {m['id']}: test accuracy {m['accuracy_test']:.4f}, measured {m['measured_latency_ms']:.3f} ms, "
+                  f"opset {m['opset']}, layers {m['onnx_layer_precisions']}")
 
 
 @app.command()
@@ -68,6 +113,20 @@ def devices() -> None:
     for d in DEVICES.values():
         t.add_row(d.name, d.backend, ",".join(d.precisions), d.description)
     console.print(t)
+
+
+def _mount_subcommands() -> None:
+    """Stage-specific command groups live beside their stage."""
+    from autocomp.measure.cli import app as measure_app
+    from autocomp.predictor.cli import app as predictor_app
+    from autocomp.report.cli import app as report_app
+
+    app.add_typer(measure_app, name="measure", help="Measure a latency campaign on a device (resumable).")
+    app.add_typer(predictor_app, name="predictor", help="Train and evaluate latency predictors.")
+    app.add_typer(report_app, name="report", help="Write the Pareto report of a run (HTML, summary.md).")
+
+
+_mount_subcommands()
 
 
 def main() -> None:

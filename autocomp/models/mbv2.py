@@ -77,3 +77,29 @@ def build(candidate: Candidate, space: SearchSpace, num_classes: int | None = No
 
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+@torch.no_grad()
+def count_macs(model: nn.Module, input_shape: tuple[int, int, int]) -> int:
+    """Multiply-accumulates of one forward pass at batch 1 (convolutions and linear layers)."""
+    macs = 0
+
+    def hook(m: nn.Module, _inp, out: torch.Tensor) -> None:
+        nonlocal macs
+        w = m.weight
+        if isinstance(m, nn.Conv2d):
+            macs += out.numel() * (w.shape[1] * w.shape[2] * w.shape[3])
+        else:
+            macs += out.numel() * w.shape[1]
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    try:
+        was_training = model.training
+        model.eval()
+        dtype = next(model.parameters()).dtype
+        model(torch.zeros(1, *input_shape, dtype=torch.float32 if dtype == torch.float16 else dtype))
+        model.train(was_training)
+    finally:
+        for h in handles:
+            h.remove()
+    return int(macs)
