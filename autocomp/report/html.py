@@ -66,6 +66,13 @@ def _log_axis(values: list[float]) -> bool:
     return bool(v) and max(v) / min(v) > 20
 
 
+def _budget_line(fig: go.Figure, budget_ms: float, log_x: bool) -> None:
+    """Dashed vertical line at the budget, labelled (annotations on a log axis take log10 coordinates)."""
+    fig.add_vline(x=budget_ms, line=dict(color="#555", dash="dash"))
+    fig.add_annotation(x=math.log10(budget_ms) if log_x else budget_ms, xref="x", y=1, yref="paper", text=f"budget {budget_ms:.4g} ms",
+                       showarrow=False, xanchor="right", yanchor="bottom", font=dict(size=11, color="#555"))
+
+
 # --------------------------------------------------------------------------- figures
 
 
@@ -116,9 +123,8 @@ def pareto_figure(run: Run, wins: list[dict]) -> go.Figure:
                 y=[w["accuracy"] if _missing(w.get("accuracy_test")) else w["accuracy_test"] for w in meas], mode="markers",
                 name="winners: exported, measured (test accuracy)", marker=dict(symbol="diamond", size=12, color="#ff7f0e", line=dict(width=1, color="#000")),
                 text=[w["id"] for w in meas], hovertemplate="%{text}: measured %{x:.3f} ms, accuracy %{y:.4f}<extra></extra>"))
-    fig.add_vline(x=run.budget_ms, line=dict(color="#555", dash="dash"), annotation_text=f"budget {run.budget_ms:.4g} ms",
-                  annotation_position="top left")
     lats = [r["latency_ms"] for r in ok] + [run.budget_ms]
+    _budget_line(fig, run.budget_ms, _log_axis(lats))
     fig.update_layout(title="Accuracy against latency", xaxis_title=f"latency on {run.config.get('device', 'the device')} (ms, median)",
                       yaxis_title="validation accuracy", height=560, hovermode="closest", template="plotly_white",
                       legend=dict(orientation="h", yanchor="bottom", y=1.02, x=0))
@@ -215,9 +221,9 @@ def compare_figure(runs: list[Run]) -> go.Figure:
                                  name=f"{r.name}: front", legendgroup=r.name, line=dict(shape="hv", color=color, width=2),
                                  marker=dict(color=color, size=8), text=[p["id"] for p in front],
                                  hovertemplate=f"{_e(r.name)} front %{{text}}<br>%{{x:.3f}} ms, %{{y:.4f}}<extra></extra>"))
+    lats = [p["latency_ms"] for r in runs for p in r.ok_records()] + [r.budget_ms for r in runs]
     for b in sorted({r.budget_ms for r in runs}):
-        fig.add_vline(x=b, line=dict(color="#555", dash="dash"), annotation_text=f"budget {b:.4g} ms", annotation_position="top left")
-    lats = [p["latency_ms"] for r in runs for p in r.ok_records()]
+        _budget_line(fig, b, _log_axis(lats))
     fig.update_layout(title="Pareto fronts of the compared runs", xaxis_title="latency (ms, median)", yaxis_title="validation accuracy",
                       height=520, template="plotly_white", legend=dict(orientation="h", yanchor="bottom", y=1.02, x=0))
     if _log_axis(lats):
