@@ -46,7 +46,7 @@ def run_search(cfg: SearchConfig, train_steps: int = 100, console: Console | Non
     if data.num_classes != space.num_classes:
         console.print(f"[yellow]dataset has {data.num_classes} classes; the space's classifier is sized to match[/]")
     if predictor is None:
-        predictor, notice = load_latency_predictor(device.name)
+        predictor, notice = load_latency_predictor(device.name, space.name)
         if notice:
             console.print(f"[yellow]notice:[/] {notice}")
     factory = ControllerFactory(cfg.controller, space, cfg.seed, budget_ms=cfg.budget_ms, predictor=predictor,

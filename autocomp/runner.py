@@ -196,7 +196,7 @@ class ControllerFactory:
 
         pred = self.predictor
         if pred is None and self.device is not None:
-            pred, _ = load_latency_predictor(self.device)
+            pred, _ = load_latency_predictor(self.device, self.space.name)
         return get_controller(self.name, self.space, self.seed, budget_ms=self.budget_ms, predictor=pred, **self.options)
 
 
