@@ -180,7 +180,8 @@ def selection_latency(result: dict) -> float | None:
     return None
 
 
-_BUILTIN = {"random": "autocomp.search.random", "evolution": "autocomp.search.evolution", "nsga2": "autocomp.search.nsga2"}
+_BUILTIN = {"random": "autocomp.search.random", "evolution": "autocomp.search.evolution", "nsga2": "autocomp.search.nsga2",
+            "apq": "autocomp.search.apq"}
 
 
 def list_controllers() -> list[str]:
