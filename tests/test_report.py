@@ -248,7 +248,8 @@ def test_cli_mounted_in_main_app(run_dir, tmp_path):
     main.add_typer(report_app, name="report")
     res = CliRunner().invoke(main, ["report", str(run_dir), "--compare", str(run_dir), "--out", str(tmp_path / "o")])
     assert res.exit_code == 0, res.output + repr(res.exception)
-    assert (tmp_path / "o" / "report.html").exists() and (tmp_path / "o" / "results.csv").exists()
+    assert all((tmp_path / "o" / f).exists() for f in ("report.html", "summary.md", "results.parquet", "results.csv", "config.json"))
+    assert load_run(tmp_path / "o").results.shape == load_run(run_dir).results.shape
 
 
 def test_bad_input(run_dir, tmp_path):

@@ -24,7 +24,8 @@ def write_report(run_dir: str | Path, compare: list[str | Path] | tuple = (), ou
     """Write ``report.html``, ``summary.md`` and ``results.parquet`` for the run in ``run_dir``; return the HTML path.
 
     ``compare``: other run directories whose fronts are drawn on one plot and tabulated beside this one.
-    ``out_dir``: where to write (default: the run directory itself, i.e. ``reports/<run>/``).
+    ``out_dir``: where to write (default: the run directory itself, i.e. ``reports/<run>/``); elsewhere, the run's
+    results.csv, config.json and summary.json are copied beside the report so the copy is a run directory too.
     Bad input (missing directory, no results.csv, corrupt table or JSON) raises UserError; files
     already in the run directory are only ever replaced atomically, never truncated.
     """
@@ -49,8 +50,10 @@ def write_report(run_dir: str | Path, compare: list[str | Path] | tuple = (), ou
     buf = io.BytesIO()
     typed_for_parquet(run.results).to_parquet(buf, index=False)
     _atomic_write(out / "results.parquet", buf.getvalue())
-    if out.resolve() != run.path.resolve():
-        _atomic_write(out / "results.csv", (run.path / "results.csv").read_bytes())
+    if out.resolve() != run.path.resolve():  # the copy is itself a run directory: `autocomp report OUT` works on it
+        for name in ("results.csv", "config.json", "summary.json"):
+            if (run.path / name).is_file():
+                _atomic_write(out / name, (run.path / name).read_bytes())
     html_path = out / "report.html"
     _atomic_write(html_path, page)
     return html_path
