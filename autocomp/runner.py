@@ -336,6 +336,10 @@ def evaluate_trial(config: dict, space: SearchSpace, data: Dataset, settings: Ev
         tune.report({**done[i], "replayed": True})
         return
     cand = Candidate.from_json(config["candidate"])
+    import torch
+
+    # as many threads as CPUs the trial holds: concurrent trials must not oversubscribe the cores
+    torch.set_num_threads(max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1))))
     try:
         s = score(cand, space, data, settings)
     except Exception as e:  # recorded in the table; the search goes on
@@ -396,7 +400,8 @@ def run_tune(
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(search_alg=searcher, num_samples=max(remaining, 0) or 1,
-                                        max_concurrent_trials=concurrency, reuse_actors=True),
+                                        max_concurrent_trials=concurrency, reuse_actors=True,
+                                        trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),
             run_config=tune.RunConfig(
                 name=name, storage_path=storage, verbose=0,
                 failure_config=tune.FailureConfig(max_failures=max_failures),
@@ -415,6 +420,10 @@ def run_tune(
     for r in rows:  # one row per trial (the first one recorded)
         by_trial.setdefault(r["trial"], r)
     return [by_trial[k] for k in sorted(by_trial)], searcher
+
+
+def _trial_name(trial) -> str:
+    return f"trial_{int(trial.config.get('trial', -1)):05d}_{trial.trial_id}"
 
 
 def _tuner_internal(tuner):
