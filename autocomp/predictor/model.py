@@ -196,18 +196,18 @@ def _fit_sum(g: np.ndarray, y: np.ndarray) -> np.ndarray:
 def _fit_gbm(x: np.ndarray, target: np.ndarray, rounds: int = NUM_ROUNDS, init_model: Any = None) -> Any:
     import lightgbm as lgb
 
-    ds = lgb.Dataset(x, target, free_raw_data=False, params={"verbose": -1})
-    return lgb.train(LGB_PARAMS, ds, num_boost_round=rounds, init_model=init_model)
+    ds = lgb.Dataset(x, target, free_raw_data=False, params={"verbose": -1, "num_threads": 1})
+    return lgb.train({**LGB_PARAMS, "num_iterations": rounds}, ds, init_model=init_model)
 
 
-def _fit_kind(kind: str, g: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray | None, Any]:
+def _fit_kind(kind: str, g: np.ndarray, x: np.ndarray, y: np.ndarray, rounds: int = NUM_ROUNDS) -> tuple[np.ndarray | None, Any]:
     if kind == "sum":
         return _fit_sum(g, y), None
     if kind == "whole":
-        return None, _fit_gbm(x, np.log(y))
+        return None, _fit_gbm(x, np.log(y), rounds)
     coef = _fit_sum(g, y)
     base = np.maximum(g @ coef, 1e-4)
-    return coef, _fit_gbm(x, np.log(y / base))
+    return coef, _fit_gbm(x, np.log(y / base), rounds)
 
 
 def _predict_kind(kind: str, coef, booster, g: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -218,7 +218,8 @@ def _predict_kind(kind: str, coef, booster, g: np.ndarray, x: np.ndarray) -> np.
     return np.maximum(g @ coef, 1e-4) * np.exp(booster.predict(x, num_threads=1))
 
 
-def cross_validate(g: np.ndarray, x: np.ndarray, y: np.ndarray, kinds: Sequence[str] = KINDS, folds: int = 5, seed: int = 0) -> dict[str, dict]:
+def cross_validate(g: np.ndarray, x: np.ndarray, y: np.ndarray, kinds: Sequence[str] = KINDS, folds: int = 5, seed: int = 0,
+                   rounds: int = NUM_ROUNDS) -> dict[str, dict]:
     rng = np.random.default_rng(seed)
     fold = rng.permutation(len(y)) % folds
     out = {}
@@ -226,7 +227,7 @@ def cross_validate(g: np.ndarray, x: np.ndarray, y: np.ndarray, kinds: Sequence[
         pred = np.zeros_like(y)
         for f in range(folds):
             tr, te = fold != f, fold == f
-            coef, booster = _fit_kind(kind, g[tr], x[tr], y[tr])
+            coef, booster = _fit_kind(kind, g[tr], x[tr], y[tr], rounds)
             pred[te] = _predict_kind(kind, coef, booster, g[te], x[te])
         out[kind] = metrics(pred, y)
     return out
@@ -244,7 +245,7 @@ def host_info(table: pd.DataFrame) -> dict[str, Any]:
 
 
 def fit(table: pd.DataFrame, space: SearchSpace | None = None, kinds: Sequence[str] = KINDS, max_train: int = MAX_TRAIN,
-        drop_flagged: bool = False) -> tuple[Predictor, dict[str, Any]]:
+        drop_flagged: bool = False, folds: int = 5, rounds: int = NUM_ROUNDS) -> tuple[Predictor, dict[str, Any]]:
     """Fit a predictor on a measurement table's training split; returns (predictor, report) where the
     report has the CV selection scores and held-out metrics."""
     if drop_flagged and "flagged" in table:
@@ -256,14 +257,14 @@ def fit(table: pd.DataFrame, space: SearchSpace | None = None, kinds: Sequence[s
     cands = candidates_of(train)
     y = train["median_ms"].to_numpy(float)
     g, x = group_features(cands, space), network_features(cands, space)
-    selection = cross_validate(g, x, y, kinds) if len(kinds) > 1 else {}
+    selection = cross_validate(g, x, y, kinds, folds, rounds=rounds) if len(kinds) > 1 else {}
     best = min(selection, key=lambda k: selection[k]["rmspe"]) if selection else kinds[0]
-    coef, booster = _fit_kind(best, g, x, y)
+    coef, booster = _fit_kind(best, g, x, y, rounds)
     meta = {
         **host_info(table), "space": space.name, "kind": best, "n_train": int(len(train)), "n_test": int(len(test)),
         "n_table": int(len(table)), "trained_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "trained_on": platform.node(), "selection": selection, "target": "median_ms",
-        "split": f"held out: sha1('split:'+id) % {TEST_SHARE} == 0; train: first {max_train} others by (seed, index)",
+        "rounds": rounds, "split": f"held out: sha1('split:'+id) % {TEST_SHARE} == 0; train: first {max_train} others by (seed, index)",
     }
     pred = Predictor(best, space, meta, coef, booster)
     report = {"kind": best, "selection": selection, "n_train": len(train)}
