@@ -303,6 +303,11 @@ class ResultsCallback(tune.Callback):
         return {"results_path": self.results_path, "on_row": None}
 
     def _append(self, row: dict) -> None:
+        if not hasattr(self, "_written"):
+            self._written = {r["trial"] for r in read_results(Path(self.results_path))}
+        if row["trial"] in self._written:  # a trial is recorded once, whatever Tune re-runs
+            return
+        self._written.add(row["trial"])
         table = ResultsTable(Path(self.results_path))
         try:
             table.append(row)
