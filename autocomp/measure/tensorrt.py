@@ -72,9 +72,9 @@ def build_engine(onnx_path: Path, precision: str, workspace_mb: int = 1024, batc
 def measure(onnx_path: Path, *, device: str, precision: str, warmup: int = 50, repeats: int = 300, batch: int = 1,
             retries: int = 1, cv_threshold: float = CV_THRESHOLD, strict: bool = False, workspace_mb: int = 1024) -> Measurement:
     """Median of ``repeats`` engine executions timed with CUDA events (after ``warmup``)."""
+    blob, trt = build_engine(onnx_path, precision, workspace_mb, batch)  # raises first when TensorRT is absent
     import torch
 
-    blob, trt = build_engine(onnx_path, precision, workspace_mb, batch)
     runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
     engine = runtime.deserialize_cuda_engine(blob)
     layers = []

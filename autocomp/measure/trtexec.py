@@ -287,7 +287,7 @@ def measure(onnx_path: Path, *, device: str, precision: str, warmup_ms: int = 50
     if cv is None and stats.p90_ms is not None and mean:
         cv = max(stats.p90_ms - stats.median_ms, 0.0) / 1.2816 / mean
     cv = cv or 0.0
-    notes = {"command": shlex.join(cmd), "ssh": ssh, "engine_precision": precision_counts(layers),
+    notes = {"command": shlex.join(cmd), "ssh": ssh, "warmup_unit": "ms", "engine_precision": precision_counts(layers),
              "precision_problems": problems, "min_ms": stats.min_ms, "max_ms": stats.max_ms}
     return Measurement(
         device=device, backend="trtexec", backend_version=parse_version(log) or "unknown", precision=precision,

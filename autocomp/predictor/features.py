@@ -30,6 +30,7 @@ from autocomp.space import Candidate, SearchSpace
 
 PRECISIONS = ("fp32", "fp16", "int8")
 _PCODE = {"fp32": 0, "fp16": 1, "int8": 2}
+_P3 = np.arange(3.0)[None, :]
 KINDS = ("full", "pw", "dw", "fc")  # dense kxk conv (stem), pointwise 1x1, depthwise kxk, Gemm
 SLOT_FIELDS = ("active", "kernel", "expand", "keep", "rank", "prec")
 
@@ -86,9 +87,10 @@ class _Acc:
     """Accumulates per-(precision, kind) sums of MACs, traffic, groups and params."""
 
     def __init__(self, n: int, n_levels: int):
-        self.macs = np.zeros((n, 3, len(KINDS)))
-        self.traffic = np.zeros((n, 3, len(KINDS)))
-        self.count = np.zeros((n, 3, len(KINDS)))
+        # accumulated kind-major (contiguous (N, 3) per kind); finish() exposes (N, 3 precisions, kinds)
+        self.macs = np.zeros((len(KINDS), n, 3))
+        self.traffic = np.zeros((len(KINDS), n, 3))
+        self.count = np.zeros((len(KINDS), n, 3))
         self.params = np.zeros((n, 3))
         self.level_macs = np.zeros((n, n_levels))
         self.qdq_elems = np.zeros(n)  # activation elements passing through Q/DQ (int8 inputs)
@@ -100,16 +102,21 @@ class _Acc:
 
     def conv(self, mask, prec, kind: int, macs, params, in_elems, out_elems, level: int) -> None:
         m = mask.astype(float)
-        for p in range(3):
-            sel = m * (prec == p)
-            self.macs[:, p, kind] += sel * macs
-            self.traffic[:, p, kind] += sel * (in_elems + out_elems)
-            self.count[:, p, kind] += sel
-            self.params[:, p] += sel * params
-        self.level_macs[:, level] += m * macs
-        int8 = m * (prec == 2)
+        sel = (prec[:, None] == _P3) * m[:, None]  # (N, 3) one-hot precision of active groups
+        mm = m * macs
+        self.macs[kind] += sel * macs[:, None] if np.ndim(macs) else sel * macs
+        io = in_elems + out_elems
+        self.traffic[kind] += sel * io[:, None] if np.ndim(io) else sel * io
+        self.count[kind] += sel
+        self.params += sel * params[:, None] if np.ndim(params) else sel * params
+        self.level_macs[:, level] += mm
+        int8 = sel[:, 2]
         self.qdq_elems += int8 * in_elems
         self.qdq_pairs += int8 * 2  # activation QDQ + weight DQ
+
+    def finish(self) -> "_Acc":
+        self.macs, self.traffic, self.count = (np.ascontiguousarray(a.transpose(1, 2, 0)) for a in (self.macs, self.traffic, self.count))
+        return self
 
 
 def analyse(candidates: Sequence[Candidate], space: SearchSpace, arrays: dict[str, np.ndarray] | None = None) -> _Acc:
@@ -178,7 +185,7 @@ def analyse(candidates: Sequence[Candidate], space: SearchSpace, arrays: dict[st
     border = (hp != prev_prec) & ((hp == 1) | (prev_prec == 1))
     acc.casts += border + (hp == 1)  # into the head, and back to fp32 logits
     acc.cast_elems = fp16_border + border * last_out * hw_last + (hp == 1) * ncls
-    return acc
+    return acc.finish()
 
 
 def group_feature_names() -> list[str]:

@@ -1,0 +1,108 @@
+"""Predictor accuracy on the default device (cpu-ort: ONNX Runtime, 1 thread, batch 1).
+
+Fits the predictor on at most 300 measurements of predictors/cpu-ort/measurements.parquet (model kind
+chosen by cross-validation), reports the held-out split (RMSPE, within ±5/±10%, Spearman, Kendall),
+the measurement noise floor (the same model re-measured ``--noise`` times: between-run CV of the
+median; and re-measurements of held-out models compared with their table value), and the scoring
+throughput (candidates per second). Prints figures, saves JSON to benchmarks/results/, and prints the
+JSON object as its last line.
+
+    python benchmarks/predictor_accuracy.py [--device cpu-ort] [--noise 5] [--remeasure 6] [--save]
+
+``--save`` also writes the fitted predictor to predictors/<device>/ (what ships).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from autocomp.measure import get_device
+from autocomp.measure.campaign import candidate_precision, cpu_model, export_candidate, noise_floor, read_table, table_path
+from autocomp.predictor import predictor_dir
+from autocomp.predictor.model import candidates_of, fit, split_table
+from autocomp.space import get_space
+
+OUT = Path(__file__).parent / "results"
+
+
+def throughput(pred, space, n: int = 100_000) -> float:
+    rng = random.Random(0)
+    cands = [space.sample(rng) for _ in range(n)]
+    pred.predict(cands[:1000])
+    t0 = time.perf_counter()
+    pred.predict(cands)
+    return n / (time.perf_counter() - t0)
+
+
+def remeasure(test, space, device, k: int) -> dict:
+    """Re-measure ``k`` held-out models now and compare with the table (run-to-run noise)."""
+    rows = test.sample(min(k, len(test)), random_state=0)
+    rel = []
+    for r in rows.itertuples():
+        c = candidates_of(rows.loc[[r.Index]])[0]
+        with tempfile.TemporaryDirectory() as tmp:
+            path, _ = export_candidate(c, space, Path(tmp) / "m.onnx")
+            now = device.measure(path, candidate_precision(c)).median_ms
+        rel.append(now / r.median_ms - 1)
+    rel = np.array(rel)
+    return {"n": len(rel), "rms_rel_diff": float(np.sqrt(np.mean(rel ** 2))), "within_10pct": float(np.mean(np.abs(rel) <= 0.1)),
+            "rel_diffs": rel.round(4).tolist()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--device", default="cpu-ort")
+    ap.add_argument("--max-train", type=int, default=300)
+    ap.add_argument("--noise", type=int, default=5, help="repeats of one model for the noise floor (0: skip)")
+    ap.add_argument("--remeasure", type=int, default=6, help="held-out models re-measured now (0: skip)")
+    ap.add_argument("--save", action="store_true", help="write the fitted predictor to predictors/<device>/")
+    args = ap.parse_args()
+
+    df = read_table(table_path(args.device))
+    space = get_space(str(df["space"].iloc[0]))
+    device = get_device(args.device)
+    t0 = time.perf_counter()
+    pred, report = fit(df, space, max_train=args.max_train)
+    fit_s = time.perf_counter() - t0
+    _, test = split_table(df, args.max_train)
+    res = {"device": args.device, "cpu_model": cpu_model(), "backend_version": pred.meta.get("backend_version"),
+           "n_table": len(df), "n_train": report["n_train"], "kind": report["kind"], "fit_s": round(fit_s, 1),
+           **report["test"], "table_within_run_cv_median": float(df["cv"].median()), "table_flagged_share": float(df["flagged"].mean()),
+           "selection_cv": {k: {m: round(v, 4) for m, v in s.items()} for k, s in report["selection"].items()}}
+    print(f"{args.device}: {res['n_train']} training / {res['n_test']} held-out measurements, model {res['kind']} (fit {fit_s:.0f}s)")
+    for k, s in report["selection"].items():
+        print(f"  cv {k:8s} rmspe {s['rmspe']:.3f} within10 {s['within_10pct']:.3f} spearman {s['spearman']:.3f}")
+    print(f"held-out: RMSPE {res['rmspe']:.3f}  within ±5% {res['within_5pct']:.3f}  within ±10% {res['within_10pct']:.3f}  "
+          f"Spearman {res['spearman']:.3f}  Kendall {res['kendall']:.3f}")
+    if args.noise:
+        mid = test.sort_values("median_ms").iloc[[len(test) // 2]]
+        nf = noise_floor(candidates_of(mid)[0], space, device, args.noise)
+        res["noise_floor_cv"] = nf["between_run_cv"]
+        res["noise_floor"] = nf
+        pred.meta["noise_floor"] = nf
+        print(f"noise floor: one model x{args.noise}: between-run CV {nf['between_run_cv']:.3f} (within-run CV {nf['within_run_cv']:.3f})")
+    if args.remeasure:
+        rm = remeasure(test, space, device, args.remeasure)
+        res["remeasure"] = rm
+        print(f"re-measured {rm['n']} held-out models now vs table: RMS rel diff {rm['rms_rel_diff']:.3f}, within ±10% {rm['within_10pct']:.2f}")
+    tp = throughput(pred, space)
+    res["candidates_per_s"] = round(tp)
+    print(f"scoring throughput: {tp:,.0f} candidates/s")
+    if args.save:
+        pred.meta["benchmark"] = {k: res[k] for k in ("rmspe", "within_5pct", "within_10pct", "spearman", "kendall", "n_test") if k in res}
+        pred.save(predictor_dir(args.device))
+        print(f"saved to {predictor_dir(args.device)}")
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / f"predictor_accuracy_{args.device}.json").write_text(json.dumps(res, indent=1))
+    print(json.dumps(res))
+
+
+if __name__ == "__main__":
+    main()
