@@ -55,3 +55,32 @@ def adapt(source: Predictor, candidates: Sequence[Candidate], latency_ms: Sequen
         out.calibration = None
     out.meta.update(adapted_from=source.meta.get("device"), adapted_to=device, adapt_method=method, n_adapt=int(len(y)))
     return out
+
+
+def calibrate(device: str, n: int = 20, seed: int = 1000, root=None, method: str = "loglinear", progress: bool = True,
+              source: str | None = None) -> Predictor:
+    """``--calibrate``: measure ``n`` candidates of a short seeded campaign on ``device`` here, adapt the
+    shipped predictor of ``source`` (default: ``device``) to them and save the result under ``root``
+    (default: ``~/.cache/autocomp/predictors``) as ``<root>/<device>/``; load it back with
+    ``load_predictor(device, root)``. The shipped table is never touched."""
+    from pathlib import Path
+
+    from autocomp.errors import UserError
+    from autocomp.measure.campaign import read_table, run_campaign, table_path
+    from autocomp.predictor import load_predictor, predictor_dir
+
+    src = load_predictor(source or device)
+    if src is None:
+        raise UserError("--device", f"no predictor for {source or device!r} to calibrate", "a device with a shipped predictor")
+    root = Path(root) if root is not None else Path.home() / ".cache" / "autocomp" / "predictors"
+    run_campaign(src.space, device, n, root, seed, progress=progress)
+    df = read_table(table_path(device, root))
+    df = df[df["seed"] == seed].sort_values("index").head(n)
+    from autocomp.predictor.model import candidates_of
+
+    out = adapt(src, candidates_of(df), df["median_ms"].to_numpy(float), method, device=device)
+    from autocomp.predictor.model import host_info
+
+    out.meta.update(host_info(df), calibrated=True)  # this machine now: check_host stays quiet
+    out.save(predictor_dir(device, root))
+    return out
