@@ -224,7 +224,7 @@ def main() -> None:
     print("hypervolume: area dominated by the front in (latency 0..budget) x (accuracy 0..proxy), larger is better")
     payload = {"latency_model": what, "accuracy_model": "analytic proxy (not trained networks)", "budget_ms": budget,
                "evals": args.evals, "seeds": args.seeds, "results": summary, "verdict": verdict, "load_avg": load_avg()}
-    path = save("search_quality", payload)
+    path = save("search_quality" if args.evals == 60 else f"search_quality_e{args.evals}", payload)
     print(f"saved {path}")
     print(json.dumps({"benchmark": "search_quality", "budget_ms": budget, "evals": args.evals,
                       "mean_hypervolume": {k: v["mean"] for k, v in summary.items()}, "winner": best,

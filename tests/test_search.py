@@ -302,3 +302,37 @@ def test_resume_after_sigkill_neither_loses_nor_repeats(ray_local, tmp_path):
 
     summary = json.loads((out / "summary.json").read_text())
     assert summary["resumed"] and summary["evaluated"] == 3 and summary["replayed"] >= 1
+
+
+def test_searcher_rebuilds_from_results_and_tune_held_trials(tmp_path):
+    """Resume bookkeeping without Ray: finished trials are replayed, trials Tune still holds stay
+    pending (no new suggestion for them), lost in-flight trials are suggested again first."""
+    from autocomp.runner import ControllerFactory, ControllerSearcher, ResultsTable
+
+    space = get_space("mnist-mbv2")
+    ref = get_controller("random", space, 4)
+    ids = [ref.ask().id for _ in range(5)]
+    table = ResultsTable(tmp_path / "results.csv")
+    for t in (0, 2):
+        table.append({"trial": t, "id": ids[t], "status": "ok", "accuracy": 0.5, "latency_ms": 1.0})
+    table.close()
+
+    s = ControllerSearcher(ControllerFactory("random", space, 4), 5, tmp_path / "results.csv")
+    assert s.replayed == 2 and [i for i, _ in s.queue] == [1]  # trial 1 was in flight when the driver died
+    assert s.suggest("a")["trial"] == 1 and s.suggest("b")["trial"] == 3
+
+    held = ControllerSearcher(ControllerFactory("random", space, 4), 5, tmp_path / "results.csv")
+    path = tmp_path / "state.json"
+    held.trial_ids = {"old-1": 1}
+    held.save(str(path))
+    held.restore(str(path))  # as Tuner.restore does: Tune still holds trial 1 and will run it
+    assert held.queue == [] and held.ctrl.pending == [1]
+    cfg = held.suggest("c")
+    assert cfg["trial"] == 3
+    from autocomp.space import Candidate
+
+    assert Candidate.from_json(cfg["candidate"]).id == ids[3]
+    held.on_trial_complete("old-1", {"status": "ok", "accuracy": 0.4, "latency_ms": 2.0})
+    assert held.ctrl.pending == [3]
+    with pytest.raises(UserError, match="--resume"):  # resuming with another seed is refused
+        ControllerSearcher(ControllerFactory("random", space, 5), 5, tmp_path / "results.csv")
