@@ -45,12 +45,14 @@ def run_search(cfg: SearchConfig, train_steps: int = 100, console: Console | Non
     data = load_dataset(cfg.data, (space.input.channels, space.input.height, space.input.width))
     if data.num_classes != space.num_classes:
         console.print(f"[yellow]dataset has {data.num_classes} classes; the space's classifier is sized to match[/]")
+    given = predictor
     if predictor is None:
         predictor, notice = load_latency_predictor(device.name, space.name)
         if notice:
             console.print(f"[yellow]notice:[/] {notice}")
-    factory = ControllerFactory(cfg.controller, space, cfg.seed, budget_ms=cfg.budget_ms, predictor=predictor,
-                                options=controller_options or {})
+    # The factory loads the device's predictor itself, so Tune's saved experiment holds no model.
+    factory = ControllerFactory(cfg.controller, space, cfg.seed, budget_ms=cfg.budget_ms, predictor=given,
+                                device=device.name if given is None else None, options=controller_options or {})
 
     cfg.out.mkdir(parents=True, exist_ok=True)
     if not (cfg.out / "config.json").exists():
