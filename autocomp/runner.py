@@ -39,7 +39,8 @@ def init_ray(address: str | None, device: Device, num_cpus: int | None = None) -
     if address:  # the cluster's (or the submitted job's) runtime environment applies
         ray.init(address=address, log_to_driver=False)
     else:
-        ray.init(num_cpus=num_cpus, resources={device.resource: 1}, include_dashboard=False,
+        # "local": always a private instance, never whatever cluster /tmp/ray/ray_current_cluster names
+        ray.init(address="local", num_cpus=num_cpus, resources={device.resource: 1}, include_dashboard=False,
                  dashboard_host="127.0.0.1", runtime_env=env, log_to_driver=False)
 
 

@@ -54,6 +54,9 @@ stop() {
       rm -f "$STATE/$node.pid"
     fi
   done
+  # `ray start --head` records its address for later `ray.init()` calls; forget it if it is ours.
+  f=/tmp/ray/ray_current_cluster
+  if [[ -f $f && $(cat "$f") == *":$PORT" ]]; then rm -f "$f"; fi
 }
 
 case "${1:-}" in

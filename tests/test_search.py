@@ -230,7 +230,8 @@ def test_pareto_front_and_hypervolume():
 
 
 def test_failed_evaluations_are_recorded_and_the_search_goes_on(ray_local, mnist, tmp_path):
-    """Images with 3 channels for a 1-channel space: every evaluation raises; each is a row with its error."""
+    """Images with 3 channels for a 1-channel space: every evaluation raises; each is a row with its
+    error. The controller runs under a budget with a latency model, so this also checks the filter in Tune."""
     from autocomp.data import Dataset, Split
     from autocomp.evaluate import EvalSettings
     from autocomp.measure import get_device
@@ -242,10 +243,15 @@ def test_failed_evaluations_are_recorded_and_the_search_goes_on(ray_local, mnist
     tiny = load_space(sp)
     bad = Split(np.repeat(mnist.train.x[:256], 3, axis=1), mnist.train.y[:256])
     data = Dataset("bad", bad, Split(np.repeat(mnist.val.x[:64], 3, axis=1), mnist.val.y[:64]), bad, 10, mnist.mean, mnist.std)
-    rows, searcher = run_tune(ControllerFactory("random", tiny, 0), tiny, data, get_device("cpu-ort"),
-                              EvalSettings(train_steps=1, val_size=64), 2, tmp_path)
+    pred = EncodingLatency(tiny)
+    budget = float(np.percentile(pred.predict([tiny.sample(random.Random(i)) for i in range(200)]), 30))
+    factory = ControllerFactory("random", tiny, 0, budget_ms=budget, predictor=pred)
+    rows, searcher = run_tune(factory, tiny, data, get_device("cpu-ort"), EvalSettings(train_steps=1, val_size=64), 2, tmp_path)
     assert [r["trial"] for r in rows] == [0, 1]
     assert all(r["status"] == "error" and "RuntimeError" in r["error"] for r in rows)
+    # the budget filter ran inside Tune's searcher: predictions recorded, infeasible ones skipped
+    assert all(0 < r["predicted_latency_ms"] <= budget for r in rows)
+    assert searcher.skipped > 0
     assert read_results(tmp_path / "results.csv") == rows
     assert searcher.ctrl.pending == []
 
