@@ -149,15 +149,6 @@ class Controller:
         raise UserError("--trials", f"no new candidate found in space {self.space.name!r} after {tried} proposals",
                         "fewer trials than the space has members")
 
-    def fresh(self, propose, tries: int = 100) -> Candidate:
-        """Call ``propose()`` until it yields a candidate not proposed before (or give up and return it)."""
-        cand = propose()
-        for _ in range(tries):
-            if cand.id not in self.seen:
-                break
-            cand = propose()
-        return cand
-
 
 def fitness(result: dict, budget_ms: float | None) -> float:
     """Single-objective score: accuracy, minus 1 when the selection latency breaks the budget; -inf on error."""
