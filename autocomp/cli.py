@@ -34,6 +34,8 @@ def search(
     concurrency: Optional[int] = typer.Option(None, min=1, help="Evaluations in flight (default: the cluster's CPUs)."),
     weights: str = typer.Option("auto", help="Candidate weights: auto (the space's supernet if trained, else scratch), supernet, scratch, or a supernet .pt."),
     train_steps: int = typer.Option(100, min=0, help="Training steps per candidate when weights come from scratch."),
+    top_k: int = typer.Option(1, min=0, help="Winners under budget to export and verify on the device at the end (0: none)."),
+    distill_steps: int = typer.Option(0, min=0, help="Distillation steps per exported winner (0: export as searched; see `autocomp distill`)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the interrupted run in --out (same options): finished evaluations are kept, not repeated."),
     val_size: Optional[int] = typer.Option(None, min=1, help="Validation images that score a candidate (default 5000)."),
 ) -> None:
@@ -47,7 +49,8 @@ def search(
     )
     if resume and out is None:
         raise UserError("--resume", "needs the run directory to continue", "--out DIR of the interrupted run")
-    run_search(cfg, train_steps=train_steps, console=console, resume=resume, val_size=val_size)
+    run_search(cfg, train_steps=train_steps, console=console, resume=resume, val_size=val_size,
+               top_k=top_k, distill_steps=distill_steps)
 
 
 def _kd_config(kd: str, steps: int, seed: int = 0):

@@ -28,7 +28,8 @@ SCHEMA_VERSION = 1
 
 
 def run_search(cfg: SearchConfig, train_steps: int = 100, console: Console | None = None, *, resume: bool = False,
-               val_size: int | None = None, controller_options: dict | None = None, predictor=None) -> dict:
+               val_size: int | None = None, controller_options: dict | None = None, predictor=None,
+               top_k: int = 0, distill_steps: int = 0) -> dict:
     """Run (or with ``resume`` continue) a search; writes config.json, results.csv, summary.json in ``cfg.out``.
 
     A run directory that already holds a run is refused unless ``resume``; a resumed run must use the
@@ -88,6 +89,16 @@ def run_search(cfg: SearchConfig, train_steps: int = 100, console: Console | Non
                    resumed=resume, replayed=searcher.replayed, wall_s=round(time.time() - t0, 1))
     write_json(cfg.out / "summary.json", summary)
     print_summary(summary, cfg.budget_ms, console)
+    if top_k and summary["best_under_budget"]:
+        from autocomp.deploy import deploy_run
+        from autocomp.distill import KDConfig
+
+        kd = KDConfig(steps=distill_steps, seed=cfg.seed) if distill_steps else None
+        console.print(f"[bold]exporting the top {top_k} under budget[/] ({'distilled ' + str(distill_steps) + ' steps' if kd else 'no distillation; `autocomp distill RUN` distils'})")
+        deploy_run(cfg.out, top_k, kd, console=console)
+    from autocomp.report import write_report
+
+    console.print(f"report: {write_report(cfg.out)}")
     return summary
 
 
