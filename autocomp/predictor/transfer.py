@@ -3,6 +3,9 @@
 ``loglinear`` (default): ms_new = exp(a + b * log(ms_old)), least squares on log latency — keeps the
 ranking of the source predictor and learns the new device's scale and its scaling with model size.
 ``scale``: b fixed to 1 (only a constant factor; the safest with very few points).
+``ridge``: for the ``sum`` kind, refit the per-layer-group costs on the new measurements with a
+ridge penalty that pulls each cost toward the source's (scaled) cost — the new device may weigh
+MACs, memory traffic and per-group overheads differently (strength chosen by leave-one-out).
 ``refit``: for the LightGBM kinds, LightGBM continues boosting from the source model
 (``init_model``) on the new measurements, a few shallow rounds, after the log-linear calibration.
 """
@@ -17,7 +20,7 @@ import numpy as np
 from autocomp.predictor.model import Predictor
 from autocomp.space import Candidate
 
-METHODS = ("scale", "loglinear", "refit")
+METHODS = ("scale", "loglinear", "refit", "ridge")
 
 
 def adapt(source: Predictor, candidates: Sequence[Candidate], latency_ms: Sequence[float], method: str = "loglinear",
@@ -53,8 +56,36 @@ def adapt(source: Predictor, candidates: Sequence[Candidate], latency_ms: Sequen
         ds = lgb.Dataset(x, target, free_raw_data=False, params={"verbose": -1})
         out.booster = lgb.train(params, ds, num_boost_round=30, init_model=source.booster)
         out.calibration = None
+    if method == "ridge" and source.kind == "sum" and len(y) >= 3:
+        out.coef = _ridge_toward(source, candidates, np.exp(y), float(np.exp(a)))
+        out.calibration = None
     out.meta.update(adapted_from=source.meta.get("device"), adapted_to=device, adapt_method=method, n_adapt=int(len(y)))
     return out
+
+
+def _ridge_solve(g: np.ndarray, y: np.ndarray, prior: np.ndarray, lam: float) -> np.ndarray:
+    sigma = np.abs(prior) + 1e-3 * (np.abs(prior).max() + 1e-12)
+    a = np.vstack([g / y[:, None], np.sqrt(lam) * np.diag(1.0 / sigma)])
+    b = np.concatenate([np.ones(len(y)), np.sqrt(lam) * prior / sigma])
+    coef, *_ = np.linalg.lstsq(a, b, rcond=None)
+    return np.maximum(coef, 0.0)
+
+
+def _ridge_toward(source: Predictor, candidates: Sequence[Candidate], y: np.ndarray, scale: float) -> np.ndarray:
+    from autocomp.predictor.features import group_features
+
+    g = group_features(candidates, source.space)
+    prior = source.coef * scale
+    best, best_err = prior, np.inf
+    for lam in (0.3, 1.0, 3.0, 10.0, 30.0, 100.0):
+        err = 0.0
+        for i in range(len(y)):  # leave-one-out relative error
+            keep = np.arange(len(y)) != i
+            c = _ridge_solve(g[keep], y[keep], prior, lam)
+            err += ((g[i] @ c) / y[i] - 1) ** 2
+        if err < best_err:
+            best, best_err = _ridge_solve(g, y, prior, lam), err
+    return best
 
 
 def calibrate(device: str, n: int = 20, seed: int = 1000, root=None, method: str = "loglinear", progress: bool = True,
