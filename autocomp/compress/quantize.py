@@ -11,11 +11,16 @@ percentile of |x|), ``mse`` (the clipping threshold minimising the quantization 
 ``entropy`` (TensorRT's KL-divergence threshold). The last three read a 2048-bin histogram of |x|
 taken in a second pass over the calibration batches.
 
-``quantize_outputs`` (default on): when an int8 conv feeds another int8 conv of the same network
+``quantize_outputs`` (default off): when an int8 conv feeds another int8 conv of the same network
 (stem -> first block conv, expand -> depthwise -> project), its *output* is also quantized, with the
 consumer's input scale, before the activation. For symmetric int8 (zero point 0) ReLU commutes
 with quantization, so this is lossless w.r.t. quantizing after the ReLU, and it lets ONNX Runtime
-fuse DQ -> Conv -> Q into an integer ``QLinearConv``.
+fuse DQ -> Conv -> Q into an integer ``QLinearConv``. It is off by default because, measured on a
+2-core AVX2 machine without VNNI (ONNX Runtime 1.32, 1 thread), the integer kernels were still ~2x
+slower than fp32 for these small convs, and their u8s8 int16 accumulation saturates with full-range
+trained weights (ORT accuracy fell ~16 points below the PyTorch fake-quant accuracy). Without it,
+ORT runs DequantizeLinear + float Conv: exact agreement with PyTorch; TensorRT fuses the same
+explicit Q/DQ graph into int8 kernels on its own.
 
 PTQ is :func:`apply`; QAT is :func:`qat` (fine-tuning through the fake-quant ops with the
 straight-through estimator; weight scales follow the weights, activation scales stay calibrated).
@@ -281,7 +286,7 @@ def calibrate(model: nn.Module, calib: Iterable[torch.Tensor], method: str = "mi
 
 @torch.no_grad()
 def apply(model: nn.Module, candidate: Candidate, calib: Iterable[torch.Tensor] | None = None, method: str = "minmax",
-          percentile: float = 99.99, quantize_outputs: bool = True) -> nn.Module:
+          percentile: float = 99.99, quantize_outputs: bool = False) -> nn.Module:
     """Set each layer group's precision; int8 activation scales are calibrated on ``calib`` batches
     (tensors or (x, y) pairs) with ``method`` (one of :data:`CALIBRATION_METHODS`)."""
     model.eval()
