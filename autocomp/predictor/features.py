@@ -121,7 +121,7 @@ class _Acc:
 
 def analyse(candidates: Sequence[Candidate], space: SearchSpace, arrays: dict[str, np.ndarray] | None = None) -> _Acc:
     a = arrays if arrays is not None else block_arrays(candidates, space)
-    n = len(candidates)
+    n = len(a["stem_width"])
     st_idx, pos = _slots(space)
     h, w = space.input.height, space.input.width
     strides = [s.stride for s in space.stages]
@@ -214,10 +214,10 @@ def network_feature_names(space: SearchSpace) -> list[str]:
             + [f"stage{s}_{f}" for s in range(len(space.stages)) for f in ("depth", "width")] + slots)
 
 
-def network_features(candidates: Sequence[Candidate], space: SearchSpace) -> np.ndarray:
+def network_features(candidates: Sequence[Candidate] | None, space: SearchSpace, arrays: dict[str, np.ndarray] | None = None) -> np.ndarray:
     """(N, F) whole-network features: group sums, per-resolution MACs, per-precision params,
     totals, QDQ pairs, precision shares and the raw encoding (column names: network_feature_names)."""
-    a = block_arrays(candidates, space)
+    a = arrays if arrays is not None else block_arrays(candidates, space)
     acc = analyse(candidates, space, a)
     g = group_features(candidates, space, acc)[:, :-1]
     n = g.shape[0]

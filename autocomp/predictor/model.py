@@ -29,7 +29,14 @@ import numpy as np
 import pandas as pd
 
 from autocomp.errors import UserError
-from autocomp.predictor.features import group_feature_names, group_features, network_feature_names, network_features
+from autocomp.predictor.features import (
+    analyse,
+    block_arrays,
+    group_feature_names,
+    group_features,
+    network_feature_names,
+    network_features,
+)
 from autocomp.space import Candidate, SearchSpace, get_space
 
 SCHEMA_VERSION = 1
@@ -37,6 +44,7 @@ META_NAME = "predictor.json"
 MODEL_NAME = "model.txt"
 KINDS = ("sum", "whole", "sum+gbm")
 MAX_TRAIN = 300
+CHUNK = 4096
 TEST_SHARE = 5  # one id in five (by hash) is held out
 
 LGB_PARAMS = {
@@ -105,10 +113,12 @@ class Predictor:
 
     # ----------------------------------------------------------------- predict
 
-    def _raw(self, candidates: Sequence[Candidate]) -> np.ndarray:
+    def _raw(self, candidates: Sequence[Candidate] | None, arrays: dict[str, np.ndarray] | None = None) -> np.ndarray:
+        if arrays is None:
+            arrays = block_arrays(candidates, self.space)
         if self.kind == "sum":
-            return np.maximum(group_features(candidates, self.space) @ self.coef, 1e-4)
-        x = network_features(candidates, self.space)
+            return np.maximum(group_features(None, self.space, analyse(None, self.space, arrays)) @ self.coef, 1e-4)
+        x = network_features(None, self.space, arrays)
         log_gbm = self.booster.predict(x, num_threads=1)
         if self.kind == "whole":
             return np.exp(log_gbm)
@@ -122,7 +132,17 @@ class Predictor:
         spaces = {c.space for c in candidates}
         if spaces - {self.space.name}:
             raise UserError("candidate.space", f"{sorted(spaces)} but this predictor was fit on space {self.space.name!r}", self.space.name)
-        y = self._raw(candidates)
+        if len(candidates) > CHUNK:  # cache-sized chunks: the vectorised analysis is memory-bound
+            return np.concatenate([self.predict(candidates[i:i + CHUNK]) for i in range(0, len(candidates), CHUNK)])
+        return self._calibrated(self._raw(candidates))
+
+    def predict_arrays(self, arrays: dict[str, np.ndarray]) -> np.ndarray:
+        """Like :meth:`predict` from :func:`autocomp.predictor.features.block_arrays` output: for a
+        search that keeps its population as arrays (reading Python Candidate objects is the
+        throughput limit of :meth:`predict`, ~70k/s)."""
+        return self._calibrated(self._raw(None, arrays))
+
+    def _calibrated(self, y: np.ndarray) -> np.ndarray:
         if self.calibration:
             y = np.exp(self.calibration["a"] + self.calibration["b"] * np.log(y))
         return y
