@@ -123,7 +123,7 @@ def test_search_through_the_cluster_measures_on_the_device_node(cluster, tmp_pat
     space.write_text(TINY_SPACE)
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "autocomp.cli", "search", "--budget", "5ms", "--trials", "2", "--seed", "0",
-           "--out", str(out), "--space", str(space), "--train-steps", "1", "--val-size", "100",
+           "--out", str(out), "--space", str(space), "--train-steps", "1", "--val-size", "100", "--top-k", "0",
            "--address", cluster["address"]]
     done = subprocess.run(cmd, env=cluster["env"], capture_output=True, text=True, timeout=400)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

@@ -265,7 +265,7 @@ def space_file(tmp_path: Path) -> Path:
 def _search_cmd(out: Path, space: Path, address: str, *extra: str) -> list[str]:
     return [sys.executable, "-m", "autocomp.cli", "search", "--budget", "5ms", "--trials", "3", "--seed", "3",
             "--out", str(out), "--space", str(space), "--controller", "evolution", "--train-steps", "1",
-            "--val-size", "100", "--address", address, *extra]
+            "--val-size", "100", "--top-k", "0", "--address", address, *extra]
 
 
 def test_resume_after_sigkill_neither_loses_nor_repeats(ray_local, tmp_path):
