@@ -157,7 +157,7 @@ def sensitivity(
                                 "a state dict of autocomp.models.mbv2.build(candidate)") from None
         else:
             _err.print(f"[dim]training {cand.summary()} for {train_steps} steps[/]")
-            model = train(model, ds, train_steps, 128, 3e-3, seed)
+            model = train(model, ds, train_steps, 128, 1e-2, seed)
         val = ds.val.subset(val_size, seed=seed)
         grad = list(ds.batches(ds.train.subset(256, seed=seed), 128)) if importance == "taylor" else None
         rows = sensitivity_table(model, cand, ds, val, keep_list, importance, grad)
