@@ -122,11 +122,15 @@ def _mount_subcommands() -> None:
     """Stage-specific command groups live beside their stage."""
     from autocomp.measure.cli import app as measure_app
     from autocomp.predictor.cli import app as predictor_app
+    from autocomp.compress.cli import app as sensitivity_app
+    from autocomp.models.cli import app as supernet_app
     from autocomp.report.cli import app as report_app
 
     app.add_typer(measure_app, name="measure", help="Measure a latency campaign on a device (resumable).")
     app.add_typer(predictor_app, name="predictor", help="Train and evaluate latency predictors.")
     app.add_typer(report_app, name="report", help="Write the Pareto report of a run (HTML, summary.md).")
+    app.add_typer(supernet_app, name="supernet", help="Train the weight-sharing supernet of a search space.")
+    app.add_typer(sensitivity_app, name="sensitivity", help="Per-layer accuracy drop against channel keep ratio.")
 
 
 _mount_subcommands()
