@@ -66,6 +66,7 @@ def main() -> None:
         t = time.perf_counter()
         net = S.extract(c, space, ck, data)
         inherited = S.accuracy(net, data, val)
+        net = net.to(memory_format=torch.channels_last)  # depthwise backward is ~9x faster than NCHW on CPU
         net = train(net, data, args.finetune_steps, args.batch_size, args.lr, args.seed + i)
         tuned = S.accuracy(net, data, val)
         rows.append({"id": c.id, "arch": c.summary().split(" keep")[0], "params": count_params(net),

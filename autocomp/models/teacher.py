@@ -86,7 +86,7 @@ def _from_torchvision(name: str, weights, num_classes: int) -> nn.Module:
     return _load_into(model, weights, f"torchvision:{name}")
 
 
-def load_teacher(spec: str | None = None, weights: str | Path | None = None, space=None, data=None, bn_batches: int = 8) -> nn.Module:
+def load_teacher(spec: str | None = None, weights: str | Path | None = None, space=None, data=None, bn_batches: int = 4) -> nn.Module:
     """The teacher network in eval mode (see module doc for ``spec``); ``bn_batches``: BatchNorm
     recalibration batches of the default (supernet) teacher."""
     if spec is None or spec in ("", "supernet"):
