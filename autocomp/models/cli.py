@@ -45,6 +45,7 @@ def train(
     threads: int = typer.Option(2, help="torch intra-op threads."),
     checkpoint_every: int = typer.Option(25, help="Write the checkpoint every N steps too (0: only at the end)."),
     eval_size: int = typer.Option(10000, help="Test images for the final accuracy of largest / smallest (0: skip)."),
+    init: Optional[Path] = typer.Option(None, help="Continue from this checkpoint's weights (warm restart of the schedule)."),
     progress: bool = typer.Option(True, help="Show progress."),
 ) -> None:
     """Train the supernet of a space and write its checkpoint (sandwich rule, in-place distillation)."""
@@ -79,7 +80,7 @@ def train(
         return {"command": command, "seed": seed, "steps": step, "steps_requested": steps, "batch_size": batch_size, "lr": lr,
                 "random_subnets": random_subnets, "largest_every": largest_every, "teacher": teacher, "data": data,
                 "wall_time_s": round(time.perf_counter() - t0, 1), "machine": _machine(), "threads": threads,
-                "finished": done, "torch": str(__import__("torch").__version__)}
+                "finished": done, "init": str(init) if init else None, "torch": str(__import__("torch").__version__)}
 
     def ckpt(step: int, sd: dict) -> None:
         S.save_checkpoint(out, sp, sd, meta(step, False))
@@ -91,11 +92,15 @@ def train(
         n_steps[0] = step
         ckpt(step, sd)
 
+    init_state = None
+    if init is not None:
+        init_state = {k: v.float() if v.is_floating_point() else v for k, v in S.load_checkpoint(init)["state_dict"].items()}
     stats: dict = {}
     sd = S.train_supernet(sp, ds, steps, seed, teacher=tmod, progress=progress, batch_size=batch_size, lr=lr,
                           n_random=random_subnets, largest_every=largest_every, threads=threads,
                           time_budget_s=time_budget * 60 if time_budget else None,
-                          callback=counting if checkpoint_every else None, callback_every=checkpoint_every, stats=stats)
+                          callback=counting if checkpoint_every else None, callback_every=checkpoint_every, stats=stats,
+                          init_state=init_state)
     m = meta(steps, True)
     m["steps"] = stats.get("steps", steps)
     m["train_wall_time_s"] = stats.get("wall_s")
