@@ -18,7 +18,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import torch
 from rich.console import Console
 from torch import nn
 
@@ -26,7 +25,7 @@ from autocomp.compress import lowrank, prune, quantize
 from autocomp.data import Dataset
 from autocomp.distill import KDConfig, distill
 from autocomp.errors import UserError
-from autocomp.evaluate import EvalSettings, base_model, calibration_batches, candidate_precision
+from autocomp.evaluate import EvalSettings, base_model, calibration_batches
 from autocomp.export import OPSET, check_onnx, max_output_diff, to_onnx, trtexec_script
 from autocomp.measure import Device
 from autocomp.measure.onnxruntime import accuracy as ort_accuracy
@@ -92,7 +91,7 @@ def export_winner(
     after = {s: ort_accuracy(onnx_path, data.batches(getattr(data, s), 500)) for s in ("val", "test")}
     x, _ = next(data.batches(data.test, 64))
     diff = max_output_diff(model, onnx_path, x)
-    precision = candidate_precision(candidate)
+    precision = candidate.precision
     (out_dir / "trtexec.sh").write_text(trtexec_script("model.onnx", "fp32" if precision == "fp32" else ("fp16" if precision == "fp16" else "int8")))
     (out_dir / "trtexec.sh").chmod(0o755)
     engine = _maybe_build_engine(onnx_path, precision, out_dir)

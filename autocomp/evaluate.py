@@ -63,12 +63,6 @@ def train(model: nn.Module, data: Dataset, steps: int, batch_size: int, lr: floa
     return model.eval()
 
 
-def candidate_precision(candidate: Candidate) -> str:
-    """fp32 / fp16 / int8 when every layer group agrees, else ``mixed``."""
-    precs = set(candidate.layer_precisions())
-    return precs.pop() if len(precs) == 1 else "mixed"
-
-
 @dataclass
 class Scored:
     """What scoring a candidate yields: the exported ONNX (bytes) and its figures."""

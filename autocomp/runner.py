@@ -10,14 +10,13 @@ from __future__ import annotations
 import csv
 import json
 import os
-import traceback
 from pathlib import Path
 from typing import Any, Callable
 
 import ray
 
 from autocomp.data import Dataset
-from autocomp.evaluate import EvalSettings, candidate_precision, measure_onnx, score
+from autocomp.evaluate import EvalSettings, measure_onnx, score
 from autocomp.measure import Device
 from autocomp.space import Candidate, SearchSpace
 
@@ -42,16 +41,6 @@ def init_ray(address: str | None, device: Device, num_cpus: int | None = None) -
         # "local": always a private instance, never whatever cluster /tmp/ray/ray_current_cluster names
         ray.init(address="local", num_cpus=num_cpus, resources={device.resource: 1}, include_dashboard=False,
                  dashboard_host="127.0.0.1", runtime_env=env, log_to_driver=False)
-
-
-@ray.remote(num_cpus=1, max_retries=1)
-def _score_task(cand_json: str, space: SearchSpace, data: Dataset, settings: EvalSettings) -> dict:
-    cand = Candidate.from_json(cand_json)
-    try:
-        s = score(cand, space, data, settings)
-        return {"ok": True, "onnx": s.onnx, "accuracy": s.accuracy, "params": s.params, "onnx_bytes": s.onnx_bytes, "score_s": s.wall_s}
-    except Exception as e:  # recorded in the table; the search goes on
-        return {"ok": False, "error": f"{type(e).__name__}: {e}", "trace": traceback.format_exc(limit=5)}
 
 
 @ray.remote(num_cpus=1, max_retries=1)
@@ -102,63 +91,10 @@ def read_results(path: Path) -> list[dict]:
     return rows
 
 
-def run_trials(
-    controller, space: SearchSpace, data: Dataset, device: Device, settings: EvalSettings, n_trials: int,
-    table: ResultsTable, concurrency: int, on_row: Callable[[dict], Any] = lambda r: None,
-) -> list[dict]:
-    """Ask/evaluate/tell until ``n_trials`` candidates are evaluated; returns the rows."""
-    data_ref, space_ref = ray.put(data), ray.put(space)
-    measure = _measure_task.options(resources={device.resource: 1})
-    inflight: dict[ray.ObjectRef, tuple[str, int, Candidate, dict]] = {}
-    rows: list[dict] = []
-    asked = 0
-
-    def submit_score() -> None:
-        nonlocal asked
-        cand = controller.ask()
-        ref = _score_task.remote(cand.to_json(), space_ref, data_ref, settings)
-        inflight[ref] = ("score", asked, cand, {})
-        asked += 1
-
-    def finish(trial: int, cand: Candidate, row: dict) -> None:
-        row.update(trial=trial, id=cand.id, summary=cand.summary(), policy=cand.to_json(), precision=candidate_precision(cand))
-        table.append(row)
-        rows.append(row)
-        controller.tell(cand, row)
-        on_row(row)
-
-    while len(rows) < n_trials:
-        scoring = sum(1 for kind, *_ in inflight.values() if kind == "score")
-        while scoring < concurrency and asked < n_trials:
-            submit_score()
-            scoring += 1
-        done, _ = ray.wait(list(inflight), num_returns=1)
-        ref = done[0]
-        kind, trial, cand, partial = inflight.pop(ref)
-        try:
-            out = ray.get(ref)
-        except Exception as e:  # the worker died (e.g. out of memory)
-            out = {"ok": False, "error": f"{type(e).__name__}: {str(e).splitlines()[0]}"}
-        if not out["ok"]:
-            finish(trial, cand, {**partial, "status": "error", "error": out["error"]})
-        elif kind == "score":
-            partial = {k: out[k] for k in ("accuracy", "params", "onnx_bytes", "score_s")}
-            inflight[measure.remote(out["onnx"], device.name, candidate_precision(cand))] = ("measure", trial, cand, partial)
-        else:
-            finish(trial, cand, {
-                **partial, "status": "ok", "error": "",
-                "latency_ms": out["median_ms"], "latency_p90_ms": out["p90_ms"], "latency_cv": out["cv"],
-                "latency_flagged": out["flagged"],
-                **{k: out[k] for k in ("device", "backend", "backend_version", "batch", "threads", "warmup", "repeats", "host")},
-            })
-    return sorted(rows, key=lambda r: r["trial"])
-
-
 def write_json(path: Path, obj: Any) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(obj, indent=2, default=str))
     tmp.replace(path)
-
 
 
 # --------------------------------------------------------------------------- Ray Tune
@@ -288,7 +224,7 @@ def _row_from_trial(trial, status: str | None = None, error: str = "") -> dict:
     cand = Candidate.from_json(cfg["candidate"])
     res = {k: v for k, v in (trial.last_result or {}).items() if k in _ROW_KEYS}
     row = {**res, "trial": cfg["trial"], "id": cand.id, "summary": cand.summary(), "policy": cand.to_json(),
-           "precision": candidate_precision(cand), "predicted_latency_ms": cfg.get("predicted_latency_ms")}
+           "precision": cand.precision, "predicted_latency_ms": cfg.get("predicted_latency_ms")}
     if status:
         row.update(status=status, error=error)
     return row
@@ -355,7 +291,7 @@ def evaluate_trial(config: dict, space: SearchSpace, data: Dataset, settings: Ev
     # Escape the trial's placement group: the measurement needs the device's node, not this one.
     task = _measure_task.options(num_cpus=0, resources={dev.resource: 1}, scheduling_strategy="DEFAULT")
     try:
-        out = ray.get(task.remote(s.onnx, device, candidate_precision(cand)))
+        out = ray.get(task.remote(s.onnx, device, cand.precision))
     except Exception as e:  # the measuring worker died
         out = {"ok": False, "error": f"{type(e).__name__}: {str(e).splitlines()[0]}"}
     row = {"accuracy": s.accuracy, "params": s.params, "onnx_bytes": s.onnx_bytes, "score_s": round(s.wall_s, 3)}

@@ -334,6 +334,12 @@ class Candidate:
     def layer_precisions(self) -> list[str]:
         return [self.stem_precision, *(b.precision for s in self.stages for b in s.blocks), self.head_precision]
 
+    @property
+    def precision(self) -> str:
+        """fp32 / fp16 / int8 when every layer group agrees, else ``mixed`` (the label measurements carry)."""
+        precs = set(self.layer_precisions())
+        return precs.pop() if len(precs) == 1 else "mixed"
+
     def summary(self) -> str:
         """A short human-readable description: d<depths> w<widths> and the compression mix."""
         depths = "".join(str(s.depth) for s in self.stages)

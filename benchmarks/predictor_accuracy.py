@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from autocomp.measure import get_device
-from autocomp.measure.campaign import candidate_precision, cpu_model, export_candidate, noise_floor, read_table, table_path
+from autocomp.measure.campaign import cpu_model, export_candidate, noise_floor, read_table, table_path
 from autocomp.predictor import predictor_dir
 from autocomp.predictor.model import candidates_of, fit, split_table
 from autocomp.space import get_space
@@ -49,7 +49,7 @@ def remeasure(test, space, device, k: int) -> dict:
         c = candidates_of(rows.loc[[r.Index]])[0]
         with tempfile.TemporaryDirectory() as tmp:
             path, _ = export_candidate(c, space, Path(tmp) / "m.onnx")
-            now = device.measure(path, candidate_precision(c)).median_ms
+            now = device.measure(path, c.precision).median_ms
         rel.append(now / r.median_ms - 1)
     rel = np.array(rel)
     return {"n": len(rel), "rms_rel_diff": float(np.sqrt(np.mean(rel ** 2))), "within_10pct": float(np.mean(np.abs(rel) <= 0.1)),

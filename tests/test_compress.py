@@ -4,7 +4,6 @@ torchvision MobileNetV2 and ResNet-18 (random init), real MNIST images for the i
 from __future__ import annotations
 
 import copy
-import random
 from dataclasses import replace
 from pathlib import Path
 

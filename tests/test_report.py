@@ -29,7 +29,7 @@ import pytest
 from typer.testing import CliRunner
 
 from autocomp.errors import UserError
-from autocomp.evaluate import EvalSettings, candidate_precision, measure_onnx, score
+from autocomp.evaluate import EvalSettings, measure_onnx, score
 from autocomp.report import load_run, write_report
 from autocomp.report.cli import app as report_app
 from autocomp.report.png import chromium_command, export_png
@@ -46,7 +46,7 @@ BUDGET_MS = 1.0
 def _row(trial: int, cand, **fields) -> dict:
     """A results row as runner.run_trials.finish() writes it."""
     return {"predicted_latency_ms": None, **fields, "trial": trial, "id": cand.id, "summary": cand.summary(),
-            "policy": cand.to_json(), "precision": candidate_precision(cand)}
+            "policy": cand.to_json(), "precision": cand.precision}
 
 
 def _write_run(path: Path, rows: list[dict], budget_ms: float, settings: EvalSettings) -> Path:
@@ -84,7 +84,7 @@ def evaluated(tmp_path_factory):
         except Exception as e:  # the runner records the error the same way
             rows.append(_row(trial, cand, status="error", error=f"{type(e).__name__}: {e}"))
             continue
-        m = measure_onnx(s.onnx, "cpu-ort", candidate_precision(cand))
+        m = measure_onnx(s.onnx, "cpu-ort", cand.precision)
         onnx[cand.id] = s.onnx
         rows.append(_row(trial, cand, status="ok", error="", accuracy=s.accuracy, params=s.params, onnx_bytes=s.onnx_bytes,
                          score_s=s.wall_s, latency_ms=m["median_ms"], latency_p90_ms=m["p90_ms"], latency_cv=m["cv"],

@@ -40,7 +40,6 @@ measured_at        UTC timestamp (ISO 8601)
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import os
 import platform
 import random
@@ -145,11 +144,6 @@ def export_candidate(candidate: Candidate, space: SearchSpace, path: Path, calib
     return path, params
 
 
-def candidate_precision(candidate: Candidate) -> str:
-    precs = set(candidate.layer_precisions())
-    return precs.pop() if len(precs) == 1 else "mixed"
-
-
 def campaign_candidates(space: SearchSpace, n: int, seed: int) -> list[Candidate]:
     """The first ``n`` candidates of a campaign with ``seed`` (deterministic)."""
     rng = random.Random(seed)
@@ -161,12 +155,12 @@ def measure_candidate(candidate: Candidate, space: SearchSpace, device: Device, 
     with tempfile.TemporaryDirectory() as tmp:
         path, params = export_candidate(candidate, space, Path(tmp) / "model.onnx")
         onnx_bytes = path.stat().st_size
-        m = device.measure(path, candidate_precision(candidate), **overrides)
+        m = device.measure(path, candidate.precision, **overrides)
     d = m.to_dict()
     d.pop("precision", None)
     return {
         "schema_version": SCHEMA_VERSION, "id": candidate.id, "space": space.name, "candidate": candidate.to_json(),
-        "encoding": space.encode(candidate), "precision": candidate_precision(candidate),
+        "encoding": space.encode(candidate), "precision": candidate.precision,
         "params": int(params), "onnx_bytes": int(onnx_bytes), **d, "cpu_model": cpu_model(),
         "measured_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
@@ -257,7 +251,7 @@ def noise_floor(candidate: Candidate, space: SearchSpace, device: Device, repeat
     the mean within-run CV — the floor below which predictor error cannot go."""
     with tempfile.TemporaryDirectory() as tmp:
         path, _ = export_candidate(candidate, space, Path(tmp) / "model.onnx")
-        ms = [device.measure(path, candidate_precision(candidate), **overrides) for _ in range(repeats)]
+        ms = [device.measure(path, candidate.precision, **overrides) for _ in range(repeats)]
     med = np.array([m.median_ms for m in ms])
     return {
         "id": candidate.id, "repeats": repeats, "medians_ms": med.round(4).tolist(),
