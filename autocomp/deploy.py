@@ -21,11 +21,11 @@ import numpy as np
 from rich.console import Console
 from torch import nn
 
-from autocomp.compress import lowrank, prune, quantize
+from autocomp.compress import quantize
 from autocomp.data import Dataset
 from autocomp.distill import KDConfig, distill
 from autocomp.errors import UserError
-from autocomp.evaluate import EvalSettings, base_model, calibration_batches
+from autocomp.evaluate import EvalSettings, calibration_batches, pruned_model
 from autocomp.export import OPSET, check_onnx, max_output_diff, to_onnx, trtexec_script
 from autocomp.measure import Device
 from autocomp.measure.onnxruntime import accuracy as ort_accuracy
@@ -75,7 +75,7 @@ def export_winner(
     console = console or Console()
     space.validate_candidate(candidate)
     out_dir.mkdir(parents=True, exist_ok=True)
-    model = lowrank.apply(prune.apply(base_model(candidate, space, data, settings), candidate), candidate)
+    model = pruned_model(candidate, space, data, settings)
     macs = count_macs(model, data.input_shape)
     model = quantize.apply(model, _without_fp16(candidate), calibration_batches(data, settings))
     before = onnx_accuracy(apply_fp16(_clone(model), candidate), data)

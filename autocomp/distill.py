@@ -155,7 +155,7 @@ def distill(student: nn.Module, teacher: nn.Module, data: Dataset, cfg: KDConfig
                 loss.backward()
                 opt.step()
                 sched.step()
-                losses.append(float(loss))
+                losses.append(loss.item())
                 step += 1
                 bar.advance(task)
                 if step >= cfg.steps:

@@ -107,11 +107,20 @@ def calibration_batches(data: Dataset, settings: EvalSettings) -> list[torch.Ten
     return [x for x, _ in data.batches(calib_split, settings.batch_size)]
 
 
-def compressed_model(candidate: Candidate, space: SearchSpace, data: Dataset, settings: EvalSettings) -> nn.Module:
-    """weights -> prune -> low-rank -> (recovery fine-tune) -> quantize: the model that is exported."""
+def pruned_model(candidate: Candidate, space: SearchSpace, data: Dataset, settings: EvalSettings) -> nn.Module:
+    """weights -> prune -> low-rank -> BatchNorm recalibration -> (recovery fine-tune), in fp32."""
+    from autocomp.models.supernet import bn_batches_of, recalibrate_bn
+
     model = base_model(candidate, space, data, settings)
     model = lowrank.apply(prune.apply(model, candidate), candidate)
-    model = train(model, data, settings.finetune_steps, settings.batch_size, settings.lr / 3, settings.seed + 1)
+    if settings.bn_batches > 0:  # removed channels and factorised convs shift the statistics BN expects
+        recalibrate_bn(model, bn_batches_of(data, settings.bn_batches, seed=settings.seed))
+    return train(model, data, settings.finetune_steps, settings.batch_size, settings.lr / 3, settings.seed + 1)
+
+
+def compressed_model(candidate: Candidate, space: SearchSpace, data: Dataset, settings: EvalSettings) -> nn.Module:
+    """weights -> prune -> low-rank -> BN recalibration -> quantize: the model that is exported."""
+    model = pruned_model(candidate, space, data, settings)
     return quantize.apply(model, candidate, calibration_batches(data, settings))
 
 
