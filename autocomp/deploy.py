@@ -26,7 +26,7 @@ from autocomp.data import Dataset
 from autocomp.distill import KDConfig, distill
 from autocomp.errors import UserError
 from autocomp.evaluate import EvalSettings, calibration_batches, pruned_model
-from autocomp.export import OPSET, check_onnx, max_output_diff, to_onnx, trtexec_script
+from autocomp.export import OPSET, check_onnx, compare_outputs, to_onnx, trtexec_script
 from autocomp.measure import Device
 from autocomp.measure.onnxruntime import accuracy as ort_accuracy
 from autocomp.models.mbv2 import count_macs, count_params
@@ -89,8 +89,8 @@ def export_winner(
     opset = check_onnx(onnx_path)
     layer_counts, placement_problems = onnx_precision_report(onnx_path, candidate)
     after = {s: ort_accuracy(onnx_path, data.batches(getattr(data, s), 500)) for s in ("val", "test")}
-    x, _ = next(data.batches(data.test, 64))
-    diff = max_output_diff(model, onnx_path, x)
+    x, _ = next(data.batches(data.test, 256))
+    diff, agreement = compare_outputs(model, onnx_path, x)
     precision = candidate.precision
     (out_dir / "trtexec.sh").write_text(trtexec_script("model.onnx", "fp32" if precision == "fp32" else ("fp16" if precision == "fp16" else "int8")))
     (out_dir / "trtexec.sh").chmod(0o755)
@@ -117,6 +117,7 @@ def export_winner(
         "onnx_layer_precisions": layer_counts,
         "precision_placement_problems": placement_problems,
         "max_abs_output_diff_vs_torch": diff,
+        "top1_agreement_vs_torch": agreement,
         "tensorrt_engine": engine,
     }
     (out_dir / "policy.json").write_text(json.dumps({"schema_version": SCHEMA_VERSION, "candidate": candidate.to_dict()}, indent=2))
