@@ -97,7 +97,9 @@ def test_over_budget_winner_is_flagged_and_next_promoted(mnist, tmp_path):
     search latency is set optimistically low (as a mispredicting predictor would), to force the case.
     """
     space = get_space()
-    big, small = space.largest(), space.smallest()
+    small = space.smallest()
+    wide = tuple(Stage(max(st.width), (Block(max(st.kernel), max(st.expand), 1.0, 1.0, "fp32"),)) for st in space.stages)
+    big = Candidate(space.name, max(space.stem.width), "fp32", wide, max(space.head.width), "fp32")  # ~20x the MACs of small
     run = tmp_path / "run"
     run.mkdir()
     rows = []
