@@ -136,12 +136,17 @@ def _mount_subcommands() -> None:
 _mount_subcommands()
 
 
-def main() -> None:
+def run_app(typer_app: typer.Typer) -> None:
+    """Run a Typer app; a UserError becomes one line on stderr and exit code 2."""
     try:
-        app()
+        typer_app()
     except UserError as e:
         err_console.print(f"error: {e}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(2)
+
+
+def main() -> None:
+    run_app(app)
 
 
 if __name__ == "__main__":

@@ -95,15 +95,9 @@ def evaluate(
 
 
 def main() -> None:
-    import sys
+    from autocomp.cli import run_app
 
-    from autocomp.errors import UserError
-
-    try:
-        app()
-    except UserError as e:
-        Console(stderr=True).print(f"error: {e}", markup=False, highlight=False, soft_wrap=True)
-        sys.exit(2)
+    run_app(app)
 
 
 if __name__ == "__main__":
