@@ -24,18 +24,7 @@ import pytest
 DEVICE_RESOURCE = "device:cpu-ort"
 
 
-TINY_SPACE = """\
-schema_version: 1
-name: tiny
-input: {channels: 1, height: 28, width: 28}
-num_classes: 10
-stem: {width: [4, 8]}
-stages:
-  - {stride: 2, depth: [1, 2], width: [8, 16], kernel: [3, 5], expand: [1, 3]}
-  - {stride: 2, depth: [1], width: [16, 24], kernel: [3], expand: [2, 3]}
-head: {width: [16, 32]}
-compression: {keep_ratio: [1.0, 0.5], rank_ratio: [1.0, 0.5], precision: [fp32, int8]}
-"""
+TINY_SPACE = (Path(__file__).parent / "fixtures" / "tiny-space.yaml").read_text()
 
 
 def free_ports(n: int) -> list[int]:
