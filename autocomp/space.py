@@ -23,6 +23,7 @@ from autocomp.resources import data_dir
 
 SCHEMA_VERSION = 1
 PRECISIONS = ("fp32", "fp16", "int8")
+PRECISION_CODES = {p: i for i, p in enumerate(PRECISIONS)}
 Precision = Literal["fp32", "fp16", "int8"]
 
 
@@ -280,11 +281,20 @@ class Block:
     rank: float  # low-rank ratio of the block's 1x1 convolutions (1.0 = full rank)
     precision: str  # fp32 | fp16 | int8
 
+    def __post_init__(self) -> None:
+        # the block's numeric genes as the latency predictor reads them (active, kernel, expand, keep,
+        # rank, precision code): built once here so that batched scoring does no per-gene Python
+        object.__setattr__(self, "_row", (1.0, float(self.kernel), float(self.expand), float(self.keep), float(self.rank),
+                                          float(PRECISION_CODES.get(self.precision, -1))))
+
 
 @dataclass(frozen=True)
 class Stage:
     width: int
     blocks: tuple[Block, ...]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_row", tuple(g for b in self.blocks for g in b._row))  # the blocks' genes, in order
 
     @property
     def depth(self) -> int:

@@ -196,3 +196,46 @@ def test_measure_cli_errors_are_user_errors(tmp_path):
 
     r = CliRunner().invoke(app, ["--device", "nope", "--n", "1", "--out", str(tmp_path)])
     assert isinstance(r.exception, UserError) and "--device" in str(r.exception)
+
+
+def test_reference_protocol_measures_in_the_normal_phase(tmp_path, monkeypatch):
+    """The reference model is a valid dynamic-batch ONNX model; its nominal latency is measured once
+    and cached; a reference-protocol measurement reports real milliseconds of the candidate (close to
+    a plain measurement of the same model) and records the protocol."""
+    import numpy as np
+    import onnx
+
+    from autocomp.measure import reference
+    from autocomp.measure.onnxruntime import measure, run_timer, session
+
+    monkeypatch.setenv("AUTOCOMP_CACHE", str(tmp_path / "cache"))
+    ref = reference.model_path()
+    onnx.checker.check_model(onnx.load(str(ref)), full_check=True)
+    for batch in (1, 8):
+        out = session(ref).run(None, {"input": np.zeros((batch, 1, 28, 28), np.float32)})[0]
+        assert out.shape == (batch, 10)
+    nominal = reference.nominal_ms(1, 1, "thread_cpu", probes=20)
+    cached = list((tmp_path / "cache" / "reference").glob("nominal-*.json"))
+    assert len(cached) == 1 and nominal > 0
+    assert reference.nominal_ms(1, 1, "thread_cpu", probes=20) == nominal  # from the cache, not re-measured
+    # the reference itself measured with the protocol lands near its nominal latency
+    m = measure(ref, device="t", precision="fp32", threads=1, warmup=5, repeats=40, min_time_s=0.2,
+                clock="thread_cpu", reference=True, blocks=2)
+    notes = json.loads(m.notes)
+    assert notes["reference_nominal_ms"] == pytest.approx(nominal, rel=1e-3) and notes["blocks"] == 2
+    assert m.statistic in ("median_normal_phase", "median_ref_scaled")
+    assert m.flagged or m.statistic == "median_normal_phase"
+    plain = float(np.median([run_timer(session(ref), 1, "thread_cpu")() for _ in range(200)]))
+    assert 0.5 * plain < m.median_ms < 2.0 * plain
+
+
+def test_forward_fill_of_precision_over_inactive_slots():
+    import numpy as np
+
+    from autocomp.predictor.features import _forward_fill
+
+    active = np.array([[True, False, True, False], [False, False, False, False]])
+    values = np.array([[5.0, 9.0, 7.0, 9.0], [1.0, 2.0, 3.0, 4.0]])
+    out = _forward_fill(active, values, np.array([-1.0, 8.0]))
+    # column i: the value of the last active slot before i (else the start); last column: after all slots
+    assert out.tolist() == [[-1.0, 5.0, 5.0, 7.0, 7.0], [8.0, 8.0, 8.0, 8.0, 8.0]]

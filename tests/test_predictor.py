@@ -167,3 +167,14 @@ def test_transfer_recalibration_recovers_a_new_device():
         adapted.save(Path(tmp) / "b")
         again = load_predictor("b", tmp)
         np.testing.assert_allclose(again.predict(cands), adapted.predict(cands))
+
+
+def test_batched_features_equal_one_at_a_time():
+    """The analysis is vectorised over candidates and block slots: a batch gives every candidate the
+    same features as scoring it alone (no cross-talk between rows), across depths and precisions."""
+    rng = random.Random(11)
+    cands = [SPACE.sample(rng) for _ in range(40)] + [SPACE.smallest("int8"), SPACE.largest("fp16"), SPACE.largest("fp32")]
+    batch = network_features(cands, SPACE)
+    single = np.concatenate([network_features([c], SPACE) for c in cands])
+    assert np.array_equal(batch, single)
+    assert len({tuple(r) for r in batch}) == len({c.id for c in cands})  # distinct candidates, distinct rows

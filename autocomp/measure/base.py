@@ -102,8 +102,8 @@ def register_device(device: Device) -> Device:
 
 register_device(Device(
     "cpu-ort", "onnxruntime", ("fp32", "fp16", "int8"),
-    {"threads": 1, "warmup": 20, "repeats": 100, "min_time_s": 0.3, "clock": "thread_cpu"},
-    "this machine's CPU through ONNX Runtime, 1 thread, batch 1, thread CPU time (the default)",
+    {"threads": 1, "warmup": 20, "repeats": 100, "min_time_s": 0.4, "blocks": 4, "max_time_s": 8.0, "reference": True, "clock": "thread_cpu"},
+    "this machine's CPU through ONNX Runtime, 1 thread, batch 1, thread CPU time scaled by an interleaved reference model (the default)",
 ))
 register_device(Device(
     "cpu-ort-wall", "onnxruntime", ("fp32", "fp16", "int8"),
@@ -112,8 +112,8 @@ register_device(Device(
 ))
 register_device(Device(
     "cpu-ort-b8", "onnxruntime", ("fp32", "fp16", "int8"),
-    {"threads": 1, "batch": 8, "warmup": 10, "repeats": 50, "min_time_s": 0.3, "clock": "thread_cpu"},
-    "this machine's CPU through ONNX Runtime, 1 thread, batch 8, thread CPU time (a second execution mode)",
+    {"threads": 1, "batch": 8, "warmup": 10, "repeats": 48, "min_time_s": 0.4, "blocks": 4, "max_time_s": 8.0, "reference": True, "clock": "thread_cpu"},
+    "this machine's CPU through ONNX Runtime, 1 thread, batch 8, thread CPU time scaled by a reference model (a second execution mode)",
 ))
 register_device(Device(
     "cpu-ort-2t", "onnxruntime", ("fp32", "fp16", "int8"),

@@ -46,32 +46,24 @@ def _slots(space: SearchSpace) -> tuple[np.ndarray, np.ndarray]:
 
 def block_arrays(candidates: Sequence[Candidate], space: SearchSpace) -> dict[str, np.ndarray]:
     """Candidates as arrays: per slot (N, B) ``active, kernel, expand, keep, rank, prec``; per stage
-    (N, S) ``width``; (N,) ``stem_width, stem_prec, head_width, head_prec``."""
+    (N, S) ``width``; (N,) ``stem_width, stem_prec, head_width, head_prec``. Each Block carries its
+    numeric genes as a tuple (``Block._row``, gathered per stage in ``Stage._row``), so this is two
+    list concatenations per stage."""
     n_slots = sum(space.max_depths)
-    n_st = len(space.stages)
-    per = 6 * n_slots + n_st + 4
-    flat = np.zeros((len(candidates), per), dtype=np.float64)
-    offsets = np.cumsum([0] + space.max_depths[:-1])
+    pads = [[(0.0,) * 6 * (d - k) for k in range(d + 1)] for d in space.max_depths]
     pc = _PCODE
-    rows = []
+    flat: list[float] = []
     for c in candidates:
-        row = [0.0] * per
-        row[-4] = c.stem_width
-        row[-3] = pc[c.stem_precision]
-        row[-2] = c.head_width
-        row[-1] = pc[c.head_precision]
-        for s, stage in enumerate(c.stages):
-            row[6 * n_slots + s] = stage.width
-            base = 6 * offsets[s]
-            for j, b in enumerate(stage.blocks):
-                i = base + 6 * j
-                row[i:i + 6] = (1.0, b.kernel, b.expand, b.keep, b.rank, pc[b.precision])
-        rows.append(row)
-    if rows:
-        flat[:] = rows
-    slots = flat[:, : 6 * n_slots].reshape(len(candidates), n_slots, 6)
+        for stage, pad in zip(c.stages, pads):
+            flat += stage._row
+            flat += pad[len(stage.blocks)]
+        flat += [st.width for st in c.stages]
+        flat += (c.stem_width, pc[c.stem_precision], c.head_width, pc[c.head_precision])
+    n = len(candidates)
+    flat = np.array(flat, dtype=np.float64).reshape(n, 6 * n_slots + len(space.stages) + 4)
+    slots = flat[:, : 6 * n_slots].reshape(n, n_slots, 6)
     out = {f: slots[:, :, i] for i, f in enumerate(SLOT_FIELDS)}
-    out["width"] = flat[:, 6 * n_slots: 6 * n_slots + n_st]
+    out["width"] = flat[:, 6 * n_slots: -4]
     out["stem_width"], out["stem_prec"], out["head_width"], out["head_prec"] = (flat[:, -4], flat[:, -3], flat[:, -2], flat[:, -1])
     return out
 
@@ -84,42 +76,57 @@ def _lowrank_dims(cout: np.ndarray, cin: np.ndarray, ratio: np.ndarray) -> tuple
 
 
 class _Acc:
-    """Accumulates per-(precision, kind) sums of MACs, traffic, groups and params."""
+    """Per-(precision, kind) sums of MACs, activation traffic, group counts and params, (N, 3, kinds)."""
 
     def __init__(self, n: int, n_levels: int):
-        # accumulated kind-major (contiguous (N, 3) per kind); finish() exposes (N, 3 precisions, kinds)
-        self.macs = np.zeros((len(KINDS), n, 3))
-        self.traffic = np.zeros((len(KINDS), n, 3))
-        self.count = np.zeros((len(KINDS), n, 3))
+        self.macs = np.zeros((n, 3, len(KINDS)))
+        self.traffic = np.zeros((n, 3, len(KINDS)))
+        self.count = np.zeros((n, 3, len(KINDS)))
         self.params = np.zeros((n, 3))
         self.level_macs = np.zeros((n, n_levels))
         self.qdq_elems = np.zeros(n)  # activation elements passing through Q/DQ (int8 inputs)
-        self.qdq_pairs = np.zeros(n)
+        self.qdq_pairs = np.zeros(n)  # activation QDQ + weight DQ per int8 group
         self.cast_elems = np.zeros(n)  # elements cast at fp16 group borders
         self.casts = np.zeros(n)
         self.add_elems = np.zeros(n)
         self.adds = np.zeros(n)
 
-    def conv(self, mask, prec, kind: int, macs, params, in_elems, out_elems, level: int) -> None:
-        m = mask.astype(float)
-        sel = (prec[:, None] == _P3) * m[:, None]  # (N, 3) one-hot precision of active groups
-        mm = m * macs
-        self.macs[kind] += sel * macs[:, None] if np.ndim(macs) else sel * macs
-        io = in_elems + out_elems
-        self.traffic[kind] += sel * io[:, None] if np.ndim(io) else sel * io
-        self.count[kind] += sel
-        self.params += sel * params[:, None] if np.ndim(params) else sel * params
-        self.level_macs[:, level] += mm
-        int8 = sel[:, 2]
-        self.qdq_elems += int8 * in_elems
-        self.qdq_pairs += int8 * 2  # activation QDQ + weight DQ
+    def add(self, kind: int, prec: np.ndarray, macs, traffic, count, params, in_elems) -> None:
+        """Add per-candidate totals of one kind, split by precision code ``prec`` (N,) or per slot (N, B)
+        (then the other arrays are (N, B) too and are summed over slots per precision)."""
+        for p in range(3):
+            sel = prec == p
+            if prec.ndim == 2:
+                self.macs[:, p, kind] += (macs * sel).sum(1)
+                self.traffic[:, p, kind] += (traffic * sel).sum(1)
+                self.count[:, p, kind] += (count * sel).sum(1)
+                self.params[:, p] += (params * sel).sum(1)
+                if p == 2:
+                    self.qdq_elems += (in_elems * sel).sum(1)
+                    self.qdq_pairs += 2 * (count * sel).sum(1)
+            else:
+                self.macs[:, p, kind] += macs * sel
+                self.traffic[:, p, kind] += traffic * sel
+                self.count[:, p, kind] += count * sel
+                self.params[:, p] += params * sel
+                if p == 2:
+                    self.qdq_elems += in_elems * sel
+                    self.qdq_pairs += 2 * count * sel
 
-    def finish(self) -> "_Acc":
-        self.macs, self.traffic, self.count = (np.ascontiguousarray(a.transpose(1, 2, 0)) for a in (self.macs, self.traffic, self.count))
-        return self
+
+def _forward_fill(active: np.ndarray, values: np.ndarray, start: np.ndarray) -> np.ndarray:
+    """(N, B+1): column i is the value of the last active slot before slot i (``start`` if none);
+    the last column is the value after every slot."""
+    n, b = active.shape
+    last = np.where(active, np.arange(b)[None, :], -1)
+    np.maximum.accumulate(last, axis=1, out=last)
+    ext = np.concatenate([start[:, None], values], axis=1)  # index 0: start, index i+1: slot i
+    before = np.concatenate([np.full((n, 1), -1), last], axis=1) + 1
+    return np.take_along_axis(ext, before, axis=1)
 
 
 def analyse(candidates: Sequence[Candidate], space: SearchSpace, arrays: dict[str, np.ndarray] | None = None) -> _Acc:
+    """The fused-layer-group analysis of every candidate, vectorised over candidates *and* block slots."""
     a = arrays if arrays is not None else block_arrays(candidates, space)
     n = len(a["stem_width"])
     st_idx, pos = _slots(space)
@@ -127,65 +134,80 @@ def analyse(candidates: Sequence[Candidate], space: SearchSpace, arrays: dict[st
     strides = [s.stride for s in space.stages]
     n_levels = 1 + sum(1 for s in strides if s == 2)
     acc = _Acc(n, n_levels)
-    one = np.ones(n, dtype=bool)
     cin0 = float(space.input.channels)
     stem_w = a["stem_width"]
     hw = h * w
     # stem: dense 3x3 conv at full resolution
-    acc.conv(one, a["stem_prec"], 0, cin0 * stem_w * 9 * hw, cin0 * stem_w * 9, cin0 * hw, stem_w * hw, 0)
-    prev_prec = a["stem_prec"].copy()
-    fp16_border = (a["stem_prec"] == 1).astype(float) * (cin0 * hw)  # cast into the first fp16 group
+    acc.add(0, a["stem_prec"], cin0 * stem_w * 9 * hw, cin0 * hw + stem_w * hw, 1.0, cin0 * stem_w * 9, cin0 * hw)
+    acc.level_macs[:, 0] += cin0 * stem_w * 9 * hw
+    # static per-slot geometry: stride, input/output area, resolution level of the expand / dw+project convs
+    n_b = len(st_idx)
+    stride, in_hw, out_hw, lvl, lvl_exp = (np.zeros(n_b) for _ in range(5))
     cur_h, cur_w, level = h, w, 0
-    prev_width = stem_w
-    last_out = stem_w.copy()
-    for i in range(len(st_idx)):
+    for i in range(n_b):
         s, j = st_idx[i], pos[i]
-        active = a["active"][:, i] > 0
-        stride = strides[s] if j == 0 else 1
-        if j == 0 and stride == 2:
+        stride[i] = strides[s] if j == 0 else 1
+        if stride[i] == 2:
             cur_h, cur_w, level = math.ceil(cur_h / 2), math.ceil(cur_w / 2), level + 1
-            in_hw = (cur_h * 2) * (cur_w * 2)  # approximate input area of the strided block
+            in_hw[i] = (cur_h * 2) * (cur_w * 2)  # approximate input area of the strided block
         else:
-            in_hw = cur_h * cur_w
-        out_hw = cur_h * cur_w
-        cout = a["width"][:, s]
-        cin = prev_width if j == 0 else cout
-        k, e, keep, rank, prec = (a[f][:, i] for f in ("kernel", "expand", "keep", "rank", "prec"))
-        hidden = cin * e
-        hid = np.where((e != 1) & (keep < 1.0), np.maximum(1, np.round(hidden * keep)), hidden)
-        has_expand = active & (e != 1)
-        # expand 1x1 (possibly low-rank)
-        fact, r = _lowrank_dims(hid, cin, rank)
-        for msk, cc_in, cc_out in ((has_expand & ~fact, cin, hid), (has_expand & fact, cin, r), (has_expand & fact, r, hid)):
-            acc.conv(msk, prec, 1, cc_in * cc_out * in_hw, cc_in * cc_out, cc_in * in_hw, cc_out * in_hw, level - (1 if stride == 2 else 0))
-        # depthwise kxk (carries the stride)
-        acc.conv(active, prec, 2, hid * k * k * out_hw, hid * k * k, hid * in_hw, hid * out_hw, level)
-        # project 1x1 (possibly low-rank)
-        fact, r = _lowrank_dims(cout, hid, rank)
-        for msk, cc_in, cc_out in ((active & ~fact, hid, cout), (active & fact, hid, r), (active & fact, r, cout)):
-            acc.conv(msk, prec, 1, cc_in * cc_out * out_hw, cc_in * cc_out, cc_in * out_hw, cc_out * out_hw, level)
-        residual = active & (stride == 1) & (cin == cout)
-        acc.adds += residual
-        acc.add_elems += residual * cout * out_hw
-        # fp16 borders: a Cast wherever a group's precision differs from its predecessor's and one is fp16
-        border = active & (prec != prev_prec) & ((prec == 1) | (prev_prec == 1))
-        acc.casts += border
-        fp16_border += border * cin * in_hw
-        prev_prec = np.where(active, prec, prev_prec)
-        last_out = np.where(active, cout, last_out)
-        if j == 0:
-            prev_width = cout
+            in_hw[i] = cur_h * cur_w
+        out_hw[i] = cur_h * cur_w
+        lvl[i], lvl_exp[i] = level, level - (1 if stride[i] == 2 else 0)
+    widths = np.concatenate([stem_w[:, None], a["width"]], axis=1)  # column s+1: stage s, column 0: the stem
+    cout = widths[:, st_idx + 1]
+    cin = np.where(pos[None, :] == 0, widths[:, st_idx], cout)
+    active = a["active"] > 0
+    k, e, keep, rank, prec = (a[f] for f in ("kernel", "expand", "keep", "rank", "prec"))
+    hidden = cin * e
+    hid = np.where((e != 1) & (keep < 1.0), np.maximum(1, np.round(hidden * keep)), hidden)
+    has_expand = active & (e != 1)
+    # 1x1 convs (expand, project), each either plain or a low-rank pair
+    pw_macs, pw_traffic, pw_count, pw_params, pw_in = (np.zeros_like(cin) for _ in range(5))
+    lvl_onehot = (lvl[:, None] == np.arange(n_levels)[None, :]).astype(float)
+    lvl_exp_onehot = (lvl_exp[:, None] == np.arange(n_levels)[None, :]).astype(float)
+    for c_in, c_out, area_in, area_out, mask, lv in ((cin, hid, in_hw, in_hw, has_expand, lvl_exp_onehot),
+                                                     (hid, cout, out_hw, out_hw, active, lvl_onehot)):
+        fact, r = _lowrank_dims(c_out, c_in, rank)
+        mf, ff = mask.astype(float), (mask & fact).astype(float)
+        weights = mf * np.where(fact, r * (c_in + c_out), c_in * c_out)  # a low-rank pair: c_in->r, r->c_out
+        macs_slot = weights * area_out
+        pw_macs += macs_slot
+        pw_params += weights
+        pw_traffic += mf * (c_in * area_in + c_out * area_out) + ff * r * (area_in + area_out)
+        pw_count += mf + ff
+        pw_in += mf * c_in * area_in + ff * r * area_in
+        acc.level_macs += macs_slot @ lv
+    acc.add(1, prec, pw_macs, pw_traffic, pw_count, pw_params, pw_in)
+    # depthwise kxk (carries the stride)
+    af = active.astype(float)
+    dw_macs = af * hid * k * k * out_hw
+    acc.add(2, prec, dw_macs, af * hid * (in_hw + out_hw), af, af * hid * k * k, af * hid * in_hw)
+    acc.level_macs += dw_macs @ lvl_onehot
+    residual = active & (stride == 1)[None, :] & (cin == cout)
+    acc.adds += residual.sum(1)
+    acc.add_elems += (residual * cout * out_hw).sum(1)
+    # fp16 borders: a Cast wherever a group's precision differs from its predecessor's and one is fp16
+    prev_prec = _forward_fill(active, prec, a["stem_prec"])
+    before = prev_prec[:, :-1]
+    border = active & (prec != before) & ((prec == 1) | (before == 1))
+    acc.casts += border.sum(1)
+    fp16_border = (a["stem_prec"] == 1) * (cin0 * hw) + (border * cin * in_hw).sum(1)  # + the cast into an fp16 stem
+    last_prec = prev_prec[:, -1]
+    last_out = _forward_fill(active, cout, stem_w)[:, -1]
     # head 1x1 + pool + classifier (same precision)
     hw_last = cur_h * cur_w
     hp = a["head_prec"]
     head_w = a["head_width"]
-    acc.conv(one, hp, 1, last_out * head_w * hw_last, last_out * head_w, last_out * hw_last, head_w * hw_last, level)
+    acc.add(1, hp, last_out * head_w * hw_last, last_out * hw_last + head_w * hw_last, 1.0, last_out * head_w, last_out * hw_last)
+    acc.level_macs[:, level] += last_out * head_w * hw_last
     ncls = float(space.num_classes)
-    acc.conv(one, hp, 3, head_w * ncls, head_w * ncls, head_w, ncls, level)
-    border = (hp != prev_prec) & ((hp == 1) | (prev_prec == 1))
+    acc.add(3, hp, head_w * ncls, head_w + ncls, 1.0, head_w * ncls, head_w)
+    acc.level_macs[:, level] += head_w * ncls
+    border = (hp != last_prec) & ((hp == 1) | (last_prec == 1))
     acc.casts += border + (hp == 1)  # into the head, and back to fp32 logits
     acc.cast_elems = fp16_border + border * last_out * hw_last + (hp == 1) * ncls
-    return acc.finish()
+    return acc
 
 
 def group_feature_names() -> list[str]:

@@ -44,7 +44,7 @@ META_NAME = "predictor.json"
 MODEL_NAME = "model.txt"
 KINDS = ("sum", "whole", "sum+gbm")
 MAX_TRAIN = 300
-CHUNK = 4096
+CHUNK = 1024  # candidates per vectorised pass: keeps the (chunk, slots) arrays in L2
 TEST_SHARE = 5  # one id in five (by hash) is held out
 
 LGB_PARAMS = {
@@ -140,6 +140,9 @@ class Predictor:
         """Like :meth:`predict` from :func:`autocomp.predictor.features.block_arrays` output: for a
         search that keeps its population as arrays (reading Python Candidate objects is the
         throughput limit of :meth:`predict`, ~70k/s)."""
+        n = len(arrays["stem_width"])
+        if n > CHUNK:
+            return np.concatenate([self.predict_arrays({k: v[i:i + CHUNK] for k, v in arrays.items()}) for i in range(0, n, CHUNK)])
         return self._calibrated(self._raw(None, arrays))
 
     def _calibrated(self, y: np.ndarray) -> np.ndarray:
