@@ -70,8 +70,11 @@ def test_export_winner_writes_verified_artifacts(mnist, tmp_path):
     assert m["opset"] >= 17
     assert m["precision_placement_problems"] == []
     assert m["onnx_layer_precisions"].get("int8", 0) > 0 and m["onnx_layer_precisions"].get("fp16", 0) > 0
-    assert m["top1_agreement_vs_torch"] >= 0.9  # int8: PyTorch fake-quant and ORT QDQ disagree on a few % (open issue)
-    assert m["max_abs_output_diff_vs_torch"] < 10
+    # int8 (incl. a low-rank pair: an int8 conv feeding an int8 conv) and fp16 layers: ONNX Runtime
+    # computes what PyTorch computes (before ORT's integer QDQ fusion was switched off: 3 % of top-1
+    # changed and logits moved by up to 3.2)
+    assert m["top1_agreement_vs_torch"] >= 0.99
+    assert m["max_abs_output_diff_vs_torch"] < 0.5
     assert m["accuracy_test"] > 0.85  # inherited supernet weights (chance is 0.1)
     assert m["measurement"]["backend"] == "onnxruntime" and m["measured_latency_ms"] > 0
     assert m["predicted_latency_ms"] == 0.5 and m["over_budget"] is False

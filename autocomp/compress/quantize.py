@@ -14,13 +14,14 @@ taken in a second pass over the calibration batches.
 ``quantize_outputs`` (default off): when an int8 conv feeds another int8 conv of the same network
 (stem -> first block conv, expand -> depthwise -> project), its *output* is also quantized, with the
 consumer's input scale, before the activation. For symmetric int8 (zero point 0) ReLU commutes
-with quantization, so this is lossless w.r.t. quantizing after the ReLU, and it lets ONNX Runtime
-fuse DQ -> Conv -> Q into an integer ``QLinearConv``. It is off by default because, measured on a
-2-core AVX2 machine without VNNI (ONNX Runtime 1.32, 1 thread), the integer kernels were still ~2x
-slower than fp32 for these small convs, and their u8s8 int16 accumulation saturates with full-range
-trained weights (ORT accuracy fell ~16 points below the PyTorch fake-quant accuracy). Without it,
-ORT runs DequantizeLinear + float Conv: exact agreement with PyTorch; TensorRT fuses the same
-explicit Q/DQ graph into int8 kernels on its own.
+with quantization, so this is lossless w.r.t. quantizing after the ReLU; it is the graph integer
+engines fuse into int8 convs with int8 outputs (TensorRT; ONNX Runtime's QLinearConv). It is off by
+default: on the 2-core AVX2 machine without VNNI used here (ONNX Runtime 1.32, 1 thread) the
+integer kernels were ~2x slower than fp32 for these small convs, and their u8s8 int16 accumulation
+saturates with full-range weights (ORT accuracy fell ~16 points). autocomp's ONNX Runtime sessions
+therefore switch that fusion off (``autocomp.measure.onnxruntime.DISABLED_OPTIMIZERS``): ORT runs
+DequantizeLinear + float ops, which agrees with PyTorch fake-quant to float rounding; TensorRT
+fuses the same explicit Q/DQ graph into int8 kernels on its own.
 
 PTQ is :func:`apply`; QAT is :func:`qat` (fine-tuning through the fake-quant ops with the
 straight-through estimator; weight scales follow the weights, activation scales stay calibrated).
