@@ -103,7 +103,7 @@ def register_device(device: Device) -> Device:
 register_device(Device(
     "cpu-ort", "onnxruntime", ("fp32", "fp16", "int8"),
     {"threads": 1, "warmup": 20, "repeats": 100, "min_time_s": 0.4, "blocks": 4, "max_time_s": 8.0, "reference": True, "clock": "thread_cpu"},
-    "this machine's CPU through ONNX Runtime, 1 thread, batch 1, thread CPU time scaled by an interleaved reference model (the default)",
+    "this machine's CPU through ONNX Runtime, 1 thread, batch 1, thread CPU time in the host's normal phase (reference protocol; the default)",
 ))
 register_device(Device(
     "cpu-ort-wall", "onnxruntime", ("fp32", "fp16", "int8"),
@@ -113,7 +113,7 @@ register_device(Device(
 register_device(Device(
     "cpu-ort-b8", "onnxruntime", ("fp32", "fp16", "int8"),
     {"threads": 1, "batch": 8, "warmup": 10, "repeats": 48, "min_time_s": 0.4, "blocks": 4, "max_time_s": 8.0, "reference": True, "clock": "thread_cpu"},
-    "this machine's CPU through ONNX Runtime, 1 thread, batch 8, thread CPU time scaled by a reference model (a second execution mode)",
+    "this machine's CPU through ONNX Runtime, 1 thread, batch 8, thread CPU time, reference protocol (a second execution mode)",
 ))
 register_device(Device(
     "cpu-ort-2t", "onnxruntime", ("fp32", "fp16", "int8"),

@@ -6,6 +6,9 @@ calling thread: with one intra-op thread ONNX Runtime computes on the calling th
 compute time without preemption by other jobs — on a quiet machine the two agree; on a loaded one
 wall medians were seen 3-4x inflated with CV 0.8-0.9 while thread-CPU medians kept CV ~0.2).
 ``thread_cpu`` needs ``threads=1``. The clock is recorded in ``Measurement.notes``.
+
+``reference=True`` (the ``cpu-ort`` devices) adds the reference protocol of
+:mod:`autocomp.measure.reference`: only blocks timed while the host runs at its normal speed count.
 """
 
 from __future__ import annotations
