@@ -14,11 +14,11 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
-from rich.progress import track
 from scipy.stats import kendalltau, spearmanr
 
 from autocomp.data import load_dataset
@@ -39,7 +39,11 @@ def main() -> None:
     cands = list({c.id: c for c in (space.sample(rng) for _ in range(a.n))}.values())
     settings = EvalSettings(weights="supernet", val_size=a.val_size, seed=a.seed, bn_batches=4)
     t0 = time.time()
-    accs = [score(c, space, data, settings).accuracy for c in track(cands, description="evaluating")]
+    accs = []
+    for i, c in enumerate(cands):  # one line per evaluation (a progress bar stays invisible in a log file)
+        t = time.time()
+        accs.append(score(c, space, data, settings).accuracy)
+        print(f"[{i + 1}/{len(cands)}] {c.id} acc {accs[-1]:.4f} ({time.time() - t:.1f}s)", file=sys.stderr, flush=True)
     n_train = int(0.7 * len(cands))
     model = AccuracyPredictor(space).fit(cands[:n_train], accs[:n_train], seed=a.seed)
     pred = model.predict(cands[n_train:])
