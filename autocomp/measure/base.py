@@ -102,7 +102,7 @@ def register_device(device: Device) -> Device:
 
 register_device(Device(
     "cpu-ort", "onnxruntime", ("fp32", "fp16", "int8"),
-    {"threads": 1, "warmup": 20, "repeats": 100, "min_time_s": 0.4, "blocks": 4, "max_time_s": 8.0, "reference": True, "clock": "thread_cpu"},
+    {"threads": 1, "warmup": 20, "repeats": 100, "min_time_s": 0.4, "blocks": 4, "max_time_s": 4.0, "reference": True, "clock": "thread_cpu"},
     "this machine's CPU through ONNX Runtime, 1 thread, batch 1, thread CPU time in the host's normal phase (reference protocol; the default)",
 ))
 register_device(Device(
@@ -112,7 +112,7 @@ register_device(Device(
 ))
 register_device(Device(
     "cpu-ort-b8", "onnxruntime", ("fp32", "fp16", "int8"),
-    {"threads": 1, "batch": 8, "warmup": 10, "repeats": 48, "min_time_s": 0.4, "blocks": 4, "max_time_s": 8.0, "reference": True, "clock": "thread_cpu"},
+    {"threads": 1, "batch": 8, "warmup": 10, "repeats": 48, "min_time_s": 0.4, "blocks": 4, "max_time_s": 4.0, "reference": True, "clock": "thread_cpu"},
     "this machine's CPU through ONNX Runtime, 1 thread, batch 8, thread CPU time, reference protocol (a second execution mode)",
 ))
 register_device(Device(
