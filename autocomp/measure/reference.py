@@ -36,8 +36,9 @@ FAST_TOLERANCE = 1.12  # a block counts as normal-phase when its reference media
 
 
 def _cache() -> Path:
-    root = Path(os.environ.get("AUTOCOMP_CACHE", Path.home() / ".cache" / "autocomp"))
-    d = root / "reference"
+    from autocomp.data import cache_dir
+
+    d = cache_dir() / "reference"
     d.mkdir(parents=True, exist_ok=True)
     return d
 

@@ -26,11 +26,8 @@ from typing import Sequence
 
 import numpy as np
 
-from autocomp.space import Candidate, SearchSpace
+from autocomp.space import PRECISION_CODES, PRECISIONS, Candidate, SearchSpace
 
-PRECISIONS = ("fp32", "fp16", "int8")
-_PCODE = {"fp32": 0, "fp16": 1, "int8": 2}
-_P3 = np.arange(3.0)[None, :]
 KINDS = ("full", "pw", "dw", "fc")  # dense kxk conv (stem), pointwise 1x1, depthwise kxk, Gemm
 SLOT_FIELDS = ("active", "kernel", "expand", "keep", "rank", "prec")
 
@@ -51,7 +48,7 @@ def block_arrays(candidates: Sequence[Candidate], space: SearchSpace) -> dict[st
     list concatenations per stage."""
     n_slots = sum(space.max_depths)
     pads = [[(0.0,) * 6 * (d - k) for k in range(d + 1)] for d in space.max_depths]
-    pc = _PCODE
+    pc = PRECISION_CODES
     flat: list[float] = []
     for c in candidates:
         for stage, pad in zip(c.stages, pads):
@@ -92,26 +89,19 @@ class _Acc:
         self.adds = np.zeros(n)
 
     def add(self, kind: int, prec: np.ndarray, macs, traffic, count, params, in_elems) -> None:
-        """Add per-candidate totals of one kind, split by precision code ``prec`` (N,) or per slot (N, B)
-        (then the other arrays are (N, B) too and are summed over slots per precision)."""
+        """Add the groups of one kind, split by precision code ``prec``: (N,) for one group per
+        candidate or (N, B) for one per block slot; the other arguments broadcast to its shape."""
+        rows = lambda a: np.broadcast_to(a, prec.shape).reshape(len(prec), -1)  # noqa: E731
+        prec, macs, traffic, count, params, in_elems = map(rows, (prec, macs, traffic, count, params, in_elems))
         for p in range(3):
             sel = prec == p
-            if prec.ndim == 2:
-                self.macs[:, p, kind] += (macs * sel).sum(1)
-                self.traffic[:, p, kind] += (traffic * sel).sum(1)
-                self.count[:, p, kind] += (count * sel).sum(1)
-                self.params[:, p] += (params * sel).sum(1)
-                if p == 2:
-                    self.qdq_elems += (in_elems * sel).sum(1)
-                    self.qdq_pairs += 2 * (count * sel).sum(1)
-            else:
-                self.macs[:, p, kind] += macs * sel
-                self.traffic[:, p, kind] += traffic * sel
-                self.count[:, p, kind] += count * sel
-                self.params[:, p] += params * sel
-                if p == 2:
-                    self.qdq_elems += in_elems * sel
-                    self.qdq_pairs += 2 * count * sel
+            self.macs[:, p, kind] += (macs * sel).sum(1)
+            self.traffic[:, p, kind] += (traffic * sel).sum(1)
+            self.count[:, p, kind] += (count * sel).sum(1)
+            self.params[:, p] += (params * sel).sum(1)
+            if p == 2:
+                self.qdq_elems += (in_elems * sel).sum(1)
+                self.qdq_pairs += 2 * (count * sel).sum(1)
 
 
 def _forward_fill(active: np.ndarray, values: np.ndarray, start: np.ndarray) -> np.ndarray:
