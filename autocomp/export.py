@@ -23,7 +23,45 @@ def to_onnx(model: nn.Module, path: Path, input_shape: tuple[int, int, int], dyn
             input_names=["input"], output_names=["logits"],
             dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}} if dynamic_batch else None,
         )
+    unshare_initializers(path)
     return path
+
+
+def unshare_initializers(path: Path) -> int:
+    """Give every weight its own initializer again; returns how many were restored.
+
+    The TorchScript exporter stores bit-identical tensors once and feeds the other users through
+    ``Identity`` nodes. Identical tensors happen with untrained weights (every BatchNorm folded from
+    default statistics gives the same zero bias), rarely with trained ones. ONNX Runtime then keeps
+    the fp16 layers that consume a shared tensor as fp16 Conv + inserted Casts in NCHW instead of
+    fusing them into its NCHWc fp32 kernels: the same architecture measured 10.9 ms with shared
+    initializers and 3.8 ms without. One graph shape per architecture, whatever the weights.
+    """
+    import onnx
+
+    model = onnx.load(str(path))
+    inits = {i.name: i for i in model.graph.initializer}
+    keep, restored = [], 0
+    for node in model.graph.node:
+        if node.op_type == "Identity" and node.input[0] in inits:
+            copy = onnx.TensorProto()
+            copy.CopyFrom(inits[node.input[0]])
+            copy.name = node.output[0]
+            model.graph.initializer.append(copy)
+            restored += 1
+        else:
+            keep.append(node)
+    if restored:
+        del model.graph.node[:]
+        model.graph.node.extend(keep)
+        used = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
+        kept_inits = [i for i in model.graph.initializer if i.name in used]
+        del model.graph.initializer[:]
+        model.graph.initializer.extend(kept_inits)
+        tmp = path.with_name(path.name + ".tmp")
+        onnx.save(model, str(tmp))
+        tmp.replace(path)
+    return restored
 
 
 def check_onnx(path: Path) -> int:
