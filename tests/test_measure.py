@@ -239,3 +239,32 @@ def test_forward_fill_of_precision_over_inactive_slots():
     out = _forward_fill(active, values, np.array([-1.0, 8.0]))
     # column i: the value of the last active slot before i (else the start); last column: after all slots
     assert out.tolist() == [[-1.0, 5.0, 5.0, 7.0, 7.0], [8.0, 8.0, 8.0, 8.0, 8.0]]
+
+
+def test_random_weight_export_has_the_graph_of_a_trained_one(tmp_path):
+    """Untrained weights give bit-identical tensors (zero biases of default-BatchNorm folds) that the
+    TorchScript exporter shares through Identity nodes; ONNX Runtime then keeps those fp16 convs as
+    NCHW fp16 + Casts (the same architecture timed 2.9x slower). The campaign's random-weight
+    models must reach ONNX Runtime in the form trained models do."""
+    import random
+
+    import onnx
+    import onnxruntime as ort
+
+    from autocomp.measure.campaign import export_candidate
+    from autocomp.measure.onnxruntime import DISABLED_OPTIMIZERS
+    from autocomp.space import get_space
+
+    space = get_space("mnist-mbv2")
+    rng = random.Random(3)
+    cand = next(c for c in (space.sample(rng) for _ in range(50)) if c.precision == "mixed" and "fp16" in c.to_json())
+    path, _ = export_candidate(cand, space, tmp_path / "m.onnx")
+    graph = onnx.load(str(path)).graph
+    assert not [n for n in graph.node if n.op_type == "Identity"]
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    so.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"], disabled_optimizers=DISABLED_OPTIMIZERS)
+    opt = onnx.load(str(tmp_path / "opt.onnx")).graph
+    fp16_convs = [n.name for n in opt.node if "Conv" in n.op_type and any("InsertedPrecisionFreeCast" in i for i in n.input)]
+    assert fp16_convs == []
