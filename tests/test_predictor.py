@@ -63,10 +63,29 @@ def _small_table() -> pd.DataFrame:
     return df.sort_values(["seed", "index"]).head(80).reset_index(drop=True)
 
 
+def test_selection_prefers_the_cheaper_model_within_the_tie():
+    """A latency that *is* additive over layer groups: the tree-free sum model scores within the tie
+    of the best CV RMSPE and is chosen; the grid sizes are all scored."""
+    from autocomp.predictor.model import select
+
+    df = _small_table()
+    from autocomp.predictor.features import group_features, network_features
+    from autocomp.space import get_space
+
+    space = get_space("mnist-mbv2")
+    cands = candidates_of(df)
+    g, x = group_features(cands, space), network_features(cands, space)
+    coef = np.abs(np.random.default_rng(0).standard_normal(g.shape[1])) + 0.1
+    y = g @ coef
+    kind, rounds, _, scores = select(g, x, y, ("sum", "sum+gbm"), folds=3, grid=((20, 0.2), (40, 0.1)))
+    assert set(scores) == {"sum", "sum+gbm@20", "sum+gbm@40"}
+    assert kind == "sum" and rounds == 0 and scores["sum"]["rmspe"] < 1e-6
+
+
 def test_train_save_load_eval_round_trip(tmp_path, monkeypatch):
     df = _small_table()
     pred, report = fit(df, kinds=("sum", "sum+gbm"), max_train=60, folds=3, rounds=60)
-    assert report["kind"] in ("sum", "sum+gbm") and set(report["selection"]) == {"sum", "sum+gbm"}
+    assert report["kind"] in ("sum", "sum+gbm") and set(report["selection"]) == {"sum", "sum+gbm@60"}
     assert pred.meta["n_train"] <= 60 and pred.meta["backend"] == "onnxruntime" and pred.meta["cpu_model"]
     out = tmp_path / "cpu-ort"
     pred.save(out)

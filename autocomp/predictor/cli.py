@@ -42,7 +42,7 @@ def train(
     out = pred.save(predictor_dir(device, root))
     sel = report.get("selection", {})
     for k, m in sel.items():
-        console.print(f"  cv {k:8s} rmspe {m['rmspe']:.3f}  within10 {m['within_10pct']:.2f}  spearman {m['spearman']:.3f}")
+        console.print(f"  cv {k:12s} rmspe {m['rmspe']:.3f}  within10 {m['within_10pct']:.2f}  spearman {m['spearman']:.3f}")
     t = report.get("test")
     console.print(f"[bold]{pred.kind}[/] predictor for {device}: {report['n_train']} training rows -> {out}")
     if t:

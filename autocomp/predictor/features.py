@@ -29,6 +29,11 @@ import numpy as np
 from autocomp.space import PRECISION_CODES, PRECISIONS, Candidate, SearchSpace
 
 KINDS = ("full", "pw", "dw", "fc")  # dense kxk conv (stem), pointwise 1x1, depthwise kxk, Gemm
+# ONNX Runtime's CPU provider rewrites float convs into a blocked channel layout (NCHWc, 8 channels a
+# block with AVX2) only when their channel counts are multiples of the block: a pruned or low-rank conv
+# with, say, 54 channels stays in plain NCHW, runs slower per MAC and adds layout reorders around it.
+NCHWC_BLOCK = 8
+DW_KERNELS = (3, 5, 7)
 SLOT_FIELDS = ("active", "kernel", "expand", "keep", "rank", "prec")
 
 
@@ -87,21 +92,45 @@ class _Acc:
         self.casts = np.zeros(n)
         self.add_elems = np.zeros(n)
         self.adds = np.zeros(n)
+        self.nchw_macs = np.zeros((n, 2))  # float (fp32/fp16) 1x1 and depthwise convs outside the blocked layout
+        self.nchw_traffic = np.zeros(n)
+        self.nchw_groups = np.zeros(n)
+        self.dw_macs_k = np.zeros((n, 2, len(DW_KERNELS)))  # depthwise MACs by kernel size: per-MAC cost is not flat in k
 
-    def add(self, kind: int, prec: np.ndarray, macs, traffic, count, params, in_elems) -> None:
-        """Add the groups of one kind, split by precision code ``prec``: (N,) for one group per
-        candidate or (N, B) for one per block slot; the other arguments broadcast to its shape."""
-        rows = lambda a: np.broadcast_to(a, prec.shape).reshape(len(prec), -1)  # noqa: E731
-        prec, macs, traffic, count, params, in_elems = map(rows, (prec, macs, traffic, count, params, in_elems))
-        for p in range(3):
-            sel = prec == p
-            self.macs[:, p, kind] += (macs * sel).sum(1)
-            self.traffic[:, p, kind] += (traffic * sel).sum(1)
-            self.count[:, p, kind] += (count * sel).sum(1)
-            self.params[:, p] += (params * sel).sum(1)
-            if p == 2:
-                self.qdq_elems += (in_elems * sel).sum(1)
-                self.qdq_pairs += 2 * (count * sel).sum(1)
+    def add(self, onehot: np.ndarray, *groups: tuple) -> None:
+        """Add groups split by precision: ``onehot`` is (N, 3) for one group per candidate or (N, B, 3)
+        for one per block slot (:func:`_onehot`); each group is ``(kind, macs, traffic, count, params,
+        in_elems)``, the arrays broadcasting to the leading shape of ``onehot``. The per-precision
+        sums of all groups are one batched matmul."""
+        q = np.empty(onehot.shape[:-1] + (5 * len(groups),))
+        for g, (_, *values) in enumerate(groups):
+            for j, v in enumerate(values):
+                q[..., 5 * g + j] = v
+        r = onehot[:, :, None] * q[:, None, :] if onehot.ndim == 2 else np.matmul(onehot.transpose(0, 2, 1), q)
+        for g, (kind, *_) in enumerate(groups):
+            o = 5 * g
+            self.macs[:, :, kind] += r[:, :, o]
+            self.traffic[:, :, kind] += r[:, :, o + 1]
+            self.count[:, :, kind] += r[:, :, o + 2]
+            self.params += r[:, :, o + 3]
+            self.qdq_elems += r[:, 2, o + 4]
+            self.qdq_pairs += 2 * r[:, 2, o + 2]
+
+
+def _onehot(prec: np.ndarray) -> np.ndarray:
+    """Precision codes (any shape) as a float one-hot over the last axis (fp32, fp16, int8)."""
+    return (prec[..., None] == np.arange(3)).astype(float)
+
+
+def _unblocked(c_in: np.ndarray, c_out: np.ndarray) -> np.ndarray:
+    """1.0 where a float conv c_in -> c_out cannot use ONNX Runtime's blocked (NCHWc) kernels."""
+    return 1.0 - _blocked(c_in) * _blocked(c_out)
+
+
+def _blocked(c: np.ndarray) -> np.ndarray:
+    """1.0 where the (integral) channel count ``c`` is a multiple of NCHWC_BLOCK (no float modulo: it is slow)."""
+    q = c * (1.0 / NCHWC_BLOCK)
+    return (q == np.floor(q)).astype(float)
 
 
 def _forward_fill(active: np.ndarray, values: np.ndarray, start: np.ndarray) -> np.ndarray:
@@ -128,7 +157,7 @@ def analyse(candidates: Sequence[Candidate], space: SearchSpace, arrays: dict[st
     stem_w = a["stem_width"]
     hw = h * w
     # stem: dense 3x3 conv at full resolution
-    acc.add(0, a["stem_prec"], cin0 * stem_w * 9 * hw, cin0 * hw + stem_w * hw, 1.0, cin0 * stem_w * 9, cin0 * hw)
+    acc.add(_onehot(a["stem_prec"]), (0, cin0 * stem_w * 9 * hw, cin0 * hw + stem_w * hw, 1.0, cin0 * stem_w * 9, cin0 * hw))
     acc.level_macs[:, 0] += cin0 * stem_w * 9 * hw
     # static per-slot geometry: stride, input/output area, resolution level of the expand / dw+project convs
     n_b = len(st_idx)
@@ -154,6 +183,7 @@ def analyse(candidates: Sequence[Candidate], space: SearchSpace, arrays: dict[st
     has_expand = active & (e != 1)
     # 1x1 convs (expand, project), each either plain or a low-rank pair
     pw_macs, pw_traffic, pw_count, pw_params, pw_in = (np.zeros_like(cin) for _ in range(5))
+    flt = (prec != 2).astype(float)
     lvl_onehot = (lvl[:, None] == np.arange(n_levels)[None, :]).astype(float)
     lvl_exp_onehot = (lvl_exp[:, None] == np.arange(n_levels)[None, :]).astype(float)
     for c_in, c_out, area_in, area_out, mask, lv in ((cin, hid, in_hw, in_hw, has_expand, lvl_exp_onehot),
@@ -168,12 +198,26 @@ def analyse(candidates: Sequence[Candidate], space: SearchSpace, arrays: dict[st
         pw_count += mf + ff
         pw_in += mf * c_in * area_in + ff * r * area_in
         acc.level_macs += macs_slot @ lv
-    acc.add(1, prec, pw_macs, pw_traffic, pw_count, pw_params, pw_in)
+        # convs whose channel counts do not fit the blocked layout (float layers only; int8 layers run NCHW anyway)
+        plain, first, second = _unblocked(c_in, c_out), _unblocked(c_in, r), _unblocked(r, c_out)
+        nm = flt * np.where(fact, first * c_in * r + second * r * c_out, plain * c_in * c_out) * mf * area_out
+        acc.nchw_macs[:, 0] += nm.sum(1)
+        acc.nchw_groups += (flt * mf * np.where(fact, first + second, plain)).sum(1)
+        acc.nchw_traffic += (flt * mf * np.where(fact, first * (c_in * area_in + r * area_out) + second * (r * area_in + c_out * area_out),
+                                                 plain * (c_in * area_in + c_out * area_out))).sum(1)
     # depthwise kxk (carries the stride)
     af = active.astype(float)
     dw_macs = af * hid * k * k * out_hw
-    acc.add(2, prec, dw_macs, af * hid * (in_hw + out_hw), af, af * hid * k * k, af * hid * in_hw)
+    acc.add(_onehot(prec), (1, pw_macs, pw_traffic, pw_count, pw_params, pw_in),
+            (2, dw_macs, af * hid * (in_hw + out_hw), af, af * hid * k * k, af * hid * in_hw))
     acc.level_macs += dw_macs @ lvl_onehot
+    for j, kk in enumerate(DW_KERNELS):
+        acc.dw_macs_k[:, 0, j] += (dw_macs * flt * (k == kk)).sum(1)
+        acc.dw_macs_k[:, 1, j] += (dw_macs * (1 - flt) * (k == kk)).sum(1)
+    dw_plain = flt * af * (1.0 - _blocked(hid))
+    acc.nchw_macs[:, 1] += (dw_plain * dw_macs).sum(1)
+    acc.nchw_groups += dw_plain.sum(1)
+    acc.nchw_traffic += (dw_plain * hid * (in_hw + out_hw)).sum(1)
     residual = active & (stride == 1)[None, :] & (cin == cout)
     acc.adds += residual.sum(1)
     acc.add_elems += (residual * cout * out_hw).sum(1)
@@ -189,10 +233,10 @@ def analyse(candidates: Sequence[Candidate], space: SearchSpace, arrays: dict[st
     hw_last = cur_h * cur_w
     hp = a["head_prec"]
     head_w = a["head_width"]
-    acc.add(1, hp, last_out * head_w * hw_last, last_out * hw_last + head_w * hw_last, 1.0, last_out * head_w, last_out * hw_last)
-    acc.level_macs[:, level] += last_out * head_w * hw_last
     ncls = float(space.num_classes)
-    acc.add(3, hp, head_w * ncls, head_w + ncls, 1.0, head_w * ncls, head_w)
+    acc.add(_onehot(hp), (1, last_out * head_w * hw_last, last_out * hw_last + head_w * hw_last, 1.0, last_out * head_w, last_out * hw_last),
+            (3, head_w * ncls, head_w + ncls, 1.0, head_w * ncls, head_w))
+    acc.level_macs[:, level] += last_out * head_w * hw_last
     acc.level_macs[:, level] += head_w * ncls
     border = (hp != last_prec) & ((hp == 1) | (last_prec == 1))
     acc.casts += border + (hp == 1)  # into the head, and back to fp32 logits
@@ -202,7 +246,9 @@ def analyse(candidates: Sequence[Candidate], space: SearchSpace, arrays: dict[st
 
 def group_feature_names() -> list[str]:
     names = [f"{q}_{p}_{k}" for q in ("macs", "traffic", "groups") for p in PRECISIONS for k in KINDS]
-    return names + ["cast_elems", "casts", "qdq_elems", "add_elems", "adds", "const"]
+    return (names + ["cast_elems", "casts", "qdq_elems", "add_elems", "adds", "int8_weights",
+                     "nchw_macs_pw", "nchw_macs_dw", "nchw_traffic", "nchw_groups"]
+            + [f"dw_macs_{q}_k{k}" for q in ("float", "int8") for k in DW_KERNELS] + ["const"])
 
 
 def group_features(candidates: Sequence[Candidate], space: SearchSpace, acc: _Acc | None = None) -> np.ndarray:
@@ -211,7 +257,8 @@ def group_features(candidates: Sequence[Candidate], space: SearchSpace, acc: _Ac
     n = acc.macs.shape[0]
     cols = [acc.macs.reshape(n, -1) / 1e6, acc.traffic.reshape(n, -1) / 1e5, acc.count.reshape(n, -1),
             (acc.cast_elems / 1e5)[:, None], acc.casts[:, None], (acc.qdq_elems / 1e5)[:, None],
-            (acc.add_elems / 1e5)[:, None], acc.adds[:, None], np.ones((n, 1))]
+            (acc.add_elems / 1e5)[:, None], acc.adds[:, None], (acc.params[:, 2] / 1e5)[:, None],
+            acc.nchw_macs / 1e6, (acc.nchw_traffic / 1e5)[:, None], acc.nchw_groups[:, None], acc.dw_macs_k.reshape(n, -1) / 1e6, np.ones((n, 1))]
     return np.concatenate(cols, axis=1)
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import os
 import platform
 from pathlib import Path
 from typing import Any, Sequence
@@ -45,6 +46,7 @@ MODEL_NAME = "model.txt"
 KINDS = ("sum", "whole", "sum+gbm")
 MAX_TRAIN = 300
 CHUNK = 1024  # candidates per vectorised pass: keeps the (chunk, slots) arrays in L2
+SCORING_THREADS = min(2, os.cpu_count() or 1)  # batched scoring of more than CHUNK candidates
 TEST_SHARE = 5  # one id in five (by hash) is held out
 
 LGB_PARAMS = {
@@ -53,6 +55,10 @@ LGB_PARAMS = {
     "verbose": -1, "seed": 0, "deterministic": True, "num_threads": 1, "force_row_wise": True,
 }
 NUM_ROUNDS = 400
+# LightGBM sizes tried by cross-validation (rounds, learning rate), cheapest first: scoring cost grows
+# with the number of trees, so a smaller ensemble within GBM_TIE of the best CV RMSPE is preferred.
+GBM_GRID = ((50, 0.2), (100, 0.1), (400, 0.05))
+GBM_TIE = 0.02
 
 
 # --------------------------------------------------------------------------- metrics
@@ -99,6 +105,22 @@ def candidates_of(df: pd.DataFrame) -> list[Candidate]:
 
 # --------------------------------------------------------------------------- the predictor
 
+_POOL: Any = None
+
+
+def _chunked(fn: Any, chunks: list) -> np.ndarray:
+    """``fn`` over chunks on up to ``SCORING_THREADS`` threads (NumPy and LightGBM release the GIL
+    inside their loops), concatenated in order."""
+    global _POOL
+    if SCORING_THREADS <= 1 or len(chunks) < 2:
+        return np.concatenate([fn(c) for c in chunks])
+    if _POOL is None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _POOL = ThreadPoolExecutor(SCORING_THREADS, thread_name_prefix="autocomp-predict")
+    return np.concatenate(list(_POOL.map(fn, chunks)))
+
+
 
 class Predictor:
     """Predicts a device's latency (ms) for candidates of one search space."""
@@ -133,7 +155,7 @@ class Predictor:
         if spaces - {self.space.name}:
             raise UserError("candidate.space", f"{sorted(spaces)} but this predictor was fit on space {self.space.name!r}", self.space.name)
         if len(candidates) > CHUNK:  # cache-sized chunks: the vectorised analysis is memory-bound
-            return np.concatenate([self.predict(candidates[i:i + CHUNK]) for i in range(0, len(candidates), CHUNK)])
+            return _chunked(self.predict, [candidates[i:i + CHUNK] for i in range(0, len(candidates), CHUNK)])
         return self._calibrated(self._raw(candidates))
 
     def predict_arrays(self, arrays: dict[str, np.ndarray]) -> np.ndarray:
@@ -142,7 +164,7 @@ class Predictor:
         throughput limit of :meth:`predict`, ~70k/s)."""
         n = len(arrays["stem_width"])
         if n > CHUNK:
-            return np.concatenate([self.predict_arrays({k: v[i:i + CHUNK] for k, v in arrays.items()}) for i in range(0, n, CHUNK)])
+            return _chunked(self.predict_arrays, [{k: v[i:i + CHUNK] for k, v in arrays.items()} for i in range(0, n, CHUNK)])
         return self._calibrated(self._raw(None, arrays))
 
     def _calibrated(self, y: np.ndarray) -> np.ndarray:
@@ -216,21 +238,24 @@ def _fit_sum(g: np.ndarray, y: np.ndarray) -> np.ndarray:
     return coef / scale
 
 
-def _fit_gbm(x: np.ndarray, target: np.ndarray, rounds: int = NUM_ROUNDS, init_model: Any = None) -> Any:
+def _fit_gbm(x: np.ndarray, target: np.ndarray, rounds: int = NUM_ROUNDS, init_model: Any = None,
+             learning_rate: float | None = None) -> Any:
     import lightgbm as lgb
 
     ds = lgb.Dataset(x, target, free_raw_data=False, params={"verbose": -1, "num_threads": 1})
-    return lgb.train({**LGB_PARAMS, "num_iterations": rounds}, ds, init_model=init_model)
+    params = {**LGB_PARAMS, "num_iterations": rounds, **({"learning_rate": learning_rate} if learning_rate else {})}
+    return lgb.train(params, ds, init_model=init_model)
 
 
-def _fit_kind(kind: str, g: np.ndarray, x: np.ndarray, y: np.ndarray, rounds: int = NUM_ROUNDS) -> tuple[np.ndarray | None, Any]:
+def _fit_kind(kind: str, g: np.ndarray, x: np.ndarray, y: np.ndarray, rounds: int = NUM_ROUNDS,
+              learning_rate: float | None = None) -> tuple[np.ndarray | None, Any]:
     if kind == "sum":
         return _fit_sum(g, y), None
     if kind == "whole":
-        return None, _fit_gbm(x, np.log(y), rounds)
+        return None, _fit_gbm(x, np.log(y), rounds, learning_rate=learning_rate)
     coef = _fit_sum(g, y)
     base = np.maximum(g @ coef, 1e-4)
-    return coef, _fit_gbm(x, np.log(y / base), rounds)
+    return coef, _fit_gbm(x, np.log(y / base), rounds, learning_rate=learning_rate)
 
 
 def _predict_kind(kind: str, coef, booster, g: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -242,7 +267,7 @@ def _predict_kind(kind: str, coef, booster, g: np.ndarray, x: np.ndarray) -> np.
 
 
 def cross_validate(g: np.ndarray, x: np.ndarray, y: np.ndarray, kinds: Sequence[str] = KINDS, folds: int = 5, seed: int = 0,
-                   rounds: int = NUM_ROUNDS) -> dict[str, dict]:
+                   rounds: int = NUM_ROUNDS, learning_rate: float | None = None) -> dict[str, dict]:
     rng = np.random.default_rng(seed)
     fold = rng.permutation(len(y)) % folds
     out = {}
@@ -250,10 +275,31 @@ def cross_validate(g: np.ndarray, x: np.ndarray, y: np.ndarray, kinds: Sequence[
         pred = np.zeros_like(y)
         for f in range(folds):
             tr, te = fold != f, fold == f
-            coef, booster = _fit_kind(kind, g[tr], x[tr], y[tr], rounds)
+            coef, booster = _fit_kind(kind, g[tr], x[tr], y[tr], rounds, learning_rate)
             pred[te] = _predict_kind(kind, coef, booster, g[te], x[te])
         out[kind] = metrics(pred, y)
     return out
+
+
+def select(g: np.ndarray, x: np.ndarray, y: np.ndarray, kinds: Sequence[str] = KINDS, folds: int = 5,
+           grid: Sequence[tuple[int, float]] = GBM_GRID) -> tuple[str, int, float | None, dict[str, dict]]:
+    """Cross-validate every kind (the LightGBM kinds at every ``grid`` size); returns (kind, rounds,
+    learning rate, scores keyed ``kind`` or ``kind@rounds``). The best CV RMSPE wins, except that an
+    option within ``GBM_TIE`` (relative) of it that scores faster (no trees, or fewer) is taken instead."""
+    options: list[tuple[str, int, float | None, float]] = []  # (kind, rounds, lr, trees)
+    for kind in kinds:
+        if kind == "sum":
+            options.append((kind, 0, None, 0))
+        else:
+            options += [(kind, r, lr, r) for r, lr in grid]
+    scores, rmspe = {}, {}
+    for kind, r, lr, trees in options:
+        key = kind if kind == "sum" else f"{kind}@{r}"
+        scores[key] = cross_validate(g, x, y, (kind,), folds, rounds=max(r, 1), learning_rate=lr)[kind]
+        rmspe[(kind, r, lr, trees)] = scores[key]["rmspe"]
+    best = min(rmspe.values())
+    kind, r, lr, _ = min((o for o in rmspe if rmspe[o] <= best * (1 + GBM_TIE) + 1e-4), key=lambda o: (o[3], rmspe[o]))
+    return kind, r, lr, scores
 
 
 def host_info(table: pd.DataFrame) -> dict[str, Any]:
@@ -268,9 +314,10 @@ def host_info(table: pd.DataFrame) -> dict[str, Any]:
 
 
 def fit(table: pd.DataFrame, space: SearchSpace | None = None, kinds: Sequence[str] = KINDS, max_train: int = MAX_TRAIN,
-        drop_flagged: bool = False, folds: int = 5, rounds: int = NUM_ROUNDS) -> tuple[Predictor, dict[str, Any]]:
+        drop_flagged: bool = False, folds: int = 5, rounds: int | None = None) -> tuple[Predictor, dict[str, Any]]:
     """Fit a predictor on a measurement table's training split; returns (predictor, report) where the
-    report has the CV selection scores and held-out metrics."""
+    report has the CV selection scores and held-out metrics. ``rounds`` fixes the LightGBM size
+    (default: chosen from ``GBM_GRID`` by cross-validation)."""
     if drop_flagged and "flagged" in table:
         table = table[~table["flagged"].astype(bool)]
     train, test = split_table(table, max_train)
@@ -280,14 +327,18 @@ def fit(table: pd.DataFrame, space: SearchSpace | None = None, kinds: Sequence[s
     cands = candidates_of(train)
     y = train["median_ms"].to_numpy(float)
     g, x = group_features(cands, space), network_features(cands, space)
-    selection = cross_validate(g, x, y, kinds, folds, rounds=rounds) if len(kinds) > 1 else {}
-    best = min(selection, key=lambda k: selection[k]["rmspe"]) if selection else kinds[0]
-    coef, booster = _fit_kind(best, g, x, y, rounds)
+    lr = None
+    grid = GBM_GRID if rounds is None else ((rounds, None),)
+    if len(kinds) > 1:
+        best, rounds, lr, selection = select(g, x, y, kinds, folds, grid)
+    else:
+        best, selection, (rounds, lr) = kinds[0], {}, grid[-1]
+    coef, booster = _fit_kind(best, g, x, y, rounds, lr)
     meta = {
         **host_info(table), "space": space.name, "kind": best, "n_train": int(len(train)), "n_test": int(len(test)),
         "n_table": int(len(table)), "trained_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "trained_on": platform.node(), "selection": selection, "target": "median_ms",
-        "rounds": rounds, "split": f"held out: sha1('split:'+id) % {TEST_SHARE} == 0; train: first {max_train} others by (seed, index)",
+        "rounds": rounds, "learning_rate": lr or LGB_PARAMS["learning_rate"], "split": f"held out: sha1('split:'+id) % {TEST_SHARE} == 0; train: first {max_train} others by (seed, index)",
     }
     pred = Predictor(best, space, meta, coef, booster)
     report = {"kind": best, "selection": selection, "n_train": len(train)}
