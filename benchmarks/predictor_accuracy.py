@@ -7,7 +7,11 @@ median; and re-measurements of held-out models compared with their table value),
 throughput (candidates per second). Prints figures, saves JSON to benchmarks/results/, and prints the
 JSON object as its last line.
 
-    python benchmarks/predictor_accuracy.py [--device cpu-ort] [--noise 5] [--remeasure 6] [--save]
+    python benchmarks/predictor_accuracy.py [--device cpu-ort] [--noise 5] [--remeasure 6] [--search-models 10] [--save]
+
+``--search-models N`` also measures N fresh candidates exported the way the search scores them
+(supernet weights, BatchNorm recalibrated, int8 calibrated on MNIST) and compares the predictor with
+them: the table's models have random weights, so this checks that what is fit is what is searched.
 
 ``--save`` also writes the fitted predictor to predictors/<device>/ (what ships).
 """
@@ -56,12 +60,35 @@ def remeasure(test, space, device, k: int) -> dict:
             "rel_diffs": rel.round(4).tolist()}
 
 
+def search_models(pred, space, device, n: int, seed: int = 1) -> dict:
+    """Predicted vs measured latency of ``n`` candidates with the weights the search gives them."""
+    from autocomp.data import load_dataset
+    from autocomp.evaluate import EvalSettings, compressed_model
+    from autocomp.export import to_onnx
+
+    data = load_dataset("mnist", (space.input.channels, space.input.height, space.input.width))
+    rng = random.Random(seed)
+    cands = [space.sample(rng) for _ in range(n)]
+    measured = []
+    for c in cands:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = to_onnx(compressed_model(c, space, data, EvalSettings()), Path(tmp) / "m.onnx", data.input_shape)
+            measured.append(device.measure(path, c.precision).median_ms)
+    measured, predicted = np.array(measured), pred.predict(cands)
+    rel = predicted / measured - 1
+    from autocomp.predictor.model import metrics
+
+    return {**metrics(predicted, measured), "mean_rel_error": float(rel.mean()), "measured_ms": measured.round(4).tolist(),
+            "predicted_ms": predicted.round(4).tolist()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--device", default="cpu-ort")
     ap.add_argument("--max-train", type=int, default=300)
     ap.add_argument("--noise", type=int, default=5, help="repeats of one model for the noise floor (0: skip)")
     ap.add_argument("--remeasure", type=int, default=6, help="held-out models re-measured now (0: skip)")
+    ap.add_argument("--search-models", type=int, default=0, help="candidates exported with supernet weights and measured (0: skip)")
     ap.add_argument("--save", action="store_true", help="write the fitted predictor to predictors/<device>/")
     args = ap.parse_args()
 
@@ -78,7 +105,7 @@ def main() -> None:
            "selection_cv": {k: {m: round(v, 4) for m, v in s.items()} for k, s in report["selection"].items()}}
     print(f"{args.device}: {res['n_train']} training / {res['n_test']} held-out measurements, model {res['kind']} (fit {fit_s:.0f}s)")
     for k, s in report["selection"].items():
-        print(f"  cv {k:8s} rmspe {s['rmspe']:.3f} within10 {s['within_10pct']:.3f} spearman {s['spearman']:.3f}")
+        print(f"  cv {k:12s} rmspe {s['rmspe']:.3f} within10 {s['within_10pct']:.3f} spearman {s['spearman']:.3f}")
     print(f"held-out: RMSPE {res['rmspe']:.3f}  within ±5% {res['within_5pct']:.3f}  within ±10% {res['within_10pct']:.3f}  "
           f"Spearman {res['spearman']:.3f}  Kendall {res['kendall']:.3f}")
     if args.noise:
@@ -92,6 +119,11 @@ def main() -> None:
         rm = remeasure(test, space, device, args.remeasure)
         res["remeasure"] = rm
         print(f"re-measured {rm['n']} held-out models now vs table: RMS rel diff {rm['rms_rel_diff']:.3f}, within ±10% {rm['within_10pct']:.2f}")
+    if args.search_models:
+        sm = search_models(pred, space, device, args.search_models)
+        res["search_models"] = sm
+        print(f"{sm['n_test']} models with supernet weights: within ±10% {sm['within_10pct']:.2f}, RMSPE {sm['rmspe']:.3f}, "
+              f"mean error {sm['mean_rel_error']:+.3f}, Spearman {sm['spearman']:.3f}")
     tp = throughput(pred, space)
     res["candidates_per_s"] = round(tp)
     print(f"scoring throughput: {tp:,.0f} candidates/s")
