@@ -55,6 +55,29 @@ def test_features_match_the_compressed_model():
     assert acc.macs[-1, 2].sum() == pytest.approx(acc.macs[-1].sum())
 
 
+def test_slot_table_equals_the_direct_analysis():
+    """The per-slot lookup table (the fast path) gives exactly the directly computed analysis, on the
+    default space and on a restricted one; an off-space gene falls back to the direct computation."""
+    import dataclasses
+
+    from autocomp.predictor.features import block_arrays
+
+    rng = random.Random(11)
+    for space in (SPACE, SPACE.restrict_precisions(["fp32", "int8"])):
+        cands = [space.sample(rng) for _ in range(400)] + [space.largest(), space.smallest()]
+        fast, direct = analyse(cands, space), analyse(cands, space, direct=True)
+        np.testing.assert_allclose(fast.v, direct.v, rtol=1e-12, atol=1e-9)
+    # a kernel the space does not offer: no table row, the direct path still scores it
+    c = SPACE.largest()
+    odd = dataclasses.replace(c, stages=(dataclasses.replace(c.stages[0], blocks=(dataclasses.replace(c.stages[0].blocks[0], kernel=9),)
+                                                             + c.stages[0].blocks[1:]),) + c.stages[1:])
+    a = block_arrays([odd], SPACE)
+    assert a["kernel"][0, 0] == 9
+    got = analyse([odd], SPACE).dw_macs_k.sum()
+    assert got == pytest.approx(analyse([odd], SPACE, direct=True).dw_macs_k.sum())
+    assert analyse([odd], SPACE).macs.sum() > analyse([c], SPACE).macs.sum()  # 9x9 > 7x7 depthwise
+
+
 def _small_table() -> pd.DataFrame:
     if not SHIPPED.exists():
         pytest.skip("no shipped cpu-ort measurement table")

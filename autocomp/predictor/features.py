@@ -21,6 +21,7 @@ Two views of the same analysis:
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Sequence
 
@@ -77,44 +78,40 @@ def _lowrank_dims(cout: np.ndarray, cin: np.ndarray, ratio: np.ndarray) -> tuple
     return fact, r
 
 
+@functools.lru_cache(maxsize=None)
+def _layout(n_levels: int) -> dict[str, tuple[int, int, tuple[int, ...]]]:
+    """Columns of the flat accumulator: name -> (first column, width, shape per candidate)."""
+    shapes = [("macs", (3, len(KINDS))), ("traffic", (3, len(KINDS))), ("count", (3, len(KINDS))), ("params", (3,)),
+              ("qdq_elems", ()), ("qdq_pairs", ()), ("level_macs", (n_levels,)), ("nchw_macs", (2,)), ("nchw_traffic", ()),
+              ("nchw_groups", ()), ("dw_macs_k", (2, len(DW_KERNELS))), ("adds", ()), ("add_elems", ()),
+              ("cast_elems", ()), ("casts", ())]
+    out, col = {}, 0
+    for name, shape in shapes:
+        size = math.prod(shape)
+        out[name] = (col, size, shape)
+        col += size
+    out["_width"] = (col, 0, ())
+    return out
+
+
 class _Acc:
-    """Per-(precision, kind) sums of MACs, activation traffic, group counts and params, (N, 3, kinds)."""
+    """The analysis of N candidates as one flat (N, Q) array; each quantity is a view into it:
+    per-(precision, kind) sums of MACs, activation traffic and group counts (N, 3, kinds), params per
+    precision, QDQ elements/pairs (activation QDQ + weight DQ per int8 group), MACs per resolution
+    level, float convs outside the blocked layout, depthwise MACs by (float|int8, kernel), residual
+    adds, and fp16-border casts."""
 
-    def __init__(self, n: int, n_levels: int):
-        self.macs = np.zeros((n, 3, len(KINDS)))
-        self.traffic = np.zeros((n, 3, len(KINDS)))
-        self.count = np.zeros((n, 3, len(KINDS)))
-        self.params = np.zeros((n, 3))
-        self.level_macs = np.zeros((n, n_levels))
-        self.qdq_elems = np.zeros(n)  # activation elements passing through Q/DQ (int8 inputs)
-        self.qdq_pairs = np.zeros(n)  # activation QDQ + weight DQ per int8 group
-        self.cast_elems = np.zeros(n)  # elements cast at fp16 group borders
-        self.casts = np.zeros(n)
-        self.add_elems = np.zeros(n)
-        self.adds = np.zeros(n)
-        self.nchw_macs = np.zeros((n, 2))  # float (fp32/fp16) 1x1 and depthwise convs outside the blocked layout
-        self.nchw_traffic = np.zeros(n)
-        self.nchw_groups = np.zeros(n)
-        self.dw_macs_k = np.zeros((n, 2, len(DW_KERNELS)))  # depthwise MACs by kernel size: per-MAC cost is not flat in k
+    def __init__(self, n: int, n_levels: int, values: np.ndarray | None = None):
+        self.layout = _layout(n_levels)
+        self.v = values if values is not None else np.zeros((n, self.layout["_width"][0]))
 
-    def add(self, onehot: np.ndarray, *groups: tuple) -> None:
-        """Add groups split by precision: ``onehot`` is (N, 3) for one group per candidate or (N, B, 3)
-        for one per block slot (:func:`_onehot`); each group is ``(kind, macs, traffic, count, params,
-        in_elems)``, the arrays broadcasting to the leading shape of ``onehot``. The per-precision
-        sums of all groups are one batched matmul."""
-        q = np.empty(onehot.shape[:-1] + (5 * len(groups),))
-        for g, (_, *values) in enumerate(groups):
-            for j, v in enumerate(values):
-                q[..., 5 * g + j] = v
-        r = onehot[:, :, None] * q[:, None, :] if onehot.ndim == 2 else np.matmul(onehot.transpose(0, 2, 1), q)
-        for g, (kind, *_) in enumerate(groups):
-            o = 5 * g
-            self.macs[:, :, kind] += r[:, :, o]
-            self.traffic[:, :, kind] += r[:, :, o + 1]
-            self.count[:, :, kind] += r[:, :, o + 2]
-            self.params += r[:, :, o + 3]
-            self.qdq_elems += r[:, 2, o + 4]
-            self.qdq_pairs += 2 * r[:, 2, o + 2]
+    def __getattr__(self, name: str) -> np.ndarray:
+        try:
+            col, size, shape = self.__dict__["layout"][name]
+        except KeyError:
+            raise AttributeError(name) from None
+        v = self.__dict__["v"]
+        return v[:, col:col + size].reshape(len(v), *shape) if shape else v[:, col]
 
 
 def _onehot(prec: np.ndarray) -> np.ndarray:
@@ -144,103 +141,259 @@ def _forward_fill(active: np.ndarray, values: np.ndarray, start: np.ndarray) -> 
     return np.take_along_axis(ext, before, axis=1)
 
 
-def analyse(candidates: Sequence[Candidate], space: SearchSpace, arrays: dict[str, np.ndarray] | None = None) -> _Acc:
-    """The fused-layer-group analysis of every candidate, vectorised over candidates *and* block slots."""
+class _Geometry:
+    """Static per-slot geometry of a space: stride, input/output area, resolution level of the
+    expand conv and of the depthwise + project convs; the final feature-map size and level."""
+
+    def __init__(self, space: SearchSpace):
+        st_idx, pos = _slots(space)
+        strides = [s.stride for s in space.stages]
+        self.n_levels = 1 + sum(1 for s in strides if s == 2)
+        n_b = len(st_idx)
+        self.stride, self.in_hw, self.out_hw, self.lvl, self.lvl_exp = (np.zeros(n_b) for _ in range(5))
+        cur_h, cur_w, level = space.input.height, space.input.width, 0
+        for i in range(n_b):
+            s, j = st_idx[i], pos[i]
+            self.stride[i] = strides[s] if j == 0 else 1
+            if self.stride[i] == 2:
+                cur_h, cur_w, level = math.ceil(cur_h / 2), math.ceil(cur_w / 2), level + 1
+                self.in_hw[i] = (cur_h * 2) * (cur_w * 2)  # approximate input area of the strided block
+            else:
+                self.in_hw[i] = cur_h * cur_w
+            self.out_hw[i] = cur_h * cur_w
+            self.lvl[i], self.lvl_exp[i] = level, level - (1 if self.stride[i] == 2 else 0)
+        self.last_hw, self.last_level = cur_h * cur_w, level
+
+    def take(self, i: int) -> "_Geometry":
+        """The geometry of slot ``i`` alone (arrays of length 1)."""
+        g = object.__new__(_Geometry)
+        g.__dict__.update({k: (v[i:i + 1] if isinstance(v, np.ndarray) else v) for k, v in self.__dict__.items()})
+        return g
+
+
+def _slot_terms(cin, cout, k, e, keep, rank, prec, active, geo: _Geometry) -> np.ndarray:
+    """(N, B, Q): what each block slot adds to the flat accumulator (:func:`_layout`), from its genes
+    and input/output widths (N, B). Everything a slot contributes depends on these alone, which is
+    what makes the per-slot lookup table of :func:`_slot_table` exact."""
+    n, b = cin.shape
+    lay = _layout(geo.n_levels)
+    t = np.zeros((n, b, lay["_width"][0]))
+
+    def put(name: str, value, index: int = 0) -> None:
+        t[:, :, lay[name][0] + index] += value
+
+    active = active > 0
+    oh = _onehot(prec)
+    flt = (prec != 2).astype(float)
+    in_hw, out_hw, stride = geo.in_hw[None, :], geo.out_hw[None, :], geo.stride[None, :]
+    hidden = cin * e
+    hid = np.where((e != 1) & (keep < 1.0), np.maximum(1, np.round(hidden * keep)), hidden)
+    has_expand = active & (e != 1)
+    af = active.astype(float)
+    # 1x1 convs (expand, project), each either plain or a low-rank pair c_in -> r -> c_out
+    pw = np.zeros((5, n, b))  # macs, traffic, groups, params, input elements
+    for c_in, c_out, area_in, area_out, mask, lv in ((cin, hid, in_hw, in_hw, has_expand, geo.lvl_exp),
+                                                     (hid, cout, out_hw, out_hw, active, geo.lvl)):
+        fact, r = _lowrank_dims(c_out, c_in, rank)
+        mf, ff = mask.astype(float), (mask & fact).astype(float)
+        weights = mf * np.where(fact, r * (c_in + c_out), c_in * c_out)
+        pw += [weights * area_out, mf * (c_in * area_in + c_out * area_out) + ff * r * (area_in + area_out),
+               mf + ff, weights, mf * c_in * area_in + ff * r * area_in]
+        for level in range(geo.n_levels):
+            put("level_macs", weights * area_out * (lv == level)[None, :], level)
+        # float convs whose channel counts do not fit the blocked layout (int8 layers run NCHW anyway)
+        plain, first, second = _unblocked(c_in, c_out), _unblocked(c_in, r), _unblocked(r, c_out)
+        put("nchw_macs", flt * mf * area_out * np.where(fact, first * c_in * r + second * r * c_out, plain * c_in * c_out), 0)
+        put("nchw_groups", flt * mf * np.where(fact, first + second, plain))
+        put("nchw_traffic", flt * mf * np.where(fact, first * (c_in * area_in + r * area_out) + second * (r * area_in + c_out * area_out),
+                                                plain * (c_in * area_in + c_out * area_out)))
+    # depthwise kxk (carries the stride)
+    dw_macs = af * hid * k * k * out_hw
+    dw = [dw_macs, af * hid * (in_hw + out_hw), af, af * hid * k * k, af * hid * in_hw]
+    for kind, (macs, traffic, count, params, in_elems) in ((1, pw), (2, dw)):
+        for p in range(3):
+            sel = oh[..., p]
+            put("macs", macs * sel, p * len(KINDS) + kind)
+            put("traffic", traffic * sel, p * len(KINDS) + kind)
+            put("count", count * sel, p * len(KINDS) + kind)
+            put("params", params * sel, p)
+        put("qdq_elems", in_elems * oh[..., 2])
+        put("qdq_pairs", 2 * count * oh[..., 2])
+    for level in range(geo.n_levels):
+        put("level_macs", dw_macs * (geo.lvl == level)[None, :], level)
+    for j, kk in enumerate(DW_KERNELS):
+        put("dw_macs_k", dw_macs * flt * (k == kk), j)
+        put("dw_macs_k", dw_macs * (1 - flt) * (k == kk), len(DW_KERNELS) + j)
+    dw_plain = flt * af * (1.0 - _blocked(hid))
+    put("nchw_macs", dw_plain * dw_macs, 1)
+    put("nchw_groups", dw_plain)
+    put("nchw_traffic", dw_plain * hid * (in_hw + out_hw))
+    residual = active & (stride == 1) & (cin == cout)
+    put("adds", residual)
+    put("add_elems", residual * cout * out_hw)
+    return t
+
+
+# a lookup table per block slot: every (input width, output width, kernel, expand, keep, rank,
+# precision) the space allows; beyond this many rows in all, the analysis is computed directly
+MAX_TABLE_ROWS = 400_000
+
+
+class _SlotTable:
+    """Row ``offsets[i] + 1 + config`` of ``table`` is :func:`_slot_terms` of block slot ``i`` in
+    configuration ``config`` (mixed radix over the slot's options of input width, output width,
+    kernel, expand, keep, rank, precision); row ``offsets[i]`` is the slot inactive (zeros). Input
+    width is a dimension only for a stage's first slot (elsewhere it equals the output width)."""
+
+    DIMS = ("cin", "cout", "kernel", "expand", "keep", "rank", "prec")
+    SCALE = (1, 1, 1, 1, 1000, 1000, 1)
+
+    def __init__(self, space: SearchSpace, geo: _Geometry):
+        st_idx, pos = _slots(space)
+        c = space.compression
+        per_slot = []
+        for s, j in zip(st_idx, pos):
+            st = space.stages[s]
+            cin = (space.stem.width if s == 0 else space.stages[s - 1].width) if j == 0 else None
+            per_slot.append([cin, st.width, st.kernel, st.expand, c.keep_ratio, c.rank_ratio, list(range(3))])
+        width = max(len(o) for opts in per_slot for o in opts if o is not None)
+        b = len(per_slot)
+        self.options = np.full((len(self.DIMS), b, width), np.nan)  # NaN pads never match a gene
+        self.radix = np.zeros((len(self.DIMS), b), dtype=np.int64)
+        self.rows = 0
+        sizes = []
+        for i, opts in enumerate(per_slot):
+            radix = 1
+            for d in reversed(range(len(self.DIMS))):
+                if opts[d] is None:
+                    continue
+                values = sorted(float(v) for v in opts[d])
+                self.options[d, i, :len(values)] = values
+                self.radix[d, i] = radix
+                radix *= len(values)
+            sizes.append(radix)
+        # value -> option index per slot, as a dense integer table per dimension (-1: not an option);
+        # fractions (keep, rank) are looked up at 1/1000 resolution
+        self.lookup = []
+        for d in range(len(self.DIMS)):
+            scale = self.SCALE[d]
+            top = int(round(np.nanmax(self.options[d]) * scale)) + 3  # entry 0: negative keys, last: too large
+            lk = np.full((b, top), -1, dtype=np.int64)
+            for i in range(b):
+                if per_slot[i][d] is None:
+                    lk[i, 1:] = 0  # input width = output width: not a dimension of this slot
+                for jj, v in enumerate(self.options[d, i]):
+                    if not np.isnan(v):
+                        lk[i, int(round(v * scale)) + 1] = jj
+            self.lookup.append((lk.ravel(), np.arange(b, dtype=np.int64) * top, top - 1))
+        self.offsets = np.concatenate([[0], np.cumsum([1 + z for z in sizes])[:-1]]).astype(np.int64)
+        self.n_rows = int(sum(1 + z for z in sizes))
+        self.table: np.ndarray | None = None
+        if self.n_rows <= MAX_TABLE_ROWS:
+            parts = []
+            for i, opts in enumerate(per_slot):
+                dims = [d for d in range(len(self.DIMS)) if opts[d] is not None]
+                grid = np.meshgrid(*[self.options[d, i][~np.isnan(self.options[d, i])] for d in dims], indexing="ij")
+                g = {self.DIMS[d]: v.reshape(-1, 1) for d, v in zip(dims, grid)}
+                g.setdefault("cin", g["cout"])
+                terms = _slot_terms(g["cin"], g["cout"], g["kernel"], g["expand"], g["keep"], g["rank"], g["prec"],
+                                    np.ones_like(g["cout"]), geo.take(i))[:, 0]
+                parts += [np.zeros((1, terms.shape[1])), terms]
+            self.table = np.concatenate(parts)
+
+    def rows_of(self, genes: list[np.ndarray], active: np.ndarray) -> np.ndarray | None:
+        """(N, B) table rows from the (N, B) gene arrays in ``DIMS`` order, or None when a gene of an
+        active slot is not among the space's options."""
+        idx = np.zeros(active.shape, dtype=np.int64)
+        worst = np.zeros(active.shape, dtype=np.int64)
+        for d, gene in enumerate(genes):
+            flat, base, top = self.lookup[d]
+            key = np.rint(gene * self.SCALE[d]).astype(np.int64) if self.SCALE[d] != 1 else gene.astype(np.int64)
+            j = flat[base[None, :] + np.clip(key + 1, 0, top)]
+            np.minimum(worst, j, out=worst)
+            idx += j * self.radix[d][None, :]
+        if (worst < 0)[active].any():
+            return None
+        return np.where(active, self.offsets[None, :] + 1 + idx, self.offsets[None, :])
+
+
+_CACHE: dict[int, tuple[SearchSpace, _Geometry, _SlotTable]] = {}
+
+
+def _prepared(space: SearchSpace) -> tuple[_Geometry, _SlotTable]:
+    """Geometry and slot table of ``space``, built once per space object."""
+    hit = _CACHE.get(id(space))
+    if hit is None or hit[0] is not space:
+        geo = _Geometry(space)
+        hit = _CACHE[id(space)] = (space, geo, _SlotTable(space, geo))
+        while len(_CACHE) > 16:
+            _CACHE.pop(next(iter(_CACHE)))
+    return hit[1], hit[2]
+
+
+def analyse(candidates: Sequence[Candidate] | None, space: SearchSpace, arrays: dict[str, np.ndarray] | None = None,
+            direct: bool = False) -> _Acc:
+    """The fused-layer-group analysis of every candidate, vectorised over candidates.
+
+    Block slots are read from a per-slot lookup table of :func:`_slot_terms` (one sparse product for
+    all slots of all candidates); ``direct`` (or a space too large for the table) computes them
+    instead. Stem, head and fp16 casts (which depend on the neighbouring slot) are computed here."""
     a = arrays if arrays is not None else block_arrays(candidates, space)
     n = len(a["stem_width"])
     st_idx, pos = _slots(space)
-    h, w = space.input.height, space.input.width
-    strides = [s.stride for s in space.stages]
-    n_levels = 1 + sum(1 for s in strides if s == 2)
-    acc = _Acc(n, n_levels)
-    cin0 = float(space.input.channels)
+    geo, slots = _prepared(space)
     stem_w = a["stem_width"]
-    hw = h * w
-    # stem: dense 3x3 conv at full resolution
-    acc.add(_onehot(a["stem_prec"]), (0, cin0 * stem_w * 9 * hw, cin0 * hw + stem_w * hw, 1.0, cin0 * stem_w * 9, cin0 * hw))
-    acc.level_macs[:, 0] += cin0 * stem_w * 9 * hw
-    # static per-slot geometry: stride, input/output area, resolution level of the expand / dw+project convs
-    n_b = len(st_idx)
-    stride, in_hw, out_hw, lvl, lvl_exp = (np.zeros(n_b) for _ in range(5))
-    cur_h, cur_w, level = h, w, 0
-    for i in range(n_b):
-        s, j = st_idx[i], pos[i]
-        stride[i] = strides[s] if j == 0 else 1
-        if stride[i] == 2:
-            cur_h, cur_w, level = math.ceil(cur_h / 2), math.ceil(cur_w / 2), level + 1
-            in_hw[i] = (cur_h * 2) * (cur_w * 2)  # approximate input area of the strided block
-        else:
-            in_hw[i] = cur_h * cur_w
-        out_hw[i] = cur_h * cur_w
-        lvl[i], lvl_exp[i] = level, level - (1 if stride[i] == 2 else 0)
     widths = np.concatenate([stem_w[:, None], a["width"]], axis=1)  # column s+1: stage s, column 0: the stem
     cout = widths[:, st_idx + 1]
     cin = np.where(pos[None, :] == 0, widths[:, st_idx], cout)
     active = a["active"] > 0
-    k, e, keep, rank, prec = (a[f] for f in ("kernel", "expand", "keep", "rank", "prec"))
-    hidden = cin * e
-    hid = np.where((e != 1) & (keep < 1.0), np.maximum(1, np.round(hidden * keep)), hidden)
-    has_expand = active & (e != 1)
-    # 1x1 convs (expand, project), each either plain or a low-rank pair
-    pw_macs, pw_traffic, pw_count, pw_params, pw_in = (np.zeros_like(cin) for _ in range(5))
-    flt = (prec != 2).astype(float)
-    lvl_onehot = (lvl[:, None] == np.arange(n_levels)[None, :]).astype(float)
-    lvl_exp_onehot = (lvl_exp[:, None] == np.arange(n_levels)[None, :]).astype(float)
-    for c_in, c_out, area_in, area_out, mask, lv in ((cin, hid, in_hw, in_hw, has_expand, lvl_exp_onehot),
-                                                     (hid, cout, out_hw, out_hw, active, lvl_onehot)):
-        fact, r = _lowrank_dims(c_out, c_in, rank)
-        mf, ff = mask.astype(float), (mask & fact).astype(float)
-        weights = mf * np.where(fact, r * (c_in + c_out), c_in * c_out)  # a low-rank pair: c_in->r, r->c_out
-        macs_slot = weights * area_out
-        pw_macs += macs_slot
-        pw_params += weights
-        pw_traffic += mf * (c_in * area_in + c_out * area_out) + ff * r * (area_in + area_out)
-        pw_count += mf + ff
-        pw_in += mf * c_in * area_in + ff * r * area_in
-        acc.level_macs += macs_slot @ lv
-        # convs whose channel counts do not fit the blocked layout (float layers only; int8 layers run NCHW anyway)
-        plain, first, second = _unblocked(c_in, c_out), _unblocked(c_in, r), _unblocked(r, c_out)
-        nm = flt * np.where(fact, first * c_in * r + second * r * c_out, plain * c_in * c_out) * mf * area_out
-        acc.nchw_macs[:, 0] += nm.sum(1)
-        acc.nchw_groups += (flt * mf * np.where(fact, first + second, plain)).sum(1)
-        acc.nchw_traffic += (flt * mf * np.where(fact, first * (c_in * area_in + r * area_out) + second * (r * area_in + c_out * area_out),
-                                                 plain * (c_in * area_in + c_out * area_out))).sum(1)
-    # depthwise kxk (carries the stride)
-    af = active.astype(float)
-    dw_macs = af * hid * k * k * out_hw
-    acc.add(_onehot(prec), (1, pw_macs, pw_traffic, pw_count, pw_params, pw_in),
-            (2, dw_macs, af * hid * (in_hw + out_hw), af, af * hid * k * k, af * hid * in_hw))
-    acc.level_macs += dw_macs @ lvl_onehot
-    for j, kk in enumerate(DW_KERNELS):
-        acc.dw_macs_k[:, 0, j] += (dw_macs * flt * (k == kk)).sum(1)
-        acc.dw_macs_k[:, 1, j] += (dw_macs * (1 - flt) * (k == kk)).sum(1)
-    dw_plain = flt * af * (1.0 - _blocked(hid))
-    acc.nchw_macs[:, 1] += (dw_plain * dw_macs).sum(1)
-    acc.nchw_groups += dw_plain.sum(1)
-    acc.nchw_traffic += (dw_plain * hid * (in_hw + out_hw)).sum(1)
-    residual = active & (stride == 1)[None, :] & (cin == cout)
-    acc.adds += residual.sum(1)
-    acc.add_elems += (residual * cout * out_hw).sum(1)
+    prec = a["prec"]
+    rows = None
+    if not direct and slots.table is not None:
+        rows = slots.rows_of([cin, cout, *(a[g] for g in ("kernel", "expand", "keep", "rank")), prec], active)
+    if rows is None:
+        values = _slot_terms(cin, cout, a["kernel"], a["expand"], a["keep"], a["rank"], prec, a["active"], geo).sum(1)
+    elif n <= 64:  # a few candidates: gathering the rows is cheaper than building the sparse selector
+        values = slots.table[rows].sum(1)
+    else:
+        import scipy.sparse as sp
+
+        b = rows.shape[1]
+        pick = sp.csr_matrix((np.ones(n * b), rows.ravel(), np.arange(0, n * b + 1, b)), shape=(n, slots.n_rows))
+        values = np.asarray(pick @ slots.table)
+    acc = _Acc(n, geo.n_levels, values)
+    cin0 = float(space.input.channels)
+    hw = space.input.height * space.input.width
+
+    def add(onehot: np.ndarray, kind: int, macs, traffic, count, params, in_elems) -> None:
+        acc.macs[:, :, kind] += onehot * macs[:, None] if np.ndim(macs) else onehot * macs
+        acc.traffic[:, :, kind] += onehot * (traffic[:, None] if np.ndim(traffic) else traffic)
+        acc.count[:, :, kind] += onehot * count
+        acc.params[:, :] += onehot * (params[:, None] if np.ndim(params) else params)
+        acc.qdq_elems[:] += onehot[:, 2] * in_elems
+        acc.qdq_pairs[:] += 2 * onehot[:, 2] * count
+
+    # stem: dense 3x3 conv at full resolution
+    add(_onehot(a["stem_prec"]), 0, cin0 * stem_w * 9 * hw, cin0 * hw + stem_w * hw, 1.0, cin0 * stem_w * 9, cin0 * hw)
+    acc.level_macs[:, 0] += cin0 * stem_w * 9 * hw
     # fp16 borders: a Cast wherever a group's precision differs from its predecessor's and one is fp16
     prev_prec = _forward_fill(active, prec, a["stem_prec"])
     before = prev_prec[:, :-1]
     border = active & (prec != before) & ((prec == 1) | (before == 1))
-    acc.casts += border.sum(1)
-    fp16_border = (a["stem_prec"] == 1) * (cin0 * hw) + (border * cin * in_hw).sum(1)  # + the cast into an fp16 stem
+    fp16_border = (a["stem_prec"] == 1) * (cin0 * hw) + (border * cin * geo.in_hw[None, :]).sum(1)  # + the cast into an fp16 stem
     last_prec = prev_prec[:, -1]
     last_out = _forward_fill(active, cout, stem_w)[:, -1]
     # head 1x1 + pool + classifier (same precision)
-    hw_last = cur_h * cur_w
-    hp = a["head_prec"]
-    head_w = a["head_width"]
+    hw_last, level = geo.last_hw, geo.last_level
+    hp, head_w = a["head_prec"], a["head_width"]
+    oh = _onehot(hp)
     ncls = float(space.num_classes)
-    acc.add(_onehot(hp), (1, last_out * head_w * hw_last, last_out * hw_last + head_w * hw_last, 1.0, last_out * head_w, last_out * hw_last),
-            (3, head_w * ncls, head_w + ncls, 1.0, head_w * ncls, head_w))
-    acc.level_macs[:, level] += last_out * head_w * hw_last
-    acc.level_macs[:, level] += head_w * ncls
-    border = (hp != last_prec) & ((hp == 1) | (last_prec == 1))
-    acc.casts += border + (hp == 1)  # into the head, and back to fp32 logits
-    acc.cast_elems = fp16_border + border * last_out * hw_last + (hp == 1) * ncls
+    add(oh, 1, last_out * head_w * hw_last, last_out * hw_last + head_w * hw_last, 1.0, last_out * head_w, last_out * hw_last)
+    add(oh, 3, head_w * ncls, head_w + ncls, 1.0, head_w * ncls, head_w)
+    acc.level_macs[:, level] += last_out * head_w * hw_last + head_w * ncls
+    head_border = (hp != last_prec) & ((hp == 1) | (last_prec == 1))
+    acc.casts[:] = border.sum(1) + head_border + (hp == 1)  # into the head, and back to fp32 logits
+    acc.cast_elems[:] = fp16_border + head_border * last_out * hw_last + (hp == 1) * ncls
     return acc
 
 

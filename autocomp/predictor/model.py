@@ -45,7 +45,7 @@ META_NAME = "predictor.json"
 MODEL_NAME = "model.txt"
 KINDS = ("sum", "whole", "sum+gbm")
 MAX_TRAIN = 300
-CHUNK = 1024  # candidates per vectorised pass: keeps the (chunk, slots) arrays in L2
+CHUNK = 2048  # candidates per vectorised pass (and per scoring thread)
 SCORING_THREADS = min(2, os.cpu_count() or 1)  # batched scoring of more than CHUNK candidates
 TEST_SHARE = 5  # one id in five (by hash) is held out
 
