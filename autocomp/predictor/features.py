@@ -7,8 +7,11 @@ pairs are two groups; a residual add is its own (memory-bound) group; fp16 group
 border; int8 groups carry QuantizeLinear/DequantizeLinear pairs (QDQ) on their input activation.
 
 :func:`block_arrays` turns candidates into fixed-size numpy arrays (one Python pass over the blocks,
-the only per-candidate Python); everything else is vectorised over candidates, so scoring runs at
-hundreds of thousands of candidates per second.
+the only per-candidate Python); everything else is vectorised over candidates. What a block slot
+contributes depends only on its own genes and widths, so each slot's contribution to every feature
+is precomputed once per space for every configuration the space allows (:class:`_SlotTable`, exact)
+and a batch of candidates is one sparse product with that table, plus the stem, the head and the
+fp16 casts between neighbouring slots.
 
 Two views of the same analysis:
 

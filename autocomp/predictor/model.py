@@ -121,7 +121,6 @@ def _chunked(fn: Any, chunks: list) -> np.ndarray:
     return np.concatenate(list(_POOL.map(fn, chunks)))
 
 
-
 class Predictor:
     """Predicts a device's latency (ms) for candidates of one search space."""
 
@@ -154,14 +153,14 @@ class Predictor:
         spaces = {c.space for c in candidates}
         if spaces - {self.space.name}:
             raise UserError("candidate.space", f"{sorted(spaces)} but this predictor was fit on space {self.space.name!r}", self.space.name)
-        if len(candidates) > CHUNK:  # cache-sized chunks: the vectorised analysis is memory-bound
+        if len(candidates) > CHUNK:
             return _chunked(self.predict, [candidates[i:i + CHUNK] for i in range(0, len(candidates), CHUNK)])
         return self._calibrated(self._raw(candidates))
 
     def predict_arrays(self, arrays: dict[str, np.ndarray]) -> np.ndarray:
         """Like :meth:`predict` from :func:`autocomp.predictor.features.block_arrays` output: for a
         search that keeps its population as arrays (reading Python Candidate objects is the
-        throughput limit of :meth:`predict`, ~70k/s)."""
+        throughput limit of :meth:`predict`, ~100k/s)."""
         n = len(arrays["stem_width"])
         if n > CHUNK:
             return _chunked(self.predict_arrays, [{k: v[i:i + CHUNK] for k, v in arrays.items()} for i in range(0, n, CHUNK)])
@@ -286,7 +285,7 @@ def select(g: np.ndarray, x: np.ndarray, y: np.ndarray, kinds: Sequence[str] = K
     """Cross-validate every kind (the LightGBM kinds at every ``grid`` size); returns (kind, rounds,
     learning rate, scores keyed ``kind`` or ``kind@rounds``). The best CV RMSPE wins, except that an
     option within ``GBM_TIE`` (relative) of it that scores faster (no trees, or fewer) is taken instead."""
-    options: list[tuple[str, int, float | None, float]] = []  # (kind, rounds, lr, trees)
+    options: list[tuple[str, int, float | None, int]] = []  # (kind, rounds, lr, trees)
     for kind in kinds:
         if kind == "sum":
             options.append((kind, 0, None, 0))
