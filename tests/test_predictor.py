@@ -91,13 +91,8 @@ def test_selection_prefers_the_cheaper_model_within_the_tie():
     of the best CV RMSPE and is chosen; the grid sizes are all scored."""
     from autocomp.predictor.model import select
 
-    df = _small_table()
-    from autocomp.predictor.features import group_features, network_features
-    from autocomp.space import get_space
-
-    space = get_space("mnist-mbv2")
-    cands = candidates_of(df)
-    g, x = group_features(cands, space), network_features(cands, space)
+    cands = candidates_of(_small_table())
+    g, x = group_features(cands, SPACE), network_features(cands, SPACE)
     coef = np.abs(np.random.default_rng(0).standard_normal(g.shape[1])) + 0.1
     y = g @ coef
     kind, rounds, _, scores = select(g, x, y, ("sum", "sum+gbm"), folds=3, grid=((20, 0.2), (40, 0.1)))

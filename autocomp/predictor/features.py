@@ -177,7 +177,7 @@ class _Geometry:
 def _slot_terms(cin, cout, k, e, keep, rank, prec, active, geo: _Geometry) -> np.ndarray:
     """(N, B, Q): what each block slot adds to the flat accumulator (:func:`_layout`), from its genes
     and input/output widths (N, B). Everything a slot contributes depends on these alone, which is
-    what makes the per-slot lookup table of :func:`_slot_table` exact."""
+    what makes the per-slot lookup table of :class:`_SlotTable` exact."""
     n, b = cin.shape
     lay = _layout(geo.n_levels)
     t = np.zeros((n, b, lay["_width"][0]))
@@ -263,7 +263,6 @@ class _SlotTable:
         b = len(per_slot)
         self.options = np.full((len(self.DIMS), b, width), np.nan)  # NaN pads never match a gene
         self.radix = np.zeros((len(self.DIMS), b), dtype=np.int64)
-        self.rows = 0
         sizes = []
         for i, opts in enumerate(per_slot):
             radix = 1
@@ -369,10 +368,12 @@ def analyse(candidates: Sequence[Candidate] | None, space: SearchSpace, arrays: 
     hw = space.input.height * space.input.width
 
     def add(onehot: np.ndarray, kind: int, macs, traffic, count, params, in_elems) -> None:
-        acc.macs[:, :, kind] += onehot * macs[:, None] if np.ndim(macs) else onehot * macs
-        acc.traffic[:, :, kind] += onehot * (traffic[:, None] if np.ndim(traffic) else traffic)
+        """One group per candidate of ``kind``, split by precision (``onehot`` (N, 3))."""
+        col = lambda x: x[:, None] if np.ndim(x) else x  # noqa: E731  (N,) -> (N, 1); scalars as they are
+        acc.macs[:, :, kind] += onehot * col(macs)
+        acc.traffic[:, :, kind] += onehot * col(traffic)
         acc.count[:, :, kind] += onehot * count
-        acc.params[:, :] += onehot * (params[:, None] if np.ndim(params) else params)
+        acc.params[:, :] += onehot * col(params)
         acc.qdq_elems[:] += onehot[:, 2] * in_elems
         acc.qdq_pairs[:] += 2 * onehot[:, 2] * count
 
