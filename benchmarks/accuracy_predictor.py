@@ -53,11 +53,12 @@ def main() -> None:
         "spearman": float(spearmanr(pred, truth).statistic), "kendall": float(kendalltau(pred, truth).statistic),
         "mae_points": float(np.abs(pred - truth).mean() * 100), "accuracy_range": [float(min(accs)), float(max(accs))],
         "val_size": a.val_size, "eval_wall_s": round(time.time() - t0, 1),
+        "pairs": [{"id": c.id, "policy": c.to_json(), "accuracy": acc} for c, acc in zip(cands, accs)],  # refit without re-evaluating
     }
     print(f"held-out: n={res['n_test']} spearman {res['spearman']:.3f} kendall {res['kendall']:.3f} MAE {res['mae_points']:.2f} points")
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(res, indent=2))
-    print(json.dumps(res))
+    print(json.dumps({k: v for k, v in res.items() if k != "pairs"}))
 
 
 if __name__ == "__main__":
