@@ -41,6 +41,7 @@ def uncompressed(cand):
     return replace(cand, stages=stages, stem_precision="fp32", head_precision="fp32")
 
 
+BN_BATCHES = 4  # BatchNorm recalibration batches (of 256 training images), before both scores
 _W: dict = {}  # per-process state: space, checkpoint, data, validation slice, settings
 
 
@@ -55,11 +56,11 @@ def _score(i: int, c) -> dict:
     """Inherited and fine-tuned accuracy of subnet ``i`` (``c``)."""
     space, ck, data, val, args = (_W[k] for k in ("space", "ck", "data", "val", "args"))
     t = time.perf_counter()
-    net = S.extract(c, space, ck, data)
+    net = S.extract(c, space, ck, data, bn_batches=BN_BATCHES)
     inherited = S.accuracy(net, data, val)
     net = net.to(memory_format=torch.channels_last)  # depthwise backward is ~9x faster than NCHW on CPU
     net = train(net, data, args.finetune_steps, args.batch_size, args.lr, args.seed + i)
-    S.recalibrate_bn(net, S.bn_batches_of(data, 4))  # same BN protocol as the inherited score (not the small-batch running stats)
+    S.recalibrate_bn(net, S.bn_batches_of(data, BN_BATCHES))  # as for the inherited score, not the fine-tune's small-batch running stats
     tuned = S.accuracy(net, data, val)
     return {"id": c.id, "arch": c.summary().split(" keep")[0], "params": count_params(net),
             "acc_inherited": round(inherited, 4), "acc_finetuned": round(tuned, 4), "wall_s": round(time.perf_counter() - t, 1)}
