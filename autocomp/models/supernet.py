@@ -415,7 +415,11 @@ def _kd(student: torch.Tensor, soft: torch.Tensor, T: float) -> torch.Tensor:
 
 
 @torch.no_grad()
-def accuracy(model: Callable[[torch.Tensor], torch.Tensor], data, split, batch_size: int = 500) -> float:
+def accuracy(model: Callable[[torch.Tensor], torch.Tensor], data, split, batch_size: int = 100) -> float:
+    """Top-1 accuracy on ``split``, channels-last (a module is converted in place: ~2x faster than NCHW
+    on CPU; batches of 100 also beat 500)."""
+    if isinstance(model, nn.Module):
+        model.to(memory_format=torch.channels_last)
     correct = 0
     for x, y in data.batches(split, batch_size):
         correct += int((model(x.contiguous(memory_format=torch.channels_last)).argmax(1) == y).sum())
