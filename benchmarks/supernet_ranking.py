@@ -47,7 +47,7 @@ def uncompressed(cand):
 
 
 BN_BATCHES = 4  # BatchNorm recalibration batches (of 256 training images), before both scores
-_W: dict = {}  # per-process state: space, checkpoint, data, validation slice, settings
+_W: dict = {}  # per-process state: space, checkpoint, data, held-out images, settings
 
 
 def _init(args: argparse.Namespace, ck: str) -> None:
@@ -55,7 +55,7 @@ def _init(args: argparse.Namespace, ck: str) -> None:
     space = get_space(args.space)
     data = load_dataset("mnist", (space.input.channels, space.input.height, space.input.width))
     split = getattr(data, args.split)
-    _W.update(space=space, ck=ck, data=data, val=split.subset(args.eval_size, seed=args.seed), args=args)
+    _W.update(space=space, ck=ck, data=data, held_out=split.subset(args.eval_size, seed=args.seed), args=args)
 
 
 @torch.no_grad()
@@ -72,17 +72,17 @@ def _slice_2000(n_val: int, seed: int) -> np.ndarray | None:
 
 def _score(i: int, c) -> dict:
     """Inherited and fine-tuned accuracy of subnet ``i`` (``c``)."""
-    space, ck, data, val, args = (_W[k] for k in ("space", "ck", "data", "val", "args"))
+    space, ck, data, held_out, args = (_W[k] for k in ("space", "ck", "data", "held_out", "args"))
     t = time.perf_counter()
     # channels-last: depthwise backward ~9x and inference ~2x faster than NCHW on CPU (batches of 100 beat 500 too)
     net = S.extract(c, space, ck, data, bn_batches=BN_BATCHES).to(memory_format=torch.channels_last)
-    inherited = _correct(net, data, val)
+    inherited = _correct(net, data, held_out)
     net = train(net, data, args.finetune_steps, args.batch_size, args.lr, args.seed + i)
     S.recalibrate_bn(net, S.bn_batches_of(data, BN_BATCHES))  # as for the inherited score, not the fine-tune's small-batch running stats
-    tuned = _correct(net, data, val)
+    tuned = _correct(net, data, held_out)
     row = {"id": c.id, "arch": c.summary().split(" keep")[0], "params": count_params(net),
            "acc_inherited": round(float(inherited.mean()), 4), "acc_finetuned": round(float(tuned.mean()), 4)}
-    idx = _slice_2000(len(val), args.seed) if args.split == "val" and len(val) == len(data.val) else None
+    idx = _slice_2000(len(held_out), args.seed) if args.split == "val" and len(held_out) == len(data.val) else None
     if idx is not None:
         row.update(acc_inherited_2000=round(float(inherited[idx].mean()), 4), acc_finetuned_2000=round(float(tuned[idx].mean()), 4))
     return {**row, "wall_s": round(time.perf_counter() - t, 1)}
