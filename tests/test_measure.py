@@ -272,7 +272,10 @@ def test_random_weight_export_has_the_graph_of_a_trained_one(tmp_path):
         ref = build(cand, space).eval()
         for m in ref.modules():
             if isinstance(m, torch.nn.BatchNorm2d):  # distinct statistics: nothing bit-identical to share
-                m.running_mean.normal_(0, 0.1), m.running_var.uniform_(0.5, 2.0), m.weight.uniform_(0.5, 1.5), m.bias.normal_(0, 0.1)
+                m.running_mean.normal_(0, 0.1)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.normal_(0, 0.1)
         ref = quantize.apply(lowrank.apply(prune.apply(ref, cand), cand), cand, [torch.randn(8, 1, 28, 28) for _ in range(2)])
     to_onnx(ref, tmp_path / "ref.onnx", (1, 28, 28))
 
