@@ -415,15 +415,18 @@ def _kd(student: torch.Tensor, soft: torch.Tensor, T: float) -> torch.Tensor:
 
 
 @torch.no_grad()
-def accuracy(model: Callable[[torch.Tensor], torch.Tensor], data, split, batch_size: int = 100) -> float:
-    """Top-1 accuracy on ``split``, channels-last (a module is converted in place: ~2x faster than NCHW
-    on CPU; batches of 100 also beat 500)."""
+def correct(model: Callable[[torch.Tensor], torch.Tensor], data, split, batch_size: int = 100) -> torch.Tensor:
+    """Per-image top-1 correctness (bool, in the split's order), channels-last (a module is converted
+    in place: ~2x faster than NCHW on CPU; batches of 100 also beat 500)."""
     if isinstance(model, nn.Module):
         model.to(memory_format=torch.channels_last)
-    correct = 0
-    for x, y in data.batches(split, batch_size):
-        correct += int((model(x.contiguous(memory_format=torch.channels_last)).argmax(1) == y).sum())
-    return correct / max(1, len(split))
+    hits = [model(x.contiguous(memory_format=torch.channels_last)).argmax(1) == y for x, y in data.batches(split, batch_size)]
+    return torch.cat(hits) if hits else torch.zeros(0, dtype=torch.bool)
+
+
+def accuracy(model: Callable[[torch.Tensor], torch.Tensor], data, split, batch_size: int = 100) -> float:
+    """Top-1 accuracy on ``split`` (see :func:`correct`)."""
+    return int(correct(model, data, split, batch_size).sum()) / max(1, len(split))
 
 
 def train_supernet(space: SearchSpace, data, steps: int, seed: int, teacher: nn.Module | None = None, progress: bool = True,
