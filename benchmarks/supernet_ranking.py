@@ -3,16 +3,19 @@
 Samples ``--n`` uncompressed fp32 subnets of the space (seeded), scores each twice on a held-out
 split (all 10k MNIST test images by default): (1) with weights inherited from the supernet (extract
 + BN recalibration, no training) and (2) after a short fine-tune of those weights
-(``--finetune-steps`` Adam steps on the training split, then the same BN recalibration). Reports
-both accuracies per subnet, the Spearman rank correlation between them (target >= 0.8) and a
-bootstrap 95% interval over subnets. Random subnets of the default space lie within ~1 point of
+(``--finetune-steps`` Adam steps on the training split, then the same BN recalibration), once per
+fine-tune seed (``--finetune-seeds``, default 3), the fine-tuned accuracy being their mean. Reports
+both accuracies per subnet, the Spearman rank correlation between them (target >= 0.8), a bootstrap
+95% interval over subnets, and the correlation between two fine-tunes of the same subnets with
+different seeds: how well one fine-tune ranks like another, the ceiling the first figure can reach
+with one seed. Random subnets of the default space lie within ~1 point of
 each other, so the images counted matter: with ``--split val`` the correlation on the 2000-image
 validation slice that runs before 2026-12-02 used is reported too.
 Writes benchmarks/results/supernet_ranking.json; the last stdout line is one JSON object.
 
     python benchmarks/supernet_ranking.py                      # 30 subnets, 300 fine-tune steps
     python benchmarks/supernet_ranking.py --n 8 --finetune-steps 100 --eval-size 1000   # quick
-    python benchmarks/supernet_ranking.py --finetune-steps 30 --batch-size 32 --lr 3e-4 --threads 1 --workers 2   # 2 cores, ~35 min
+    python benchmarks/supernet_ranking.py --finetune-steps 30 --batch-size 32 --lr 3e-4 --threads 1 --workers 2   # 2 cores, ~1 h
 """
 
 from __future__ import annotations
@@ -70,14 +73,21 @@ def _score(i: int, c) -> dict:
     # channels-last: depthwise backward ~9x faster than NCHW on CPU (S.correct scores channels-last too)
     net = S.extract(c, space, ck, data, bn_batches=BN_BATCHES).to(memory_format=torch.channels_last)
     inherited = S.correct(net, data, held_out).numpy()
-    net = train(net, data, args.finetune_steps, args.batch_size, args.lr, args.seed + i)
-    S.recalibrate_bn(net, S.bn_batches_of(data, BN_BATCHES))  # as for the inherited score, not the fine-tune's small-batch running stats
-    tuned = S.correct(net, data, held_out).numpy()
+    start = {k: v.clone() for k, v in net.state_dict().items()}
+    tuned = []
+    for k in range(args.finetune_seeds):  # seed k of subnet i: args.seed + i + 1000 k (k = 0: the single-seed runs' seed)
+        net.load_state_dict(start)
+        net = train(net, data, args.finetune_steps, args.batch_size, args.lr, args.seed + i + 1000 * k)
+        S.recalibrate_bn(net, S.bn_batches_of(data, BN_BATCHES))  # as for the inherited score, not the fine-tune's small-batch running stats
+        tuned.append(S.correct(net, data, held_out).numpy())
+    seeds = [round(float(t.mean()), 4) for t in tuned]
     row = {"id": c.id, "arch": c.summary().split(" keep")[0], "params": count_params(net),
-           "acc_inherited": round(float(inherited.mean()), 4), "acc_finetuned": round(float(tuned.mean()), 4)}
+           "acc_inherited": round(float(inherited.mean()), 4), "acc_finetuned": round(float(np.mean(seeds)), 5),
+           "acc_finetuned_seeds": seeds}
     idx = _slice_2000(len(held_out), args.seed) if args.split == "val" and len(held_out) == len(data.val) else None
     if idx is not None:
-        row.update(acc_inherited_2000=round(float(inherited[idx].mean()), 4), acc_finetuned_2000=round(float(tuned[idx].mean()), 4))
+        row.update(acc_inherited_2000=round(float(inherited[idx].mean()), 4),
+                   acc_finetuned_2000=round(float(np.mean([t[idx].mean() for t in tuned])), 5))
     return {**row, "wall_s": round(time.perf_counter() - t, 1)}
 
 
@@ -99,6 +109,7 @@ def main() -> None:
     ap.add_argument("--checkpoint", default=None, help="supernet .pt (default supernets/<space>.pt)")
     ap.add_argument("--n", type=int, default=30, help="subnets sampled")
     ap.add_argument("--finetune-steps", type=int, default=300)
+    ap.add_argument("--finetune-seeds", type=int, default=3, help="fine-tunes per subnet (seeds); the fine-tuned accuracy is their mean")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--split", choices=["test", "val"], default="test", help="held-out split both accuracies are measured on")
@@ -122,12 +133,16 @@ def main() -> None:
             i, r = futures[fut], fut.result()
             rows[i] = r
             print(f"[{done + 1}/{len(cands)}] #{i} {r['arch']:<34} params {r['params']:>8}  inherited {r['acc_inherited']:.4f}  "
-                  f"fine-tuned {r['acc_finetuned']:.4f}  ({r['wall_s']}s)", file=sys.stderr, flush=True)
+                  f"fine-tuned {r['acc_finetuned']:.4f} {r['acc_finetuned_seeds']}  ({r['wall_s']}s)", file=sys.stderr, flush=True)
     inh, tun = [r["acc_inherited"] for r in rows], [r["acc_finetuned"] for r in rows]
     rho = _spearman(inh, tun)
-    res = {"schema_version": 2, "space": space.name, "checkpoint": str(ck), "n": len(rows), "finetune_steps": args.finetune_steps,
+    per_seed = [[r["acc_finetuned_seeds"][k] for r in rows] for k in range(args.finetune_seeds)]
+    res = {"schema_version": 3, "space": space.name, "checkpoint": str(ck), "n": len(rows), "finetune_steps": args.finetune_steps,
+           "finetune_seeds": args.finetune_seeds,
            "batch_size": args.batch_size, "lr": args.lr, "split": args.split, "eval_size": args.eval_size, "seed": args.seed,
            "spearman": round(rho, 4), "spearman_ci95": _bootstrap_ci(inh, tun, seed=args.seed), "target_spearman": 0.8,
+           "spearman_per_seed": [round(_spearman(inh, t), 4) for t in per_seed],
+           "spearman_between_seeds": round(_spearman(per_seed[0], per_seed[1]), 4) if len(per_seed) > 1 else None,
            "spearman_val2000": (round(_spearman([r["acc_inherited_2000"] for r in rows], [r["acc_finetuned_2000"] for r in rows]), 4)
                                 if rows and "acc_inherited_2000" in rows[0] else None),
            "mean_acc_inherited": round(sum(r["acc_inherited"] for r in rows) / max(1, len(rows)), 4),
@@ -135,7 +150,8 @@ def main() -> None:
            "wall_s": round(time.perf_counter() - t0, 1), "threads": args.threads, "workers": args.workers, "subnets": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(res, indent=2) + "\n")
-    print(f"Spearman(inherited, fine-tuned) = {rho:.3f} (95% CI {res['spearman_ci95']}; 2000-image slice {res['spearman_val2000']}) "
+    print(f"Spearman(inherited, fine-tuned) = {rho:.3f} (95% CI {res['spearman_ci95']}; per seed {res['spearman_per_seed']}; "
+          f"seed 0 vs seed 1 {res['spearman_between_seeds']}; 2000-image slice {res['spearman_val2000']}) "
           f"over {len(rows)} subnets (target >= 0.8); "
           f"mean accuracy inherited {res['mean_acc_inherited']:.4f}, fine-tuned {res['mean_acc_finetuned']:.4f}; wrote {args.out}")
     print(json.dumps({k: v for k, v in res.items() if k != "subnets"}))
