@@ -254,9 +254,7 @@ def test_random_weight_export_has_the_graph_of_a_trained_one(tmp_path):
     import onnxruntime as ort
     import torch
 
-    from autocomp.compress import lowrank, prune, quantize
-    from autocomp.export import to_onnx
-    from autocomp.measure.campaign import export_candidate
+    from autocomp.measure.campaign import export_candidate, export_compressed
     from autocomp.measure.onnxruntime import DISABLED_OPTIMIZERS
     from autocomp.models.mbv2 import build
     from autocomp.space import get_space
@@ -276,8 +274,7 @@ def test_random_weight_export_has_the_graph_of_a_trained_one(tmp_path):
                 m.running_var.uniform_(0.5, 2.0)
                 m.weight.uniform_(0.5, 1.5)
                 m.bias.normal_(0, 0.1)
-        ref = quantize.apply(lowrank.apply(prune.apply(ref, cand), cand), cand, [torch.randn(8, 1, 28, 28) for _ in range(2)])
-    to_onnx(ref, tmp_path / "ref.onnx", (1, 28, 28))
+    export_compressed(ref, cand, space, tmp_path / "ref.onnx")
 
     def fp16_convs_left_nchw(model: Path) -> list[str]:
         so = ort.SessionOptions()

@@ -119,21 +119,31 @@ def write_table(df: pd.DataFrame, path: Path) -> None:
 
 
 def export_candidate(candidate: Candidate, space: SearchSpace, path: Path, calib_batches: int = 2, seed: int = 0) -> tuple[Path, int]:
-    """Build ``candidate`` with random weights, compress it (prune -> low-rank -> quantize with
-    random calibration inputs) and export ONNX to ``path``. Returns (path, parameter count)."""
+    """Build ``candidate`` with random weights and export it compressed (:func:`export_compressed`)."""
+    import torch
+
+    from autocomp.models.mbv2 import build
+
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        model = build(candidate, space).eval()
+    return export_compressed(model, candidate, space, path, calib_batches)
+
+
+def export_compressed(model, candidate: Candidate, space: SearchSpace, path: Path, calib_batches: int = 2) -> tuple[Path, int]:
+    """Compress ``model`` as ``candidate`` says (prune -> low-rank -> quantize with random calibration
+    inputs) and export ONNX to ``path``. Returns (path, parameter count)."""
     import torch
 
     from autocomp.compress import lowrank, prune, quantize
     from autocomp.export import to_onnx
-    from autocomp.models.mbv2 import build, count_params
+    from autocomp.models.mbv2 import count_params
 
-    torch.manual_seed(seed)
     shape = (space.input.channels, space.input.height, space.input.width)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny models: more threads only fight the measurement (and other jobs)
     try:
         with torch.no_grad():
-            model = build(candidate, space).eval()
             model = lowrank.apply(prune.apply(model, candidate), candidate)
             calib = [torch.randn(8, *shape) for _ in range(calib_batches)]
             model = quantize.apply(model, candidate, calib)
