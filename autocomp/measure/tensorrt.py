@@ -1,13 +1,16 @@
-"""TensorRT Python-API backend: build an engine from the (QDQ) ONNX with the requested precision
-flags, time it with CUDA events, and check the built engine's per-layer precision.
+"""TensorRT Python-API backend: build an engine from the (QDQ) ONNX, time it with CUDA events, and
+check the built engine's per-layer precision against the ONNX's policy.
 
 TensorRT (``import tensorrt``) and a CUDA-enabled torch (buffers, stream, events) are imported only
 when a measurement runs; without them the backend raises a RuntimeError that says what is missing.
-Explicit quantization: the QDQ nodes of the exported ONNX decide which layers are int8; the INT8
-flag permits them and FP16 lets the remaining layers run in half precision.
-The engine's layer information (inspector, detailed verbosity) is parsed with the trtexec parser
-and checked with :func:`autocomp.measure.trtexec.check_engine_precision`: TensorRT silently falls
-back to fp32 where it cannot honour a precision, and such a measurement is flagged.
+Typing follows :func:`autocomp.measure.trtexec.build_plan` for ``tensorrt.__version__``: on
+TensorRT >= 10 the network is created with ``NetworkDefinitionCreationFlag.STRONGLY_TYPED`` (on 11
+every network is strongly typed and the flag is a no-op) and no precision builder flag is set, so
+the ONNX's fp16 types and Q/DQ nodes decide each layer's precision; on TensorRT < 10 the weak-typing
+flags the policy needs are set with ``OBEY_PRECISION_CONSTRAINTS`` and every fp32/fp16 compute layer
+gets its precision and output type. The engine's layer information (inspector, detailed verbosity)
+is parsed with the trtexec parser and checked layer by layer
+(:func:`autocomp.measure.trtexec.check_precision`); a fallback flags the measurement.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from autocomp.measure.base import Measurement
-from autocomp.measure.trtexec import check_engine_precision, parse_layer_info, precision_counts
+from autocomp.measure.trtexec import BuildPlan, build_plan, check_precision, onnx_policy, parse_layer_info, precision_counts
 
 CV_THRESHOLD = 0.05
 
@@ -37,15 +40,35 @@ def _import_trt() -> Any:
     return trt
 
 
-def build_engine(onnx_path: Path, precision: str, workspace_mb: int = 1024, batch: int = 1) -> tuple[Any, Any]:
-    """(serialized engine bytes, trt module). Raises RuntimeError with the parser errors."""
+def fingerprint(*, batch: int = 1, **_options: Any) -> dict:
+    """The local GPU, TensorRT and CUDA versions, and on a Jetson its module, L4T release, power mode
+    and clocks (the same probes as the trtexec backend, run here)."""
+    import subprocess
+
+    from autocomp.measure.trtexec import _PROBES, fingerprint_from_probes, parse_probes
+
+    script = "; ".join(f"echo '@@autocomp-probe {k}'; {v.format(trtexec='trtexec')}" for k, v in _PROBES.items())
+    probes = parse_probes(subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=120).stdout)
+    try:
+        import tensorrt as trt  # type: ignore[import-not-found]
+
+        probes["trt"] = f"TensorRT version: {trt.__version__}"
+    except ImportError:
+        pass
+    return fingerprint_from_probes(probes, "tensorrt", batch)
+
+
+def build_engine(onnx_path: Path, precision: str, workspace_mb: int = 1024, batch: int = 1,
+                 policy: dict[str, str] | None = None) -> tuple[Any, Any]:
+    """(serialized engine bytes, trt module), typed per :func:`autocomp.measure.trtexec.build_plan`
+    (``policy``: {ONNX compute node: precision}, read from the ONNX when not given). Raises
+    RuntimeError with the parser errors."""
     trt = _import_trt()
+    policy = onnx_policy(onnx_path) if policy is None else policy
+    plan = build_plan(trt.__version__, precision, policy)
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    flags = 0
-    if hasattr(trt.NetworkDefinitionCreationFlag, "EXPLICIT_BATCH") and int(trt.__version__.split(".")[0]) < 10:
-        flags = 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
-    network = builder.create_network(flags)
+    network = builder.create_network(_network_flags(trt, plan))
     parser = trt.OnnxParser(network, logger)
     if not parser.parse(Path(onnx_path).read_bytes()):
         errs = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
@@ -53,10 +76,8 @@ def build_engine(onnx_path: Path, precision: str, workspace_mb: int = 1024, batc
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
     config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
-    if precision in ("fp16", "int8", "mixed"):
-        config.set_flag(trt.BuilderFlag.FP16)
-    if precision in ("int8", "mixed"):
-        config.set_flag(trt.BuilderFlag.INT8)  # explicit quantization: scales come from the QDQ nodes
+    if not plan.strongly_typed:
+        _weak_typing(trt, network, config, plan)
     profile = builder.create_optimization_profile()
     for i in range(network.num_inputs):
         inp = network.get_input(i)
@@ -69,10 +90,37 @@ def build_engine(onnx_path: Path, precision: str, workspace_mb: int = 1024, batc
     return blob, trt
 
 
+def _network_flags(trt: Any, plan: BuildPlan) -> int:
+    flag = trt.NetworkDefinitionCreationFlag
+    if plan.strongly_typed:
+        return 1 << int(flag.STRONGLY_TYPED)
+    return 1 << int(flag.EXPLICIT_BATCH) if hasattr(flag, "EXPLICIT_BATCH") else 0
+
+
+def _weak_typing(trt: Any, network: Any, config: Any, plan: BuildPlan) -> None:
+    """TensorRT < 10: the precision flags, and fp32/fp16 layers pinned to their precision."""
+    for f in plan.flags:
+        config.set_flag({"fp16": trt.BuilderFlag.FP16, "int8": trt.BuilderFlag.INT8}[f])  # int8: scales from Q/DQ
+    if not plan.layer_precisions:
+        return
+    obey = getattr(trt.BuilderFlag, "OBEY_PRECISION_CONSTRAINTS", None) or trt.BuilderFlag.STRICT_TYPES
+    config.set_flag(obey)
+    dtype = {"fp32": trt.float32, "fp16": trt.float16}
+    for i in range(network.num_layers):
+        layer = network.get_layer(i)
+        want = plan.layer_precisions.get(layer.name)
+        if want is None:
+            continue
+        layer.precision = dtype[want]
+        for j in range(layer.num_outputs):
+            layer.set_output_type(j, dtype[want])
+
+
 def measure(onnx_path: Path, *, device: str, precision: str, warmup: int = 50, repeats: int = 300, batch: int = 1,
             retries: int = 1, cv_threshold: float = CV_THRESHOLD, strict: bool = False, workspace_mb: int = 1024) -> Measurement:
     """Median of ``repeats`` engine executions timed with CUDA events (after ``warmup``)."""
-    blob, trt = build_engine(onnx_path, precision, workspace_mb, batch)  # raises first when TensorRT is absent
+    policy = onnx_policy(onnx_path)
+    blob, trt = build_engine(onnx_path, precision, workspace_mb, batch, policy)  # raises first when TensorRT is absent
     import torch
 
     runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
@@ -83,7 +131,8 @@ def measure(onnx_path: Path, *, device: str, precision: str, warmup: int = 50, r
         layers = parse_layer_info(inspector.get_engine_information(trt.LayerInformationFormat.JSON))
     except Exception:  # older TensorRT without the inspector
         pass
-    problems = check_engine_precision(layers, precision) if layers else ["no engine layer information"]
+    check = check_precision(layers, policy, precision)
+    problems = check.problems
     if problems and strict:
         raise RuntimeError(f"engine precision does not match {precision!r}: {'; '.join(problems)}")
     context = engine.create_execution_context()
@@ -124,7 +173,9 @@ def measure(onnx_path: Path, *, device: str, precision: str, warmup: int = 50, r
                 end.record(stream)
                 end.synchronize()
                 samples.append(start.elapsed_time(end))
-        notes = json.dumps({"clock": "cuda_event", "engine_precision": precision_counts(layers), "precision_problems": problems,
+        notes = json.dumps({"clock": "cuda_event", "typing": build_plan(trt.__version__, precision, policy).typing,
+                            "engine_precision": precision_counts(layers), "precision_problems": problems,
+                            "precision_fallbacks": check.fallbacks[:20], "layers_checked": check.checked,
                             "gpu": torch.cuda.get_device_name()})
         m = Measurement.from_samples(samples, device=device, backend="tensorrt", backend_version=trt.__version__,
                                      precision=precision, batch=batch, threads=0, warmup=warmup, notes=notes)
