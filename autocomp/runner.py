@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 import ray
 
+
 from autocomp.data import Dataset
 from autocomp.evaluate import EvalSettings, measure_onnx, score
 from autocomp.measure import Device
@@ -24,23 +25,8 @@ RESULT_COLUMNS = [
     "trial", "id", "status", "accuracy", "latency_ms", "latency_p90_ms", "latency_cv", "latency_flagged",
     "params", "onnx_bytes", "score_s", "summary", "policy", "error",
     "device", "backend", "backend_version", "precision", "batch", "threads", "warmup", "repeats", "host",
-    "predicted_latency_ms", "measure_node", "measure_pid",
+    "predicted_latency_ms", "measure_node", "measure_pid", "fingerprint_id", "fingerprint",
 ]
-
-
-def init_ray(address: str | None, device: Device, num_cpus: int | None = None) -> None:
-    """Join ``address`` ('auto', 'ray://host:port', or RAY_ADDRESS from `ray job submit`) or start a
-    local Ray whose single node holds the device. Dashboard and ports stay on loopback."""
-    if ray.is_initialized():
-        return
-    address = address or os.environ.get("RAY_ADDRESS")
-    env = {"env_vars": {"PYTHONWARNINGS": "ignore"}}
-    if address:  # the cluster's (or the submitted job's) runtime environment applies
-        ray.init(address=address, log_to_driver=False)
-    else:
-        # "local": always a private instance, never whatever cluster /tmp/ray/ray_current_cluster names
-        ray.init(address="local", num_cpus=num_cpus, resources={device.resource: 1}, include_dashboard=False,
-                 dashboard_host="127.0.0.1", runtime_env=env, log_to_driver=False)
 
 
 @ray.remote(num_cpus=1, max_retries=1)
@@ -304,7 +290,7 @@ def evaluate_trial(config: dict, space: SearchSpace, data: Dataset, settings: Ev
         "latency_ms": out["median_ms"], "latency_p90_ms": out["p90_ms"], "latency_cv": out["cv"],
         "latency_flagged": out["flagged"],
         **{k: out[k] for k in ("device", "backend", "backend_version", "batch", "threads", "warmup", "repeats", "host",
-                               "measure_node", "measure_pid")},
+                               "measure_node", "measure_pid", "fingerprint_id", "fingerprint")},
     })
 
 

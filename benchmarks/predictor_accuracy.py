@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from autocomp.measure import get_device
-from autocomp.measure.campaign import cpu_model, export_candidate, noise_floor, read_table, table_path
+from autocomp.predictor.campaign import cpu_model, export_candidate, noise_floor, read_table, table_path
 from autocomp.predictor import predictor_dir
 from autocomp.predictor.model import candidates_of, fit, split_table
 from autocomp.space import get_space

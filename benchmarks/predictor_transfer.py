@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from autocomp.measure.campaign import read_table, table_path
+from autocomp.predictor.campaign import read_table, table_path
 from autocomp.predictor import load_predictor, predictor_dir
 from autocomp.predictor.model import candidates_of, metrics
 from autocomp.predictor.transfer import METHODS, adapt

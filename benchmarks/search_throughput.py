@@ -46,7 +46,8 @@ def main() -> None:
     from autocomp.data import load_dataset
     from autocomp.evaluate import EvalSettings
     from autocomp.measure import get_device
-    from autocomp.runner import ControllerFactory, init_ray, run_tune
+    from autocomp.cluster import init_ray
+    from autocomp.runner import ControllerFactory, run_tune
     from autocomp.space import get_space, load_space
 
     tmp = Path(tempfile.mkdtemp(prefix="acbench"))

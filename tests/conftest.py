@@ -15,7 +15,7 @@ def ray_local():
     import ray
 
     from autocomp.measure import get_device
-    from autocomp.runner import init_ray
+    from autocomp.cluster import init_ray
 
     init_ray(None, get_device("cpu-ort"), num_cpus=2)
     yield ray

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from autocomp.errors import UserError
-from autocomp.measure.campaign import read_table, table_path
+from autocomp.predictor.campaign import read_table, table_path
 from autocomp.predictor import check_host, load_predictor
 from autocomp.predictor.features import analyse, group_features, network_feature_names, network_features
 from autocomp.predictor.model import META_NAME, MODEL_NAME, Predictor, candidates_of, fit, metrics
@@ -168,7 +168,7 @@ def test_shipped_predictor_loads_and_scores_fast():
 def test_check_host(monkeypatch):
     import onnxruntime
 
-    from autocomp.measure import campaign
+    from autocomp.predictor import campaign
 
     pred = Predictor("sum", SPACE, {"backend": "onnxruntime", "cpu_model": campaign.cpu_model(),
                                     "backend_version": onnxruntime.__version__, "device": "cpu-ort"},

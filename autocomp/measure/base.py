@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import importlib
 import platform
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from autocomp.errors import UserError
+from autocomp.measure import fingerprint
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,8 @@ class Measurement:
     host: str = field(default_factory=platform.node)
     flagged: bool = False  # CV stayed above the threshold after the allowed re-measurements
     notes: str = ""  # backend-specific protocol details as a JSON string (e.g. the trtexec command, engine precision check)
+    fingerprint: str = ""  # the device fingerprint that measured it (JSON; autocomp.measure.fingerprint)
+    fingerprint_id: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -64,33 +68,35 @@ class Device:
         return f"device:{self.name}"
 
     def measure(self, onnx_path: Path, precision: str = "fp32", **overrides: Any) -> Measurement:
-        backend = BACKENDS[self.backend]()
-        return backend(onnx_path, device=self.name, precision=precision, **{**self.options, **overrides})
+        options = {**self.options, **overrides}
+        m = backend(self.backend).measure(onnx_path, device=self.name, precision=precision, **options)
+        fp = self.fingerprint(**overrides)
+        return replace(m, fingerprint=fingerprint.dumps(fp), fingerprint_id=fingerprint.fingerprint_id(fp))
+
+    def fingerprint(self, **overrides: Any) -> dict[str, Any]:
+        """The fingerprint of the machine that measures for this device, probed here (on a cluster,
+        call it on the device's node)."""
+        return backend(self.backend).fingerprint(**{**self.options, **overrides})
 
 
-def _onnxruntime() -> Callable[..., Measurement]:
-    from autocomp.measure.onnxruntime import measure
-
-    return measure
-
-
-def _tensorrt() -> Callable[..., Measurement]:
-    from autocomp.measure.tensorrt import measure
-
-    return measure
-
-
-def _trtexec() -> Callable[..., Measurement]:
-    from autocomp.measure.trtexec import measure
-
-    return measure
-
-
-# backend name -> loader of its ``measure(onnx_path, *, device, precision, **options)``; loaders
-# import lazily so that a missing TensorRT only matters to the devices that need it
-BACKENDS: dict[str, Callable[[], Callable[..., Measurement]]] = {
-    "onnxruntime": _onnxruntime, "tensorrt": _tensorrt, "trtexec": _trtexec,
+# backend name -> module providing ``measure(onnx_path, *, device, precision, **options) -> Measurement``
+# and ``fingerprint(**options) -> dict``; imported lazily, so a missing TensorRT only matters to the
+# devices that need it. ``register_backend`` adds one from outside autocomp.
+BACKENDS: dict[str, str] = {
+    "onnxruntime": "autocomp.measure.onnxruntime", "tensorrt": "autocomp.measure.tensorrt",
+    "trtexec": "autocomp.measure.trtexec",
 }
+
+
+def register_backend(name: str, module: str) -> None:
+    """Register a backend module (``pkg.module`` with ``measure`` and ``fingerprint``) by name."""
+    BACKENDS[name] = module
+
+
+def backend(name: str) -> Any:
+    if name not in BACKENDS:
+        raise UserError("backend", f"unknown backend {name!r}", f"one of {sorted(BACKENDS)}")
+    return importlib.import_module(BACKENDS[name])
 
 DEVICES: dict[str, Device] = {}
 

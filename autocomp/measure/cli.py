@@ -32,16 +32,16 @@ def measure(
     if ctx.invoked_subcommand is not None:
         return
     from autocomp.measure.base import get_device
-    from autocomp.measure.campaign import campaign_candidates, noise_floor, run_campaign, table_path
+    from autocomp.predictor.campaign import campaign_candidates, noise_floor, run_campaign, table_path
     from autocomp.space import get_space
 
     dev = get_device(device)
     sp = get_space(space).restrict_precisions(list(dev.precisions))
-    path = table_path(dev.name, out)
-    console.print(f"[bold]autocomp measure[/] {n} candidates of {sp.name} (seed {seed}) on {dev.name} -> {path}")
+    console.print(f"[bold]autocomp measure[/] {n} candidates of {sp.name} (seed {seed}) on {dev.name}")
     overrides = {k: v for k, v in (("repeats", repeats), ("retries", retries)) if v is not None}
     df = run_campaign(sp, dev, n, out, seed, progress=progress, address=address, overrides=overrides)
     ok = df[df["id"].notna()]
+    path = table_path(dev.name, str(ok["fingerprint_id"].iloc[-1]), out) if len(ok) else None
     console.print(f"{len(ok)} measurements in {path} ({int(ok['flagged'].sum())} flagged, "
                   f"median {ok['median_ms'].median():.3f} ms, range {ok['median_ms'].min():.3f}–{ok['median_ms'].max():.3f} ms)")
     if noise:

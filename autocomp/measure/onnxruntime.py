@@ -21,15 +21,32 @@ from typing import Callable
 import numpy as np
 import onnxruntime as ort
 
+from autocomp.measure import fingerprint as fingerprint_mod
 from autocomp.measure.base import Measurement
 
 CV_THRESHOLD = 0.15
 # ONNX Runtime's QDQ fusion turns DQ -> Conv -> Q (an int8 conv feeding an int8 conv directly, e.g. the
 # two halves of a low-rank pair) into an integer QLinearConv whose u8s8 kernels saturate their int16
 # intermediate sums on x86 CPUs without VNNI: with full-range int8 weights the outputs moved by up
-# to 3.2 logits and top-1 changed on ~3 % of MNIST test images (measured). Disabled, every int8 layer
-# runs as DequantizeLinear + float op: exactly the QDQ semantics TensorRT and PyTorch fake-quant use.
-DISABLED_OPTIMIZERS = ["QDQSelectorActionTransformer"]
+# to 3.2 logits and top-1 changed on ~3 % of MNIST test images (measured on an AVX2 host). There it
+# is disabled, and every int8 layer runs as DequantizeLinear + float op: exactly the QDQ semantics
+# TensorRT and PyTorch fake-quant use. Hosts with VNNI / AMX (or ARM's dot product) accumulate in
+# int32 without that saturation and keep the fusion: their integer kernels are the fast path.
+QDQ_FUSION = "QDQSelectorActionTransformer"
+
+
+def qdq_fusion() -> bool:
+    """Whether autocomp's sessions keep ONNX Runtime's QDQ integer fusion on this host (see above)."""
+    return fingerprint_mod.has_int8_dot(fingerprint_mod.cpu_flags())
+
+
+def disabled_optimizers() -> list[str]:
+    return [] if qdq_fusion() else [QDQ_FUSION]
+
+
+def fingerprint(threads: int = 1, batch: int = 1, **_options) -> dict:
+    """This host as ONNX Runtime sees it (:mod:`autocomp.measure.fingerprint`)."""
+    return fingerprint_mod.cpu("onnxruntime", ort.__version__, threads, batch, qdq_fusion=qdq_fusion())
 
 
 def session(onnx_path: Path, threads: int = 1) -> ort.InferenceSession:
@@ -39,7 +56,7 @@ def session(onnx_path: Path, threads: int = 1) -> ort.InferenceSession:
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.log_severity_level = 3
-    return ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"], disabled_optimizers=DISABLED_OPTIMIZERS)
+    return ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"], disabled_optimizers=disabled_optimizers())
 
 
 def _input_shape(sess: ort.InferenceSession, batch: int) -> list[int]:

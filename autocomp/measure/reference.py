@@ -36,7 +36,7 @@ FAST_TOLERANCE = 1.12  # a block counts as normal-phase when its reference media
 
 
 def _cache() -> Path:
-    from autocomp.data import cache_dir
+    from autocomp.resources import cache_dir
 
     d = cache_dir() / "reference"
     d.mkdir(parents=True, exist_ok=True)
@@ -93,9 +93,9 @@ def model_path() -> Path:
 def _key(threads: int, batch: int, clock: str) -> str:
     import onnxruntime as ort
 
-    from autocomp.measure.campaign import cpu_model
+    from autocomp.measure.fingerprint import cpu_flags, cpu_model
 
-    ident = json.dumps([VERSION, platform.node(), cpu_model(), ort.__version__, threads, batch, clock])
+    ident = json.dumps([VERSION, platform.node(), cpu_model(), cpu_flags(), ort.__version__, threads, batch, clock])
     return hashlib.sha1(ident.encode()).hexdigest()[:12]
 
 

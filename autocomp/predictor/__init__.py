@@ -1,63 +1,78 @@
 """Latency predictors trained on real device measurements (code only; artifacts live in predictors/).
 
+A predictor is an artifact of one device fingerprint (:mod:`autocomp.measure.fingerprint`): it lives
+in ``<root>/<device>/<fingerprint id>/`` beside the table it was fit on, where ``<root>`` is the
+shipped ``predictors/`` or the user's cache (``$AUTOCOMP_CACHE/predictors``: calibrations).
+
 Public API (used by the search)::
 
-    from autocomp.predictor import load_predictor, check_host
-    pred = load_predictor("cpu-ort")          # Predictor | None (None: no predictor for that device)
-    ms = pred.predict(candidates)             # numpy array of milliseconds, batched, no export
-    pred.meta                                 # host, cpu_model, backend, backend_version, n_train, ...
-    warning = check_host(pred)                # str | None: this machine differs from the measured one
+    from autocomp.predictor import find_predictor, load_predictor
+    pred = find_predictor("cpu-ort", fingerprint)   # Predictor | None: this fingerprint's, exactly
+    ms = pred.predict(candidates)                   # numpy array of milliseconds, batched, no export
+    pred.fingerprint                                # the fingerprint it was measured on
 
 Modules: ``features`` (analytic, fusion-aware features), ``model`` (fit / select / save / load),
-``transfer`` (adapt a predictor to a new device from a few measurements), ``cli``.
+``campaign`` (measurement tables), ``transfer`` (adapt a predictor to a new fingerprint from a few
+measurements), ``calibrate`` (the latency model of a search: match, calibrate, adapt online), ``cli``.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from autocomp.measure.fingerprint import fingerprint_id, similarity
 from autocomp.predictor.model import META_NAME, Predictor, fit, metrics
+from autocomp.resources import predictors_dir, user_predictors_dir
 
-__all__ = ["Predictor", "check_host", "fit", "load_predictor", "metrics", "predictor_dir"]
-
-
-def predictor_dir(device_name: str, root: Path | str | None = None) -> Path:
-    from autocomp.measure.campaign import predictors_dir
-
-    return (Path(root) if root is not None else predictors_dir()) / device_name
+__all__ = ["Predictor", "find_predictor", "fit", "load_predictor", "metrics", "predictor_dir", "predictor_dirs"]
 
 
-def load_predictor(device_name: str, root: Path | str | None = None) -> Predictor | None:
-    """The predictor of ``device_name`` (``predictors/<device>/predictor.json``), or None when that
-    device has none. A corrupt or incompatible artifact raises UserError (one line, exit 2)."""
-    d = predictor_dir(device_name, root)
-    if not (d / META_NAME).exists():
-        return None
-    return Predictor.load(d)
+def predictor_dir(device_name: str, fp_id: str, root: Path | str | None = None) -> Path:
+    return (Path(root) if root is not None else predictors_dir()) / device_name / fp_id
 
 
-def check_host(predictor: Predictor) -> str | None:
-    """A warning when this machine is not the one the predictor's table was measured on (CPU model
-    or ONNX Runtime version differ) for local backends; None when they match or the device is remote."""
-    meta = predictor.meta or {}
-    if meta.get("backend") != "onnxruntime":
-        return None
-    from autocomp.measure.campaign import cpu_model
+def predictor_dirs(device_name: str, roots: list[Path] | None = None) -> list[Path]:
+    """Every fingerprint folder of ``device_name`` holding a predictor, the user's cache first."""
+    roots = roots if roots is not None else [user_predictors_dir(), predictors_dir()]
+    return [d for r in roots for d in sorted((Path(r) / device_name).glob("*")) if (d / META_NAME).exists()]
 
-    diffs = []
-    here_cpu = cpu_model()
-    if meta.get("cpu_model") and meta["cpu_model"] != here_cpu:
-        diffs.append(f"CPU {here_cpu!r} (measured on {meta['cpu_model']!r})")
-    try:
-        import onnxruntime
 
-        here_ort = onnxruntime.__version__
-    except ImportError:
-        here_ort = None
-    if meta.get("backend_version") and here_ort and meta["backend_version"] != here_ort:
-        diffs.append(f"ONNX Runtime {here_ort} (measured with {meta['backend_version']})")
-    if not diffs:
-        return None
-    dev = meta.get("device", "the device")
-    return (f"latency predictor for {dev} was measured on another machine: this one has {', '.join(diffs)}; "
-            f"predictions may be off — run with --calibrate (a short measurement campaign) to adapt it")
+def load_predictor(device_name: str, fp_id: str | None = None, root: Path | str | None = None) -> Predictor | None:
+    """The predictor of ``device_name`` for fingerprint ``fp_id`` under ``root`` (default: shipped);
+    with no ``fp_id``, the only one there is. None when there is none. A corrupt or incompatible
+    artifact raises UserError (one line, exit 2)."""
+    if fp_id is not None:
+        d = predictor_dir(device_name, fp_id, root)
+        return Predictor.load(d) if (d / META_NAME).exists() else None
+    dirs = predictor_dirs(device_name, [Path(root) if root is not None else predictors_dir()])
+    if len(dirs) > 1:
+        from autocomp.errors import UserError
+
+        raise UserError("--fingerprint", f"{device_name!r} has predictors for {len(dirs)} fingerprints "
+                        f"({', '.join(d.name for d in dirs)})", "the fingerprint id to use")
+    return Predictor.load(dirs[0]) if dirs else None
+
+
+def find_predictor(device_name: str, fingerprint: dict, roots: list[Path] | None = None) -> Predictor | None:
+    """The predictor measured on exactly this fingerprint (the user's cache first, then shipped), or None."""
+    fid = fingerprint_id(fingerprint)
+    for d in predictor_dirs(device_name, roots):
+        if d.name == fid:
+            return Predictor.load(d)
+    return None
+
+
+def nearest_predictor(device_name: str, fingerprint: dict, devices: list[str] | None = None,
+                      roots: list[Path] | None = None) -> Predictor | None:
+    """The shipped or cached predictor whose fingerprint is closest to ``fingerprint`` (the source of
+    a calibration), among ``device_name``'s and then those of ``devices``; None when there is none."""
+    best, best_score = None, 0.0
+    for name in [device_name, *(devices or [])]:
+        for d in predictor_dirs(name, roots):
+            pred = Predictor.load(d)
+            score = similarity(pred.fingerprint, fingerprint) + (0.25 if name == device_name else 0.0)
+            if score > best_score:
+                best, best_score = pred, score
+        if best is not None:
+            break
+    return best

@@ -15,14 +15,26 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 console = Console()
 
 
-def _table(device: str, root: Optional[Path]):
+def _table(device: str, root: Optional[Path], fp_id: Optional[str]):
+    """The measurement table of ``device`` for fingerprint ``fp_id``; by default the only one, else
+    the one of this machine's fingerprint."""
     from autocomp.errors import UserError
-    from autocomp.measure.campaign import read_table, table_path
+    from autocomp.measure import get_device
+    from autocomp.measure.fingerprint import fingerprint_id
+    from autocomp.predictor.campaign import read_table, table_path, tables
 
-    path = table_path(device, root)
+    found = tables(device, root)
+    if fp_id is None:
+        fp_id = found[0].parent.name if len(found) == 1 else fingerprint_id(get_device(device).fingerprint())
+    path = table_path(device, fp_id, root)
     if not path.exists():
-        raise UserError("--device", f"no measurements for {device!r} at {path}", f"a table from `autocomp measure --device {device}`")
+        have = ", ".join(p.parent.name for p in found) or "none"
+        raise UserError("--fingerprint", f"no measurements for {device!r} at {path} (fingerprints measured: {have})",
+                        f"a table from `autocomp measure --device {device}` or one of the measured fingerprints")
     return read_table(path), path
+
+
+FINGERPRINT_HELP = "Device fingerprint id (a folder under predictors/<device>/); default: the only one, else this machine's."
 
 
 @app.command()
@@ -31,15 +43,16 @@ def train(
     root: Optional[Path] = typer.Option(None, help="Predictors folder (default: predictors/)."),
     max_train: int = typer.Option(300, min=10, help="At most this many training measurements."),
     kind: Optional[str] = typer.Option(None, help="Force a model kind (sum, whole, sum+gbm); default: chosen by cross-validation."),
+    fingerprint: Optional[str] = typer.Option(None, help=FINGERPRINT_HELP),
 ) -> None:
     """Fit a predictor on predictors/<device>/measurements.parquet and save it next to the table."""
     from autocomp.predictor import predictor_dir
     from autocomp.predictor.model import KINDS, fit
 
-    df, path = _table(device, root)
+    df, path = _table(device, root, fingerprint)
     kinds = KINDS if kind is None else (kind,)
     pred, report = fit(df, kinds=kinds, max_train=max_train)
-    out = pred.save(predictor_dir(device, root))
+    out = pred.save(predictor_dir(device, path.parent.name, root))
     sel = report.get("selection", {})
     for k, m in sel.items():
         console.print(f"  cv {k:12s} rmspe {m['rmspe']:.3f}  within10 {m['within_10pct']:.2f}  spearman {m['spearman']:.3f}")
@@ -55,16 +68,17 @@ def evaluate(
     root: Optional[Path] = typer.Option(None, help="Predictors folder (default: predictors/)."),
     noise: int = typer.Option(0, min=0, help="Also re-measure one held-out model this many times here (noise floor)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    fingerprint: Optional[str] = typer.Option(None, help=FINGERPRINT_HELP),
 ) -> None:
     """Held-out accuracy of a device's predictor (RMSPE, ±5/±10%, Spearman, Kendall) and the noise floor."""
     from autocomp.errors import UserError
     from autocomp.predictor import load_predictor
     from autocomp.predictor.model import candidates_of, metrics, split_table
 
-    pred = load_predictor(device, root)
+    df, path = _table(device, root, fingerprint)
+    pred = load_predictor(device, path.parent.name, root)
     if pred is None:
-        raise UserError("--device", f"no predictor for {device!r}", f"one trained with `autocomp predictor train --device {device}`")
-    df, _ = _table(device, root)
+        raise UserError("--device", f"no predictor for {device!r} ({path.parent.name})", f"one trained with `autocomp predictor train --device {device}`")
     _, test = split_table(df, pred.meta.get("n_train", 300))
     if not len(test):
         raise UserError("measurements", "no held-out rows in the table", "a table with more measurements")
@@ -74,7 +88,7 @@ def evaluate(
                within_run_cv_median=float(test["cv"].median()), flagged_share=float(test["flagged"].mean()))
     if noise:
         from autocomp.measure.base import get_device
-        from autocomp.measure.campaign import noise_floor
+        from autocomp.predictor.campaign import noise_floor
 
         c = candidates_of(test.sort_values("median_ms").iloc[[len(test) // 2]])[0]
         nf = noise_floor(c, pred.space, get_device(device), noise)

@@ -33,10 +33,20 @@ import numpy as np
 from autocomp.space import PRECISION_CODES, PRECISIONS, Candidate, SearchSpace
 
 KINDS = ("full", "pw", "dw", "fc")  # dense kxk conv (stem), pointwise 1x1, depthwise kxk, Gemm
-# ONNX Runtime's CPU provider rewrites float convs into a blocked channel layout (NCHWc, 8 channels a
-# block with AVX2) only when their channel counts are multiples of the block: a pruned or low-rank conv
-# with, say, 54 channels stays in plain NCHW, runs slower per MAC and adds layout reorders around it.
+# ONNX Runtime's CPU provider rewrites float convs into a blocked channel layout (NCHWc) only when
+# their channel counts are multiples of the block: a pruned or low-rank conv with, say, 54 channels
+# stays in plain NCHW, runs slower per MAC and adds layout reorders around it. The block is the SIMD
+# width in floats: 8 with AVX2, 16 with AVX-512 (``nchwc_block`` of a fingerprint); features are
+# computed for the host whose latency they describe.
 NCHWC_BLOCK = 8
+
+
+def nchwc_block(fingerprint: dict | None) -> int:
+    """The NCHWc block of the host a fingerprint describes (8 when its ISA is unknown)."""
+    from autocomp.measure.fingerprint import vector_width
+
+    isa = (fingerprint or {}).get("isa")
+    return NCHWC_BLOCK if isa is None else max(vector_width(isa) // 32, 4)
 DW_KERNELS = (3, 5, 7)
 SLOT_FIELDS = ("active", "kernel", "expand", "keep", "rank", "prec")
 
@@ -122,14 +132,14 @@ def _onehot(prec: np.ndarray) -> np.ndarray:
     return (prec[..., None] == np.arange(3)).astype(float)
 
 
-def _unblocked(c_in: np.ndarray, c_out: np.ndarray) -> np.ndarray:
+def _unblocked(c_in: np.ndarray, c_out: np.ndarray, block: int) -> np.ndarray:
     """1.0 where a float conv c_in -> c_out cannot use ONNX Runtime's blocked (NCHWc) kernels."""
-    return 1.0 - _blocked(c_in) * _blocked(c_out)
+    return 1.0 - _blocked(c_in, block) * _blocked(c_out, block)
 
 
-def _blocked(c: np.ndarray) -> np.ndarray:
-    """1.0 where the (integral) channel count ``c`` is a multiple of NCHWC_BLOCK (no float modulo: it is slow)."""
-    q = c * (1.0 / NCHWC_BLOCK)
+def _blocked(c: np.ndarray, block: int) -> np.ndarray:
+    """1.0 where the (integral) channel count ``c`` is a multiple of ``block`` (no float modulo: it is slow)."""
+    q = c * (1.0 / block)
     return (q == np.floor(q)).astype(float)
 
 
@@ -174,7 +184,7 @@ class _Geometry:
         return g
 
 
-def _slot_terms(cin, cout, k, e, keep, rank, prec, active, geo: _Geometry) -> np.ndarray:
+def _slot_terms(cin, cout, k, e, keep, rank, prec, active, geo: _Geometry, block: int) -> np.ndarray:
     """(N, B, Q): what each block slot adds to the flat accumulator (:func:`_layout`), from its genes
     and input/output widths (N, B). Everything a slot contributes depends on these alone, which is
     what makes the per-slot lookup table of :class:`_SlotTable` exact."""
@@ -205,7 +215,7 @@ def _slot_terms(cin, cout, k, e, keep, rank, prec, active, geo: _Geometry) -> np
         for level in range(geo.n_levels):
             put("level_macs", weights * area_out * (lv == level)[None, :], level)
         # float convs whose channel counts do not fit the blocked layout (int8 layers run NCHW anyway)
-        plain, first, second = _unblocked(c_in, c_out), _unblocked(c_in, r), _unblocked(r, c_out)
+        plain, first, second = _unblocked(c_in, c_out, block), _unblocked(c_in, r, block), _unblocked(r, c_out, block)
         put("nchw_macs", flt * mf * area_out * np.where(fact, first * c_in * r + second * r * c_out, plain * c_in * c_out), 0)
         put("nchw_groups", flt * mf * np.where(fact, first + second, plain))
         put("nchw_traffic", flt * mf * np.where(fact, first * (c_in * area_in + r * area_out) + second * (r * area_in + c_out * area_out),
@@ -227,7 +237,7 @@ def _slot_terms(cin, cout, k, e, keep, rank, prec, active, geo: _Geometry) -> np
     for j, kk in enumerate(DW_KERNELS):
         put("dw_macs_k", dw_macs * flt * (k == kk), j)
         put("dw_macs_k", dw_macs * (1 - flt) * (k == kk), len(DW_KERNELS) + j)
-    dw_plain = flt * af * (1.0 - _blocked(hid))
+    dw_plain = flt * af * (1.0 - _blocked(hid, block))
     put("nchw_macs", dw_plain * dw_macs, 1)
     put("nchw_groups", dw_plain)
     put("nchw_traffic", dw_plain * hid * (in_hw + out_hw))
@@ -251,7 +261,7 @@ class _SlotTable:
     DIMS = ("cin", "cout", "kernel", "expand", "keep", "rank", "prec")
     SCALE = (1, 1, 1, 1, 1000, 1000, 1)
 
-    def __init__(self, space: SearchSpace, geo: _Geometry):
+    def __init__(self, space: SearchSpace, geo: _Geometry, block: int):
         st_idx, pos = _slots(space)
         c = space.compression
         per_slot = []
@@ -299,7 +309,7 @@ class _SlotTable:
                 g = {self.DIMS[d]: v.reshape(-1, 1) for d, v in zip(dims, grid)}
                 g.setdefault("cin", g["cout"])
                 terms = _slot_terms(g["cin"], g["cout"], g["kernel"], g["expand"], g["keep"], g["rank"], g["prec"],
-                                    np.ones_like(g["cout"]), geo.take(i))[:, 0]
+                                    np.ones_like(g["cout"]), geo.take(i), block)[:, 0]
                 parts += [np.zeros((1, terms.shape[1])), terms]
             self.table = np.concatenate(parts)
 
@@ -319,22 +329,22 @@ class _SlotTable:
         return np.where(active, self.offsets[None, :] + 1 + idx, self.offsets[None, :])
 
 
-_CACHE: dict[int, tuple[SearchSpace, _Geometry, _SlotTable]] = {}
+_CACHE: dict[tuple[int, int], tuple[SearchSpace, _Geometry, _SlotTable]] = {}
 
 
-def _prepared(space: SearchSpace) -> tuple[_Geometry, _SlotTable]:
-    """Geometry and slot table of ``space``, built once per space object."""
-    hit = _CACHE.get(id(space))
+def _prepared(space: SearchSpace, block: int) -> tuple[_Geometry, _SlotTable]:
+    """Geometry and slot table of ``space`` for NCHWc ``block``, built once per space object and block."""
+    hit = _CACHE.get((id(space), block))
     if hit is None or hit[0] is not space:
         geo = _Geometry(space)
-        hit = _CACHE[id(space)] = (space, geo, _SlotTable(space, geo))
+        hit = _CACHE[(id(space), block)] = (space, geo, _SlotTable(space, geo, block))
         while len(_CACHE) > 16:
             _CACHE.pop(next(iter(_CACHE)))
     return hit[1], hit[2]
 
 
 def analyse(candidates: Sequence[Candidate] | None, space: SearchSpace, arrays: dict[str, np.ndarray] | None = None,
-            direct: bool = False) -> _Acc:
+            direct: bool = False, block: int = NCHWC_BLOCK) -> _Acc:
     """The fused-layer-group analysis of every candidate, vectorised over candidates.
 
     Block slots are read from a per-slot lookup table of :func:`_slot_terms` (one sparse product for
@@ -343,7 +353,7 @@ def analyse(candidates: Sequence[Candidate] | None, space: SearchSpace, arrays: 
     a = arrays if arrays is not None else block_arrays(candidates, space)
     n = len(a["stem_width"])
     st_idx, pos = _slots(space)
-    geo, slots = _prepared(space)
+    geo, slots = _prepared(space, block)
     stem_w = a["stem_width"]
     widths = np.concatenate([stem_w[:, None], a["width"]], axis=1)  # column s+1: stage s, column 0: the stem
     cout = widths[:, st_idx + 1]
@@ -354,7 +364,7 @@ def analyse(candidates: Sequence[Candidate] | None, space: SearchSpace, arrays: 
     if not direct and slots.table is not None:
         rows = slots.rows_of([cin, cout, *(a[g] for g in ("kernel", "expand", "keep", "rank")), prec], active)
     if rows is None:
-        values = _slot_terms(cin, cout, a["kernel"], a["expand"], a["keep"], a["rank"], prec, a["active"], geo).sum(1)
+        values = _slot_terms(cin, cout, a["kernel"], a["expand"], a["keep"], a["rank"], prec, a["active"], geo, block).sum(1)
     elif n <= 64:  # a few candidates: gathering the rows is cheaper than building the sparse selector
         values = slots.table[rows].sum(1)
     else:
@@ -408,9 +418,10 @@ def group_feature_names() -> list[str]:
             + [f"dw_macs_{q}_k{k}" for q in ("float", "int8") for k in DW_KERNELS] + ["const"])
 
 
-def group_features(candidates: Sequence[Candidate], space: SearchSpace, acc: _Acc | None = None) -> np.ndarray:
+def group_features(candidates: Sequence[Candidate], space: SearchSpace, acc: _Acc | None = None,
+                   block: int = NCHWC_BLOCK) -> np.ndarray:
     """(N, F) additive per-group sums (MACs in millions, traffic in 1e5 elements), see module docs."""
-    acc = acc or analyse(candidates, space)
+    acc = acc or analyse(candidates, space, block=block)
     n = acc.macs.shape[0]
     cols = [acc.macs.reshape(n, -1) / 1e6, acc.traffic.reshape(n, -1) / 1e5, acc.count.reshape(n, -1),
             (acc.cast_elems / 1e5)[:, None], acc.casts[:, None], (acc.qdq_elems / 1e5)[:, None],
@@ -430,11 +441,12 @@ def network_feature_names(space: SearchSpace) -> list[str]:
             + [f"stage{s}_{f}" for s in range(len(space.stages)) for f in ("depth", "width")] + slots)
 
 
-def network_features(candidates: Sequence[Candidate] | None, space: SearchSpace, arrays: dict[str, np.ndarray] | None = None) -> np.ndarray:
+def network_features(candidates: Sequence[Candidate] | None, space: SearchSpace, arrays: dict[str, np.ndarray] | None = None,
+                     block: int = NCHWC_BLOCK) -> np.ndarray:
     """(N, F) whole-network features: group sums, per-resolution MACs, per-precision params,
     totals, QDQ pairs, precision shares and the raw encoding (column names: network_feature_names)."""
     a = arrays if arrays is not None else block_arrays(candidates, space)
-    acc = analyse(candidates, space, a)
+    acc = analyse(candidates, space, a, block=block)
     g = group_features(candidates, space, acc)[:, :-1]
     n = g.shape[0]
     macs_total = acc.macs.sum((1, 2))

@@ -35,6 +35,7 @@ from autocomp.predictor.features import (
     block_arrays,
     group_feature_names,
     group_features,
+    nchwc_block,
     network_feature_names,
     network_features,
 )
@@ -132,14 +133,28 @@ class Predictor:
         self.coef, self.booster = coef, booster
         self.calibration = calibration  # {"a", "b"}: ms' = exp(a + b * log(ms)), from a few new-device measurements
 
+    @property
+    def fingerprint(self) -> dict[str, Any]:
+        """The device fingerprint of the measurements it was fit (or calibrated) on; {} if unknown."""
+        return dict(self.meta.get("fingerprint") or {})
+
+    @property
+    def fingerprint_id(self) -> str | None:
+        return self.meta.get("fingerprint_id")
+
+    @property
+    def block(self) -> int:
+        """The NCHWc block of its fingerprint's host: features describe the kernels of that host."""
+        return nchwc_block(self.meta.get("fingerprint"))
+
     # ----------------------------------------------------------------- predict
 
     def _raw(self, candidates: Sequence[Candidate] | None, arrays: dict[str, np.ndarray] | None = None) -> np.ndarray:
         if arrays is None:
             arrays = block_arrays(candidates, self.space)
         if self.kind == "sum":
-            return np.maximum(group_features(None, self.space, analyse(None, self.space, arrays)) @ self.coef, 1e-4)
-        x = network_features(None, self.space, arrays)
+            return np.maximum(group_features(None, self.space, analyse(None, self.space, arrays, block=self.block)) @ self.coef, 1e-4)
+        x = network_features(None, self.space, arrays, block=self.block)
         log_gbm = self.booster.predict(x, num_threads=1)
         if self.kind == "whole":
             return np.exp(log_gbm)
@@ -302,14 +317,20 @@ def select(g: np.ndarray, x: np.ndarray, y: np.ndarray, kinds: Sequence[str] = K
 
 
 def host_info(table: pd.DataFrame) -> dict[str, Any]:
-    """Where the table was measured: host, CPU model, backend and version (most common values)."""
+    """Where the table was measured: its device fingerprint, host, CPU model, backend and version
+    (most common values). A table mixing fingerprints is refused."""
     def mode(col: str) -> Any:
-        return table[col].mode().iloc[0] if col in table and len(table) else None
+        return table[col].mode().iloc[0] if col in table and len(table) and table[col].notna().any() else None
 
+    if "fingerprint_id" in table and table["fingerprint_id"].nunique() > 1:
+        raise UserError("measurements", f"the table mixes {table['fingerprint_id'].nunique()} device fingerprints",
+                        "one table per fingerprint (predictors/<device>/<fingerprint id>/)")
+    fp = mode("fingerprint")
     return {"host": mode("host"), "cpu_model": mode("cpu_model"), "backend": mode("backend"),
             "backend_version": mode("backend_version"), "device": mode("device"),
             "threads": int(mode("threads")) if mode("threads") is not None else None,
-            "batch": int(mode("batch")) if mode("batch") is not None else None}
+            "batch": int(mode("batch")) if mode("batch") is not None else None,
+            "fingerprint": json.loads(fp) if fp else None, "fingerprint_id": mode("fingerprint_id")}
 
 
 def fit(table: pd.DataFrame, space: SearchSpace | None = None, kinds: Sequence[str] = KINDS, max_train: int = MAX_TRAIN,
@@ -325,7 +346,8 @@ def fit(table: pd.DataFrame, space: SearchSpace | None = None, kinds: Sequence[s
     space = space or get_space(str(train["space"].iloc[0]))
     cands = candidates_of(train)
     y = train["median_ms"].to_numpy(float)
-    g, x = group_features(cands, space), network_features(cands, space)
+    block = nchwc_block(host_info(table)["fingerprint"])
+    g, x = group_features(cands, space, block=block), network_features(cands, space, block=block)
     lr = None
     grid = GBM_GRID if rounds is None else ((rounds, None),)
     if len(kinds) > 1:

@@ -12,7 +12,6 @@ MACs, memory traffic and per-group overheads differently (strength chosen by lea
 
 from __future__ import annotations
 
-import copy
 from typing import Sequence
 
 import numpy as np
@@ -24,22 +23,25 @@ METHODS = ("scale", "loglinear", "refit", "ridge")
 
 
 def adapt(source: Predictor, candidates: Sequence[Candidate], latency_ms: Sequence[float], method: str = "loglinear",
-          device: str | None = None) -> Predictor:
-    """A copy of ``source`` calibrated on (candidates, measured ms) of the new device."""
+          device: str | None = None, fingerprint: dict | None = None) -> Predictor:
+    """A copy of ``source`` calibrated on (candidates, measured ms) of the new device, whose
+    ``fingerprint`` (default: the source's) decides the host-dependent features (NCHWc block)."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
     y = np.log(np.asarray(latency_ms, float))
-    base = source.calibration
-    src = copy.copy(source)
-    src.calibration = None
+    meta = {**source.meta, **({"fingerprint": fingerprint} if fingerprint is not None else {})}
+    if fingerprint is not None:
+        from autocomp.measure.fingerprint import fingerprint_id
+
+        meta["fingerprint_id"] = fingerprint_id(fingerprint)
+    src = Predictor(source.kind, source.space, meta, source.coef, source.booster, None)  # the source's model, the target's features
     p = np.log(src.predict(candidates))
-    src.calibration = base
     if method == "scale" or len(y) < 3:
         a, b = float(np.mean(y - p)), 1.0
     else:
         b, a = np.polyfit(p, y, 1)
         a, b = float(a), float(b)
-    out = Predictor(source.kind, source.space, {**source.meta}, source.coef, source.booster, {"a": a, "b": b})
+    out = Predictor(source.kind, source.space, meta, source.coef, source.booster, {"a": a, "b": b})
     if method == "refit" and source.booster is not None:
         import lightgbm as lgb
 
@@ -47,18 +49,17 @@ def adapt(source: Predictor, candidates: Sequence[Candidate], latency_ms: Sequen
 
         # continue boosting the source model (its predictions are the starting score) on the new
         # device's log latency (minus the analytic sum for sum+gbm); no calibration on top
-        x = network_features(candidates, source.space)
+        x = network_features(candidates, source.space, block=out.block)
         target = y
         if source.kind == "sum+gbm":
-            target = y - np.log(np.maximum(group_features(candidates, source.space) @ source.coef, 1e-4))
+            target = y - np.log(np.maximum(group_features(candidates, source.space, block=out.block) @ source.coef, 1e-4))
         params = {"objective": "regression", "learning_rate": 0.1, "num_leaves": 4, "min_data_in_leaf": 3,
                   "verbose": -1, "seed": 0, "deterministic": True, "num_threads": 1}
         ds = lgb.Dataset(x, target, free_raw_data=False, params={"verbose": -1})
         out.booster = lgb.train(params, ds, num_boost_round=30, init_model=source.booster)
         out.calibration = None
-    if method == "ridge" and source.kind == "sum" and len(y) >= 3:
-        out.coef = _ridge_toward(source, candidates, np.exp(y), float(np.exp(a)))
-        out.calibration = None
+    if method == "ridge" and len(y) >= 3:
+        out = _ridge_adapt(out, src, candidates, np.exp(y), float(np.exp(a)))
     out.meta.update(adapted_from=source.meta.get("device"), adapted_to=device, adapt_method=method, n_adapt=int(len(y)))
     return out
 
@@ -71,11 +72,19 @@ def _ridge_solve(g: np.ndarray, y: np.ndarray, prior: np.ndarray, lam: float) ->
     return np.maximum(coef, 0.0)
 
 
-def _ridge_toward(source: Predictor, candidates: Sequence[Candidate], y: np.ndarray, scale: float) -> np.ndarray:
-    from autocomp.predictor.features import group_features
+def _ridge_adapt(out: Predictor, src: Predictor, candidates: Sequence[Candidate], y: np.ndarray, scale: float) -> Predictor:
+    """Refit the per-layer-group costs of a ``sum`` / ``sum+gbm`` source on the new measurements, each
+    pulled toward the source's cost times the log-linear ``scale`` (strength chosen by leave-one-out
+    relative error); the LightGBM correction of ``sum+gbm`` stays as a per-candidate factor. A
+    ``whole`` source keeps the log-linear calibration."""
+    if src.coef is None:
+        return out
+    from autocomp.predictor.features import group_features, network_features
 
-    g = group_features(candidates, source.space)
-    prior = source.coef * scale
+    g = group_features(candidates, src.space, block=src.block)
+    if src.kind == "sum+gbm":
+        g = g * np.exp(src.booster.predict(network_features(candidates, src.space, block=src.block), num_threads=1))[:, None]
+    prior = src.coef * scale
     best, best_err = prior, np.inf
     for lam in (0.3, 1.0, 3.0, 10.0, 30.0, 100.0):
         err = 0.0
@@ -85,33 +94,5 @@ def _ridge_toward(source: Predictor, candidates: Sequence[Candidate], y: np.ndar
             err += ((g[i] @ c) / y[i] - 1) ** 2
         if err < best_err:
             best, best_err = _ridge_solve(g, y, prior, lam), err
-    return best
-
-
-def calibrate(device: str, n: int = 20, seed: int = 1000, root=None, method: str = "loglinear", progress: bool = True,
-              source: str | None = None) -> Predictor:
-    """``--calibrate``: measure ``n`` candidates of a short seeded campaign on ``device`` here, adapt the
-    shipped predictor of ``source`` (default: ``device``) to them and save the result under ``root``
-    (default: ``~/.cache/autocomp/predictors``) as ``<root>/<device>/``; load it back with
-    ``load_predictor(device, root)``. The shipped table is never touched."""
-    from pathlib import Path
-
-    from autocomp.errors import UserError
-    from autocomp.measure.campaign import read_table, run_campaign, table_path
-    from autocomp.predictor import load_predictor, predictor_dir
-
-    src = load_predictor(source or device)
-    if src is None:
-        raise UserError("--device", f"no predictor for {source or device!r} to calibrate", "a device with a shipped predictor")
-    root = Path(root) if root is not None else Path.home() / ".cache" / "autocomp" / "predictors"
-    run_campaign(src.space, device, n, root, seed, progress=progress)
-    df = read_table(table_path(device, root))
-    df = df[df["seed"] == seed].sort_values("index").head(n)
-    from autocomp.predictor.model import candidates_of
-
-    out = adapt(src, candidates_of(df), df["median_ms"].to_numpy(float), method, device=device)
-    from autocomp.predictor.model import host_info
-
-    out.meta.update(host_info(df), calibrated=True)  # this machine now: check_host stays quiet
-    out.save(predictor_dir(device, root))
+    out.coef, out.calibration = best, None
     return out

@@ -1,5 +1,8 @@
 """Measurement campaigns: sample candidates (seeded), export each, measure it on a device and
-append the result to ``predictors/<device>/measurements.parquet`` — the table predictors are fit on.
+append the result to ``<predictors>/<device>/<fingerprint id>/measurements.parquet`` — the table
+predictors are fit on. A table holds the measurements of one device fingerprint
+(:mod:`autocomp.measure.fingerprint`): the fingerprint is probed on the measuring node before the
+first measurement, and every row records the one it was measured with.
 
 The campaign is resumable: candidate ``i`` of a campaign is the ``i``-th sample of
 ``random.Random(seed)``, and ids already in the table are skipped, so running the same command
@@ -14,10 +17,10 @@ On a Ray cluster (``address`` given, or Ray already initialised) the export runs
 the measurement runs as a Ray task that needs the device's custom resource (``device:<name>``), so
 it lands on the node holding the device, one measurement at a time per device unit.
 
-Table schema (``SCHEMA_VERSION`` 1), one row per measured candidate:
+Table schema (``SCHEMA_VERSION`` 2), one row per measured candidate:
 
 =================  =========================================================================
-schema_version     int, 1
+schema_version     int, 2
 id                 candidate id (``Candidate.id``), unique in the table
 space              search-space name
 candidate          canonical candidate JSON (``Candidate.to_json()``)
@@ -34,6 +37,7 @@ median_ms, mean_ms, p90_ms, p99_ms, cv, flagged
 cpu_model          the measuring host's CPU model (``/proc/cpuinfo``)
 notes              backend-specific protocol details (JSON string; e.g. the trtexec command)
 measured_at        UTC timestamp (ISO 8601)
+fingerprint        the device fingerprint of the measurement (JSON), fingerprint_id its name
 =================  =========================================================================
 """
 
@@ -41,50 +45,53 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
-import platform
 import random
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
 
 from autocomp.errors import UserError
 from autocomp.measure.base import Device, get_device
-from autocomp.resources import data_dir
+from autocomp.measure.fingerprint import cpu_model, fingerprint_id
+from autocomp.resources import predictors_dir
 from autocomp.space import Candidate, SearchSpace, get_space
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 TABLE_NAME = "measurements.parquet"
 
 COLUMNS = [
     "schema_version", "id", "space", "candidate", "encoding", "precision", "params", "onnx_bytes", "seed", "index",
     "device", "backend", "backend_version", "batch", "threads", "warmup", "repeats", "statistic", "host",
     "median_ms", "mean_ms", "p90_ms", "p99_ms", "cv", "flagged", "cpu_model", "notes", "measured_at",
+    "fingerprint", "fingerprint_id",
 ]
 
 
-def cpu_model() -> str:
-    """The CPU model string of this machine (``/proc/cpuinfo``), or platform.processor()."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def predictors_dir() -> Path:
-    return data_dir("predictors")
-
-
-def table_path(device: str, out_dir: Path | str | None = None) -> Path:
-    """``<out_dir or predictors/>/<device>/measurements.parquet``."""
+def table_path(device: str, fp_id: str, out_dir: Path | str | None = None) -> Path:
+    """``<out_dir or predictors/>/<device>/<fingerprint id>/measurements.parquet``."""
     base = Path(out_dir) if out_dir is not None else predictors_dir()
-    return base / device / TABLE_NAME
+    return base / device / fp_id / TABLE_NAME
+
+
+def tables(device: str, out_dir: Path | str | None = None) -> list[Path]:
+    """Every table of ``device`` under ``out_dir`` (one per fingerprint), sorted."""
+    base = Path(out_dir) if out_dir is not None else predictors_dir()
+    return sorted((base / device).glob(f"*/{TABLE_NAME}"))
+
+
+def probe_fingerprint(device: Device, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The device's fingerprint, probed on the node that holds it when Ray runs (else here)."""
+    from autocomp.cluster import on_device
+
+    return on_device(device, _probe, device.name, dict(overrides or {}))
+
+
+def _probe(device_name: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    return get_device(device_name).fingerprint(**overrides)
 
 
 # --------------------------------------------------------------------------- table I/O
@@ -192,13 +199,15 @@ def _remote_measure(space: SearchSpace, device: Device, overrides: dict[str, Any
 
 def run_campaign(space: SearchSpace | str, device: Device | str, n: int, out_dir: Path | str | None = None, seed: int = 0,
                  progress: bool = True, address: str | None = None, use_ray: bool | None = None,
-                 on_row: Callable[[dict], Any] | None = None, overrides: dict[str, Any] | None = None) -> pd.DataFrame:
-    """Measure the first ``n`` candidates of the seeded campaign on ``device``, skipping ids
-    already in ``<out_dir>/<device>/measurements.parquet``; returns the whole table.
+                 on_row: Callable[[dict], Any] | None = None, overrides: dict[str, Any] | None = None,
+                 candidates: Sequence[Candidate] | None = None, label: str | None = None) -> pd.DataFrame:
+    """Measure the first ``n`` candidates of the seeded campaign (or the given ``candidates``) on
+    ``device``, skipping ids already in the table of the device's fingerprint
+    (``<out_dir>/<device>/<fingerprint id>/measurements.parquet``); returns that whole table.
 
-    ``use_ray`` (default: when ``address`` is given or Ray is initialised) runs each measurement as a
-    Ray task on the node advertising ``device:<name>``. ``overrides`` replace device options
-    (e.g. ``{"repeats": 50, "retries": 1}``); the recorded protocol reflects them.
+    ``use_ray`` (default: when ``address`` is given or Ray is initialised) probes the fingerprint and
+    runs each measurement as a Ray task on the node advertising ``device:<name>``. ``overrides``
+    replace device options (e.g. ``{"repeats": 50, "retries": 1}``); the recorded protocol reflects them.
     """
     overrides = dict(overrides or {})
     device = get_device(device) if isinstance(device, str) else device
@@ -206,15 +215,6 @@ def run_campaign(space: SearchSpace | str, device: Device | str, n: int, out_dir
     space = space.restrict_precisions(list(device.precisions))
     if n < 0:
         raise UserError("--n", f"{n} is negative", "a number of candidates >= 0")
-    path = table_path(device.name, out_dir)
-    table = read_table(path)
-    done = set(table["id"])
-    todo: list[tuple[int, Candidate]] = []
-    for i, c in enumerate(campaign_candidates(space, n, seed)):
-        if c.id not in done:
-            todo.append((i, c))
-            done.add(c.id)  # a duplicate sample (rare) is measured once
-
     if use_ray is None:
         try:
             import ray
@@ -222,10 +222,20 @@ def run_campaign(space: SearchSpace | str, device: Device | str, n: int, out_dir
             use_ray = address is not None or ray.is_initialized()
         except ImportError:
             use_ray = False
-    if use_ray and todo:
-        from autocomp.runner import init_ray
+    if use_ray:
+        from autocomp.cluster import init_ray
 
         init_ray(address, device)
+    fp = probe_fingerprint(device, overrides)
+    path = table_path(device.name, fingerprint_id(fp), out_dir)
+    table = read_table(path)
+    done = set(table["id"])
+    todo: list[tuple[int, Candidate]] = []
+    for i, c in enumerate(candidates if candidates is not None else campaign_candidates(space, n, seed)):
+        if c.id not in done:
+            todo.append((i, c))
+            done.add(c.id)  # a duplicate sample (rare) is measured once
+    if use_ray and todo:
         measure = _remote_measure(space, device, overrides)
     else:
         measure = lambda c: measure_candidate(c, space, device, **overrides)  # noqa: E731
@@ -235,7 +245,7 @@ def run_campaign(space: SearchSpace | str, device: Device | str, n: int, out_dir
     if progress:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-        prog = Progress(TextColumn(f"measuring on {device.name}"), BarColumn(), MofNCompleteColumn(),
+        prog = Progress(TextColumn(label or f"measuring on {device.name}"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.description}"))
         prog.start()
         task = prog.add_task("", total=len(todo))

@@ -1,0 +1,286 @@
+"""The latency model of a search: the predictor of the measuring device's own fingerprint.
+
+A predictor is valid only for the fingerprint it was measured on (:mod:`autocomp.measure.fingerprint`).
+:func:`latency_model` finds, for a device and the fingerprint probed on its node now:
+
+1. a predictor of exactly that fingerprint: the user's cache first (``$AUTOCOMP_CACHE/predictors``,
+   earlier calibrations), then the shipped ``predictors/``;
+2. otherwise it **calibrates**: a short seeded campaign of ``k`` candidates spread over the latency
+   range (evenly spaced quantiles of the source's predicted log latency over a seeded pool),
+   measured on the device, then the nearest fingerprint's predictor (the *source*) adapted to them
+   (:func:`autocomp.predictor.transfer.adapt`); from ``REFIT_MIN`` measurements of the fingerprint on
+   (calibrations and the measurements of earlier runs accumulate in its table) a predictor is
+   refit on them instead. The result is cached per fingerprint and reused next time;
+3. with calibration switched off (``k == 0``) the search runs without the budget filter.
+
+A cached calibration that cannot be read is refused with one line, set aside (renamed, not
+deleted) and calibrated again.
+
+During the search :class:`OnlineLatency` wraps the predictor: every evaluation is a measurement,
+and each one re-fits a log-linear correction (ridge-pulled toward the identity) of the
+calibrated predictor on the run's own measurements. The filter margin follows the live error: a
+candidate is skipped only when its prediction exceeds the budget by more than the 90th
+percentile of the relative errors seen so far.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import random
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from autocomp.errors import UserError
+from autocomp.measure import Device
+from autocomp.measure.fingerprint import differences, fingerprint_id
+from autocomp.predictor import find_predictor, nearest_predictor, predictor_dir
+from autocomp.predictor.model import Predictor, candidates_of, fit, host_info, metrics
+from autocomp.resources import user_predictors_dir
+from autocomp.space import Candidate, SearchSpace
+
+DEFAULT_K = 20
+REFIT_MIN = 50
+POOL_PER_POINT = 50  # the spread is chosen from a seeded pool of k * POOL_PER_POINT samples
+CALIBRATION_SEED = 7919
+METHOD = "ridge"  # see transfer.METHODS; the best of them at k = 20 on the cross-host benchmark
+MIN_MARGIN, MAX_MARGIN = 0.05, 0.5
+
+
+@dataclass
+class LatencyModel:
+    """What filters a search, and why: ``predictor`` is None when nothing filters."""
+
+    predictor: Predictor | None
+    how: str  # matched | cached | calibrated | refit | off | unavailable
+    fingerprint: dict[str, Any]
+    notice: str | None = None
+    calibration: dict[str, Any] = field(default_factory=dict)
+
+    def describe(self) -> dict[str, Any]:
+        return {"how": self.how, "fingerprint_id": fingerprint_id(self.fingerprint), "fingerprint": self.fingerprint,
+                "predictor_fingerprint_id": self.predictor.fingerprint_id if self.predictor else None,
+                **({"calibration": self.calibration} if self.calibration else {}),
+                **({"notice": self.notice} if self.notice else {})}
+
+
+def _load_cached(device: Device, fp: dict, say: Callable[[str], None]) -> Predictor | None:
+    """This fingerprint's predictor from the user's cache; a corrupt one is set aside and None returned."""
+    d = predictor_dir(device.name, fingerprint_id(fp), user_predictors_dir())
+    if not (d / "predictor.json").exists():
+        return None
+    try:
+        pred = Predictor.load(d)
+        if pred.fingerprint_id != fingerprint_id(fp):
+            raise UserError(str(d / "predictor.json"), f"fingerprint {pred.fingerprint_id!r}", fingerprint_id(fp))
+        return pred
+    except UserError as e:
+        aside = d.with_name(d.name + f".corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
+        shutil.move(str(d), str(aside))
+        say(f"refused the cached calibration ({e}); set aside as {aside.name}, calibrating again")
+        return None
+
+
+def latency_model(device: Device, space: SearchSpace, fingerprint: dict[str, Any], *, k: int = DEFAULT_K,
+                  seed: int = CALIBRATION_SEED, say: Callable[[str], None] = print, progress: bool = True,
+                  source_devices: Sequence[str] = ()) -> LatencyModel:
+    """The latency model of ``device`` (whose node has ``fingerprint`` now) for ``space``; see the module docs."""
+    fid = fingerprint_id(fingerprint)
+    cached = _load_cached(device, fingerprint, say)
+    if cached is not None and cached.space.name == space.name:
+        return LatencyModel(cached, "cached", fingerprint, calibration=dict(cached.meta.get("calibration") or {}))
+    shipped = find_predictor(device.name, fingerprint)
+    if shipped is not None and shipped.space.name == space.name:
+        return LatencyModel(shipped, "matched", fingerprint)
+    source = nearest_predictor(device.name, fingerprint, list(source_devices))
+    if source is not None and source.space.name != space.name:
+        source = None
+    why = (f"the latency predictor of {device.name!r} was measured on {source.fingerprint_id} "
+           f"({'; '.join(differences(fingerprint, source.fingerprint)[:3])})" if source is not None
+           else f"{device.name!r} has no latency predictor for space {space.name!r}")
+    if k <= 0:
+        return LatencyModel(None, "off", fingerprint, notice=f"{why}, not on this device's fingerprint {fid}; "
+                            "--no-calibrate: candidates are not filtered by the budget")
+    if source is None and k < 10:
+        return LatencyModel(None, "unavailable", fingerprint, notice=f"{why}; {k} calibration measurements cannot fit one "
+                            "(use --calibrate 10 or more): candidates are not filtered by the budget")
+    say(f"{why}; calibrating on {fid}: {k} measurements spread over the latency range")
+    pred, info = calibrate(device, space, fingerprint, source, k, seed, progress=progress)
+    return LatencyModel(pred, info["how"], fingerprint, calibration=info)
+
+
+def spread(space: SearchSpace, k: int, seed: int, source: Predictor | None) -> list[Candidate]:
+    """``k`` seeded candidates spread over the latency range: the samples of a seeded pool nearest to
+    evenly spaced quantiles of the source's predicted log latency (the first ``k`` without a source)."""
+    rng = random.Random(seed)
+    pool = list({c.id: c for c in (space.sample(rng) for _ in range(k * POOL_PER_POINT))}.values())
+    if source is None or len(pool) <= k:
+        return pool[:k]
+    order = np.argsort(np.log(source.predict(pool)))
+    picks = np.unique(np.round(np.linspace(0, len(pool) - 1, k)).astype(int))
+    return [pool[i] for i in order[picks]]
+
+
+def calibrate(device: Device, space: SearchSpace, fingerprint: dict, source: Predictor | None, k: int, seed: int,
+              progress: bool = True, method: str = METHOD) -> tuple[Predictor, dict[str, Any]]:
+    """Measure ``k`` spread candidates on ``device`` into the fingerprint's table in the user's cache,
+    then adapt ``source`` to them (or refit on the table once it holds ``REFIT_MIN`` rows); saves and
+    returns the predictor and a description of the calibration."""
+    from autocomp.predictor.campaign import read_table, run_campaign, table_path
+    from autocomp.predictor.transfer import adapt
+
+    fid = fingerprint_id(fingerprint)
+    root = user_predictors_dir()
+    chosen = spread(space, k, seed, source)
+    t0 = time.time()
+    run_campaign(space, device, k, root, seed, progress=progress, candidates=chosen,
+                 label=f"calibrating {device.name} on this fingerprint")
+    table = read_table(table_path(device.name, fid, root))
+    table = table[table["fingerprint_id"] == fid]
+    info: dict[str, Any] = {"k": k, "seed": seed, "fingerprint_id": fid, "n_table": int(len(table)),
+                            "source_fingerprint_id": source.fingerprint_id if source else None,
+                            "source_device": source.meta.get("device") if source else None,
+                            "measure_s": round(time.time() - t0, 1),
+                            "at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+    if len(table) >= REFIT_MIN or source is None:
+        pred, report = fit(table, space, max_train=len(table))
+        info.update(how="refit", method=f"fit {pred.kind} on {len(table)} measurements", n_fit=int(report["n_train"]))
+        if "test" in report:
+            info["held_out"] = report["test"]
+    else:
+        rows = table[table["id"].isin({c.id for c in chosen})]
+        pred = adapt(source, candidates_of(rows), rows["median_ms"].to_numpy(float), method, device=device.name)
+        pred.meta.update(host_info(rows))
+        info.update(how="calibrated", method=method, n_fit=int(len(rows)),
+                    loo=leave_one_out(source, rows, method) if len(rows) >= 5 else None)
+    pred.meta["calibration"] = info
+    pred.save(predictor_dir(device.name, fid, root))
+    return pred, info
+
+
+def leave_one_out(source: Predictor, rows, method: str) -> dict[str, float]:
+    """Leave-one-out error of adapting ``source`` on ``rows``: the calibration's own error estimate."""
+    from autocomp.predictor.transfer import adapt
+
+    cands, y = candidates_of(rows), rows["median_ms"].to_numpy(float)
+    pred = np.empty(len(y))
+    for i in range(len(y)):
+        keep = np.arange(len(y)) != i
+        p = adapt(source, [c for c, m in zip(cands, keep) if m], y[keep], method)
+        p.meta.update(host_info(rows))
+        pred[i] = p.predict([cands[i]])[0]
+    return {k: round(v, 4) for k, v in metrics(pred, y).items() if isinstance(v, float)}
+
+
+def record_measurements(device: str, fingerprint: dict, space: SearchSpace, rows: list[dict]) -> int:
+    """Append a run's measured latencies (results rows whose fingerprint is ``fingerprint``) to that
+    fingerprint's table in the user's cache, so the next calibration refits on them. Returns how
+    many rows were added."""
+    import pandas as pd
+
+    from autocomp.predictor.campaign import COLUMNS, SCHEMA_VERSION, read_table, table_path, write_table
+
+    fid = fingerprint_id(fingerprint)
+    path = table_path(device, fid, user_predictors_dir())
+    table = read_table(path)
+    have = set(table["id"])
+    new = []
+    for r in rows:
+        if r.get("status") != "ok" or r.get("fingerprint_id") != fid or r["id"] in have or not r.get("policy"):
+            continue
+        cand = Candidate.from_json(r["policy"])
+        have.add(r["id"])
+        new.append({"schema_version": SCHEMA_VERSION, "id": r["id"], "space": space.name, "candidate": r["policy"],
+                    "encoding": space.encode(cand), "precision": cand.precision, "params": r.get("params"),
+                    "onnx_bytes": r.get("onnx_bytes"), "seed": -1, "index": int(r["trial"]),
+                    **{c: r.get(c) for c in ("device", "backend", "backend_version", "batch", "threads", "warmup",
+                                             "repeats", "host", "fingerprint", "fingerprint_id")},
+                    "statistic": "median", "median_ms": float(r["latency_ms"]), "mean_ms": None,
+                    "p90_ms": r.get("latency_p90_ms"), "p99_ms": None, "cv": r.get("latency_cv"),
+                    "flagged": str(r.get("latency_flagged")) == "True", "cpu_model": fingerprint.get("cpu_model"),
+                    "notes": json.dumps({"from_run": True}), "measured_at": None})
+    if new:
+        write_table(pd.concat([table, pd.DataFrame(new, columns=COLUMNS)], ignore_index=True), path)
+    return len(new)
+
+
+class OnlineLatency:
+    """A calibrated predictor re-adapted from the run's own measurements as they arrive.
+
+    ``predict`` = the base prediction times ``exp(a + (b - 1) * log(base))``, where (a, b) is a
+    log-linear fit of measured on predicted latency over the run's measurements, ridge-pulled
+    toward (0, 1) with the weight of ``PRIOR`` pseudo-measurements, so a few noisy ones move it
+    little. ``margin`` is the filter's tolerance: the 90th percentile of |relative error| of the
+    predictions made before each measurement (``MIN_MARGIN`` to ``MAX_MARGIN``; the calibration's
+    leave-one-out error before the first measurement)."""
+
+    PRIOR = 8.0
+
+    def __init__(self, base: Predictor, margin: float = 0.1):
+        self.base = base
+        self.space = base.space
+        self.meta = base.meta
+        self.a, self.b = 0.0, 1.0
+        self.initial_margin = margin
+        self.points: list[tuple[float, float]] = []  # (log base prediction, log measured)
+        self.errors: list[float] = []  # relative error of the prediction in force when it was measured
+
+    @property
+    def margin(self) -> float:
+        if len(self.errors) < 5:
+            return self.initial_margin
+        return float(np.clip(np.percentile(np.abs(self.errors), 90), MIN_MARGIN, MAX_MARGIN))
+
+    def limit(self, budget_ms: float) -> float:
+        """Skip a candidate only when predicted above this."""
+        return budget_ms * (1.0 + self.margin)
+
+    def predict(self, candidates: Sequence[Candidate]) -> np.ndarray:
+        base = self.base.predict(candidates)
+        return self._corrected(base)
+
+    def _corrected(self, base: np.ndarray) -> np.ndarray:
+        lb = np.log(np.maximum(base, 1e-6))
+        return np.exp(self.a + self.b * lb)
+
+    def observe(self, candidate: Candidate, measured_ms: float) -> None:
+        base = float(self.base.predict([candidate])[0])
+        before = float(self._corrected(np.array([base]))[0])
+        self.errors.append(before / measured_ms - 1.0)
+        self.points.append((np.log(base), np.log(measured_ms)))
+        x, y = np.array(self.points).T
+        # ridge toward (a, b) = (0, 1): minimise sum (y - a - b x)^2 + PRIOR * (a^2 + xbar^2 (b - 1)^2)
+        xm = float(np.mean(x))
+        design = np.stack([np.ones_like(x), x], 1)
+        reg = self.PRIOR * np.diag([1.0, max(xm * xm, 1.0)])
+        lhs = design.T @ design + reg
+        rhs = design.T @ y + reg @ np.array([0.0, 1.0])
+        self.a, self.b = (float(v) for v in np.linalg.solve(lhs, rhs))
+
+
+def initial_margin(model: LatencyModel) -> float:
+    """The filter's tolerance before the run has measured anything: the calibration's leave-one-out
+    90th-percentile error when known, else 10 %."""
+    loo = (model.calibration or {}).get("loo") or {}
+    if loo.get("within_10pct") is not None and loo.get("mape") is not None:
+        return float(np.clip(2.0 * loo["mape"], MIN_MARGIN, MAX_MARGIN))
+    return 0.1
+
+
+def live_error(rows: list[dict]) -> dict[str, Any]:
+    """The latency model's error on this run: each evaluation's prediction (made before it was
+    measured) against its measurement."""
+    pairs = [(float(r["predicted_latency_ms"]), float(r["latency_ms"])) for r in rows
+             if r.get("status") == "ok" and r.get("predicted_latency_ms") not in (None, "") and r.get("latency_ms") not in (None, "")]
+    if not pairs:
+        return {"n": 0}
+    p, y = np.array(pairs).T
+    m = metrics(p, y)
+    rel = np.abs(p / y - 1)
+    return {"n": len(pairs), "median_abs_error": round(float(np.median(rel)), 4), "within_10pct": round(m["within_10pct"], 4),
+            "spearman": round(m["spearman"], 4) if len(pairs) > 2 else None, "rmspe": round(m["rmspe"], 4)}
