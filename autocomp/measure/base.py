@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import importlib
+import os
 import platform
+import re
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -61,11 +63,14 @@ class Device:
     precisions: tuple[str, ...]
     options: dict[str, Any] = field(default_factory=dict)
     description: str = ""
+    ray_resource: str | None = None  # the Ray custom resource of its node; None: device:<name>
+    expected_fingerprint: dict[str, Any] | None = None  # what the device's probe should find (devices/*.yaml)
+    source: str = ""  # the device file it was read from ("" when registered in code)
 
     @property
     def resource(self) -> str:
         """The Ray custom resource a node holding this device advertises."""
-        return f"device:{self.name}"
+        return self.ray_resource or f"device:{self.name}"
 
     def measure(self, onnx_path: Path, precision: str = "fp32", **overrides: Any) -> Measurement:
         options = {**self.options, **overrides}
@@ -84,7 +89,7 @@ class Device:
 # devices that need it. ``register_backend`` adds one from outside autocomp.
 BACKENDS: dict[str, str] = {
     "onnxruntime": "autocomp.measure.onnxruntime", "tensorrt": "autocomp.measure.tensorrt",
-    "trtexec": "autocomp.measure.trtexec",
+    "trtexec": "autocomp.measure.trtexec", "openvino": "autocomp.measure.openvino",
 }
 
 
@@ -98,50 +103,239 @@ def backend(name: str) -> Any:
         raise UserError("backend", f"unknown backend {name!r}", f"one of {sorted(BACKENDS)}")
     return importlib.import_module(BACKENDS[name])
 
-DEVICES: dict[str, Device] = {}
+# --------------------------------------------------------------------------- devices (devices/*.yaml)
+#
+# A device is data: one YAML file per device in the shipped devices/ folder and in the folders that
+# $AUTOCOMP_DEVICES names (os.pathsep-separated). A Jetson, a GPU server or another CPU runtime is
+# added with a file; ``register_device`` still adds one from code. Schema (schema_version 1):
+#
+#   schema_version: 1                  optional
+#   name: jetson-orin-nx-trt           required, the file's stem; [a-z0-9][a-z0-9._-]*
+#   backend: trtexec                   required, one of BACKENDS
+#   precisions: [fp32, fp16, int8]     required, what the device can run
+#   description: text                  optional
+#   options: {warmup_ms: 500, ...}     the backend's protocol options (warm-up, iterations, threads,
+#                                      batch, clock, ...), passed to its measure() and fingerprint()
+#   host: user@jetson                  optional, the ssh host that runs the backend (backends with an
+#                                      ``ssh`` option: trtexec); null: the node holding the device
+#   ray_resource: device:orin-lab-3    optional, the Ray custom resource of the node holding it
+#   expected_fingerprint: {...}        optional, fields the device's probe must find (see
+#                                      :func:`fingerprint_mismatches`)
+#
+# Files are read once, on the first lookup (:func:`reload_devices` reads them again). A malformed
+# file is a UserError naming the file and the field (exit code 2 in the CLI).
+
+DEVICE_SCHEMA = 1
+PRECISIONS = ("fp32", "fp16", "int8")
+DEVICE_KEYS = ("schema_version", "name", "backend", "precisions", "description", "options", "host", "ray_resource",
+               "expected_fingerprint")
+DEVICES_ENV = "AUTOCOMP_DEVICES"
+
+
+class _Registry(dict):
+    """``DEVICES``: a dict of the devices by name, filled from the device files on first use."""
+
+    loaded = False
+
+    def _load(self) -> None:
+        if not self.loaded:
+            self.loaded = True
+            try:
+                _read_all(self)
+            except BaseException:
+                self.loaded = False
+                raise
+
+    def __getitem__(self, key: str) -> Device:
+        self._load()
+        return super().__getitem__(key)
+
+    def __contains__(self, key: object) -> bool:
+        self._load()
+        return super().__contains__(key)
+
+    def __iter__(self):
+        self._load()
+        return super().__iter__()
+
+    def __len__(self) -> int:
+        self._load()
+        return super().__len__()
+
+    def get(self, key: str, default: Any = None) -> Any:
+        self._load()
+        return super().get(key, default)
+
+    def keys(self):
+        self._load()
+        return super().keys()
+
+    def values(self):
+        self._load()
+        return super().values()
+
+    def items(self):
+        self._load()
+        return super().items()
+
+
+DEVICES: dict[str, Device] = _Registry()
+_IN_CODE: dict[str, Device] = {}
 
 
 def register_device(device: Device) -> Device:
-    DEVICES[device.name] = device
+    """Add a device from code (it wins over a device file of the same name)."""
+    _IN_CODE[device.name] = device
+    if DEVICES.loaded:  # type: ignore[attr-defined]
+        dict.__setitem__(DEVICES, device.name, device)
     return device
 
 
-register_device(Device(
-    "cpu-ort", "onnxruntime", ("fp32", "fp16", "int8"),
-    {"threads": 1, "warmup": 20, "repeats": 100, "min_time_s": 0.4, "blocks": 4, "max_time_s": 4.0, "reference": True, "clock": "thread_cpu"},
-    "this machine's CPU through ONNX Runtime, 1 thread, batch 1, thread CPU time in the host's normal phase (reference protocol; the default)",
-))
-register_device(Device(
-    "cpu-ort-wall", "onnxruntime", ("fp32", "fp16", "int8"),
-    {"threads": 1, "warmup": 20, "repeats": 100, "min_time_s": 0.3, "clock": "wall"},
-    "this machine's CPU through ONNX Runtime, 1 thread, batch 1, wall-clock time (quiet machines only)",
-))
-register_device(Device(
-    "cpu-ort-b8", "onnxruntime", ("fp32", "fp16", "int8"),
-    {"threads": 1, "batch": 8, "warmup": 10, "repeats": 48, "min_time_s": 0.4, "blocks": 4, "max_time_s": 4.0, "reference": True, "clock": "thread_cpu"},
-    "this machine's CPU through ONNX Runtime, 1 thread, batch 8, thread CPU time, reference protocol (a second execution mode)",
-))
-register_device(Device(
-    "cpu-ort-2t", "onnxruntime", ("fp32", "fp16", "int8"),
-    {"threads": 2, "warmup": 20, "repeats": 100, "min_time_s": 0.3},
-    "this machine's CPU through ONNX Runtime, 2 threads, batch 1",
-))
+def device_dirs() -> list[Path]:
+    """The folders device files are read from: the shipped devices/, then $AUTOCOMP_DEVICES."""
+    from autocomp.resources import data_dir
+
+    dirs = [data_dir("devices")]
+    for part in os.environ.get(DEVICES_ENV, "").split(os.pathsep):
+        if part.strip():
+            d = Path(part.strip()).expanduser()
+            if not d.is_dir():
+                raise UserError(DEVICES_ENV, f"{str(d)!r} is not a folder", "a folder of device YAML files")
+            dirs.append(d)
+    return dirs
 
 
-register_device(Device(
-    "jetson-orin-nano-trt", "trtexec", ("fp32", "fp16", "int8"),
-    {"warmup_ms": 500, "iterations": 500, "avg_runs": 100, "use_cuda_graph": True, "ssh": None},
-    "Jetson Orin Nano through trtexec (nvpmodel -m 0, jetson_clocks), batch 1; set options.ssh to run it remotely",
-))
-register_device(Device(
-    "gpu-trt", "tensorrt", ("fp32", "fp16", "int8"),
-    {"warmup": 50, "repeats": 300},
-    "the local NVIDIA GPU through the TensorRT Python API, CUDA-event timing, batch 1",
-))
+def _read_all(into: dict[str, Device]) -> None:
+    for d in device_dirs():
+        for path in sorted(d.glob("*.yaml")) + sorted(d.glob("*.yml")):
+            dev = load_device_file(path)
+            if dev.name in into:
+                raise UserError(f"{path}: name", f"device {dev.name!r} is already defined by {into[dev.name].source}",
+                                "a name no other device file uses")
+            dict.__setitem__(into, dev.name, dev)
+    for name, dev in _IN_CODE.items():
+        dict.__setitem__(into, name, dev)
+
+
+def reload_devices() -> dict[str, Device]:
+    """Read the device files again (after $AUTOCOMP_DEVICES or a file changed)."""
+    dict.clear(DEVICES)
+    _CHECKED.clear()
+    DEVICES.loaded = False  # type: ignore[attr-defined]
+    DEVICES._load()  # type: ignore[attr-defined]
+    return DEVICES
+
+
+_NAME = re.compile(r"[a-z0-9][a-z0-9._-]*")
+
+
+def load_device_file(path: Path) -> Device:
+    """One device from its YAML file (``yaml.safe_load``), checked field by field."""
+    import yaml
+
+    path = Path(path)
+
+    def bad(fieldname: str, problem: str, expected: str) -> UserError:
+        return UserError(f"{path}: {fieldname}", problem, expected)
+
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise bad("yaml", f"not valid YAML{where}", "a device file (see devices/cpu-ort.yaml)") from None
+    except OSError as e:
+        raise bad("file", f"cannot be read ({e.strerror})", "a readable device file") from None
+    if not isinstance(doc, dict):
+        raise bad("file", f"holds {type(doc).__name__}", "a mapping with name, backend, precisions, options")
+    unknown = sorted(str(k) for k in doc if k not in DEVICE_KEYS)
+    if unknown:
+        raise bad(unknown[0], "unknown field", f"one of {list(DEVICE_KEYS)}")
+    if doc.get("schema_version", DEVICE_SCHEMA) != DEVICE_SCHEMA:
+        raise bad("schema_version", f"{doc.get('schema_version')!r}", f"{DEVICE_SCHEMA}")
+    for key in ("name", "backend", "precisions"):
+        if doc.get(key) is None:
+            raise bad(key, "missing", "a value (see devices/cpu-ort.yaml)")
+    name = doc["name"]
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise bad("name", f"{name!r}", "lower-case letters, digits, '.', '_' or '-'")
+    if name != path.stem:
+        raise bad("name", f"{name!r} differs from the file name {path.name!r}", f"the file to be named {name}.yaml")
+    backend_name = doc["backend"]
+    if not isinstance(backend_name, str) or backend_name not in BACKENDS:
+        raise bad("backend", f"unknown backend {backend_name!r}", f"one of {sorted(BACKENDS)}")
+    precisions = doc["precisions"]
+    if (not isinstance(precisions, list) or not precisions
+            or any(not isinstance(p, str) or p not in PRECISIONS for p in precisions)):
+        raise bad("precisions", f"{precisions!r}", f"a non-empty list of {list(PRECISIONS)}")
+    description = doc.get("description", "")
+    if not isinstance(description, str):
+        raise bad("description", f"{description!r}", "text")
+    options = doc.get("options") or {}
+    if not isinstance(options, dict):
+        raise bad("options", f"holds {type(options).__name__}", "a mapping of the backend's protocol options")
+    for k, v in options.items():
+        if not isinstance(k, str) or not k.isidentifier():
+            raise bad("options", f"option name {k!r}", "identifiers (the backend's measure() arguments)")
+        if not (v is None or isinstance(v, (bool, int, float, str)) or
+                (isinstance(v, list) and all(isinstance(x, (bool, int, float, str)) for x in v))):
+            raise bad(f"options.{k}", f"{v!r}", "a number, text, true/false, null or a list of them")
+    options = dict(options)
+    if "host" in doc:
+        host = doc["host"]
+        if host is not None and (not isinstance(host, str) or not host.strip() or host.startswith("-")):
+            raise bad("host", f"{host!r}", "an ssh destination (user@host) or null")
+        if "ssh" in options:
+            raise bad("host", "given twice (host and options.ssh)", "host only")
+        options["ssh"] = host
+    resource = doc.get("ray_resource")
+    if resource is not None and (not isinstance(resource, str) or not resource.strip()):
+        raise bad("ray_resource", f"{resource!r}", "the name of a Ray custom resource")
+    expected = doc.get("expected_fingerprint")
+    if expected is not None and not isinstance(expected, dict):
+        raise bad("expected_fingerprint", f"holds {type(expected).__name__}", "a mapping of fingerprint fields")
+    return Device(name, backend_name, tuple(precisions), options, description, resource, expected, str(path))
+
+
+def check_device_options(device: Device) -> None:
+    """The device's options must be arguments of its backend's measure() (UserError naming the first
+    that is not). A backend that takes ``**options`` accepts any."""
+    import inspect
+
+    try:
+        params = inspect.signature(backend(device.backend).measure).parameters
+    except ImportError as e:
+        raise UserError(f"{device.source or device.name}: backend", f"{device.backend!r} cannot be imported ({e})",
+                        "its package installed") from None
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    taken = {n for n, p in params.items() if p.kind is not inspect.Parameter.POSITIONAL_ONLY} - {"onnx_path", "device", "precision"}
+    for k in device.options:
+        if k not in taken:
+            what = "host" if k == "ssh" else f"options.{k}"
+            raise UserError(f"{device.source or device.name}: {what}", f"not an option of backend {device.backend!r}",
+                            f"one of {sorted(taken)}")
+
+
+def fingerprint_mismatches(device: Device, fp: dict[str, Any]) -> list[str]:
+    """The fields of the device's ``expected_fingerprint`` that the probed fingerprint ``fp`` does
+    not have (``field: probed vs expected``); empty when none is expected or all match."""
+    out = []
+    for k, want in (device.expected_fingerprint or {}).items():
+        have = fp.get(k)
+        if have != want:
+            out.append(f"{k}: {have!r} vs {want!r}")
+    return out
+
+
+_CHECKED: set[str] = set()
 
 
 def get_device(name: str) -> Device:
     if name not in DEVICES:
         raise UserError("--device", f"unknown device {name!r}", f"one of {sorted(DEVICES)}")
-    return DEVICES[name]
-
+    dev = DEVICES[name]
+    if dev.source and dev.source not in _CHECKED:
+        check_device_options(dev)
+        _CHECKED.add(dev.source)
+    return dev
