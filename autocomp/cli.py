@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Optional
 
@@ -10,6 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from autocomp.cliutil import run_app
 from autocomp.errors import UserError
 
 app = typer.Typer(
@@ -17,7 +17,6 @@ app = typer.Typer(
     help="Hardware-aware compression search: architecture, pruning, low-rank and quantization under a latency budget.",
 )
 console = Console()
-err_console = Console(stderr=True)
 
 
 @app.command()
@@ -134,15 +133,6 @@ def _mount_subcommands() -> None:
 
 
 _mount_subcommands()
-
-
-def run_app(typer_app: typer.Typer) -> None:
-    """Run a Typer app; a UserError becomes one line on stderr and exit code 2."""
-    try:
-        typer_app()
-    except UserError as e:
-        err_console.print(f"error: {e}", markup=False, highlight=False, soft_wrap=True)
-        sys.exit(2)
 
 
 def main() -> None:

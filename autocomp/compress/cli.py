@@ -2,8 +2,8 @@
 
 For every inverted-residual block that has an expansion (the blocks whose hidden channels can be
 pruned), prune *only that block* to each keep ratio and record the validation accuracy and its drop
-against the unpruned network. Writes ``sensitivity.csv`` and a plot (``sensitivity.png`` when
-plotly can render static images, else ``sensitivity.html``).
+against the unpruned network. Writes ``sensitivity.csv`` and a plot (``sensitivity.png`` through
+headless Chromium, as the report's PNG; ``sensitivity.html`` where no Chromium is found).
 """
 
 from __future__ import annotations
@@ -20,16 +20,11 @@ from rich.console import Console
 
 from autocomp.errors import UserError
 
-app = typer.Typer(help="Per-block pruning sensitivity: validation accuracy drop against keep ratio.", add_completion=False)
-_err = Console(stderr=True)
+app = typer.Typer(help="Per-block pruning sensitivity: validation accuracy drop against keep ratio.", add_completion=False,
+                  pretty_exceptions_enable=False)
 
 DEFAULT_KEEPS = "1.0,0.75,0.5,0.25"
 CSV_FIELDS = ["block", "stage", "index", "hidden", "keep", "kept_channels", "accuracy", "drop", "importance"]
-
-
-def _fail(e: UserError) -> None:
-    _err.print(f"[red]error:[/] {e}")
-    raise typer.Exit(2)
 
 
 def _parse_keeps(s: str) -> list[float]:
@@ -91,8 +86,10 @@ def sensitivity_table(model, candidate, data, val, keeps: list[float], importanc
 
 
 def write_plot(rows: list[dict], out: Path, title: str) -> Path:
-    """Accuracy drop against keep ratio, one line per block; PNG if possible, else HTML."""
+    """Accuracy drop against keep ratio, one line per block; PNG where Chromium is found, else HTML."""
     import plotly.graph_objects as go
+
+    from autocomp.report.png import figure_png
 
     fig = go.Figure()
     for b in sorted({r["block"] for r in rows}):
@@ -101,11 +98,9 @@ def write_plot(rows: list[dict], out: Path, title: str) -> Path:
                                  name=f"block {b} (stage {rs[0]['stage']}, {rs[0]['hidden']} ch)"))
     fig.update_layout(title=title, xaxis_title="keep ratio (share of hidden channels kept)",
                       yaxis_title="validation accuracy drop (points)", xaxis_autorange="reversed", template="plotly_white")
-    png = out / "sensitivity.png"
     try:
-        fig.write_image(str(png))
-        return png
-    except Exception:  # no kaleido / Chromium: fall back to a self-contained HTML file
+        return figure_png(fig, out / "sensitivity.png", 1000, 600)
+    except UserError:  # no (working) Chromium: a self-contained HTML file instead
         html = out / "sensitivity.html"
         fig.write_html(str(html), include_plotlyjs=True)
         return html
@@ -128,42 +123,38 @@ def sensitivity(
     """Each block's validation accuracy drop against keep ratio; writes a CSV table and a plot."""
     if ctx.invoked_subcommand is not None:
         return
-    try:
-        from autocomp.compress.prune import IMPORTANCES
-        from autocomp.data import load_dataset
-        from autocomp.evaluate import train
-        from autocomp.models.mbv2 import build
-        from autocomp.space import get_space
+    from autocomp.compress.prune import IMPORTANCES
+    from autocomp.data import load_dataset
+    from autocomp.evaluate import train
+    from autocomp.models.mbv2 import build
+    from autocomp.space import get_space
 
-        if importance not in IMPORTANCES:
-            raise UserError("--importance", f"unknown criterion {importance!r}", f"one of {sorted(IMPORTANCES)}")
-        if val_size <= 0:
-            raise UserError("--val-size", f"{val_size} is not positive", "a positive number of images")
-        keep_list = _parse_keeps(keeps)
-        sp = get_space(space)
-        cand = _load_candidate(candidate, sp)
-        ds = load_dataset(data, (sp.input.channels, sp.input.height, sp.input.width))
-        torch.manual_seed(seed)
-        model = build(cand, sp, ds.num_classes)
-        if checkpoint is not None:
-            if not checkpoint.is_file():
-                raise UserError("--checkpoint", f"no such file {str(checkpoint)!r}", "a state dict saved with torch.save")
-            try:
-                sd = torch.load(checkpoint, map_location="cpu", weights_only=True)
-                sd = sd.get("state_dict", sd) if isinstance(sd, dict) else sd
-                model.load_state_dict(sd)
-            except Exception as e:
-                raise UserError("--checkpoint", f"cannot load it into the candidate's network ({type(e).__name__}: {str(e)[:160]})",
-                                "a state dict of autocomp.models.mbv2.build(candidate)") from None
-        else:
-            _err.print(f"[dim]training {cand.summary()} for {train_steps} steps[/]")
-            model = train(model, ds, train_steps, 128, 1e-2, seed)
-        val = ds.val.subset(val_size, seed=seed)
-        grad = list(ds.batches(ds.train.subset(256, seed=seed), 128)) if importance == "taylor" else None
-        rows = sensitivity_table(model, cand, ds, val, keep_list, importance, grad)
-    except UserError as e:
-        _fail(e)
-        return
+    if importance not in IMPORTANCES:
+        raise UserError("--importance", f"unknown criterion {importance!r}", f"one of {sorted(IMPORTANCES)}")
+    if val_size <= 0:
+        raise UserError("--val-size", f"{val_size} is not positive", "a positive number of images")
+    keep_list = _parse_keeps(keeps)
+    sp = get_space(space)
+    cand = _load_candidate(candidate, sp)
+    ds = load_dataset(data, (sp.input.channels, sp.input.height, sp.input.width))
+    torch.manual_seed(seed)
+    model = build(cand, sp, ds.num_classes)
+    if checkpoint is not None:
+        if not checkpoint.is_file():
+            raise UserError("--checkpoint", f"no such file {str(checkpoint)!r}", "a state dict saved with torch.save")
+        try:
+            sd = torch.load(checkpoint, map_location="cpu", weights_only=True)
+            sd = sd.get("state_dict", sd) if isinstance(sd, dict) else sd
+            model.load_state_dict(sd)
+        except Exception as e:
+            raise UserError("--checkpoint", f"cannot load it into the candidate's network ({type(e).__name__}: {str(e)[:160]})",
+                            "a state dict of autocomp.models.mbv2.build(candidate)") from None
+    else:
+        Console(stderr=True).print(f"[dim]training {cand.summary()} for {train_steps} steps[/]")
+        model = train(model, ds, train_steps, 128, 1e-2, seed)
+    val = ds.val.subset(val_size, seed=seed)
+    grad = list(ds.batches(ds.train.subset(256, seed=seed), 128)) if importance == "taylor" else None
+    rows = sensitivity_table(model, cand, ds, val, keep_list, importance, grad)
     out.mkdir(parents=True, exist_ok=True)
     csv_path = out / "sensitivity.csv"
     with csv_path.open("w", newline="") as f:
@@ -175,9 +166,7 @@ def sensitivity(
     Console().print(f"{len(rows)} rows -> {csv_path}; plot -> {plot}")
 
 
-def main() -> None:  # pragma: no cover
-    app()
+if __name__ == "__main__":  # python -m autocomp.compress.cli: the same as `autocomp sensitivity`
+    from autocomp.cliutil import run_app
 
-
-if __name__ == "__main__":  # pragma: no cover
-    main()
+    run_app(app)

@@ -53,7 +53,7 @@ def measure(
 
 def main() -> None:
     """``python -m autocomp.measure.cli`` (the same as ``autocomp measure``)."""
-    from autocomp.cli import run_app
+    from autocomp.cliutil import run_app
 
     run_app(app)
 

@@ -113,3 +113,9 @@ def train(
         print(f"[supernet] test accuracy ({len(test)} images): largest {m['test_acc_largest']:.4f} smallest {m['test_acc_smallest']:.4f}", file=sys.stderr)
     S.save_checkpoint(out, sp, sd, m)
     print(json.dumps({"out": str(out), **{k: v for k, v in m.items() if k != "machine"}}))
+
+
+if __name__ == "__main__":  # python -m autocomp.models.cli: the same as `autocomp supernet`
+    from autocomp.cliutil import run_app
+
+    run_app(app)

@@ -109,7 +109,7 @@ def evaluate(
 
 
 def main() -> None:
-    from autocomp.cli import run_app
+    from autocomp.cliutil import run_app
 
     run_app(app)
 

@@ -29,5 +29,7 @@ def report(
         typer.echo(f"wrote {export_png(run, path.parent / 'pareto.png')}")
 
 
-if __name__ == "__main__":
-    app()
+if __name__ == "__main__":  # python -m autocomp.report.cli: the same as `autocomp report`
+    from autocomp.cliutil import run_app
+
+    run_app(app)

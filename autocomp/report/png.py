@@ -1,6 +1,6 @@
-"""Static PNG of the accuracy/latency plot through headless Chromium (plotly's kaleido is not a dependency).
+"""Static PNGs of plotly figures through headless Chromium (plotly's kaleido is not a dependency).
 
-The figure is written to a small offline HTML page (plotly.js inline) and photographed with
+A figure is written to a small offline HTML page (plotly.js inline) and photographed with
 ``chromium --headless --screenshot``; network access is switched off for the browser.
 """
 
@@ -62,17 +62,26 @@ def screenshot(html_path: Path, png_path: Path, width: int = 1200, height: int =
     return png_path
 
 
+def figure_png(fig, png_path: str | Path, width: int = 1200, height: int = 700, div_id: str = "plot") -> Path:
+    """A plotly figure as a static PNG: an offline page (plotly.js inline) photographed by Chromium.
+    The one PNG path of autocomp (the report's pareto.png, ``autocomp sensitivity``'s plot)."""
+    from autocomp.report.html import PLOT_CONFIG
+
+    fig.update_layout(width=width, height=height)
+    with tempfile.TemporaryDirectory(prefix="autocomp-png-") as tmp:
+        page = Path(tmp) / "figure.html"
+        page.write_text(fig.to_html(full_html=True, include_plotlyjs=True, div_id=div_id,
+                                    config={**PLOT_CONFIG, "responsive": False, "staticPlot": True}), encoding="utf-8")
+        return screenshot(page, Path(png_path), width=width, height=height)
+
+
 def export_png(run_dir: str | Path, png_path: str | Path | None = None, width: int = 1200, height: int = 700) -> Path:
     """PNG of the run's accuracy/latency plot (front, budget, winners); default ``<run>/pareto.png``."""
-    from autocomp.report.html import PLOT_CONFIG, pareto_figure
+    from autocomp.report.html import pareto_figure
     from autocomp.report.summary import load_run, winners
 
     run = load_run(run_dir)
     png = Path(png_path) if png_path is not None else run.path / "pareto.png"
     fig = pareto_figure(run, winners(run))
-    fig.update_layout(width=width, height=height, title=f"{run.name}: accuracy against latency (budget {run.budget_ms:.4g} ms)")
-    with tempfile.TemporaryDirectory(prefix="autocomp-png-") as tmp:
-        page = Path(tmp) / "pareto.html"
-        page.write_text(fig.to_html(full_html=True, include_plotlyjs=True, div_id="pareto-plot",
-                                    config={**PLOT_CONFIG, "responsive": False, "staticPlot": True}), encoding="utf-8")
-        return screenshot(page, png, width=width, height=height)
+    fig.update_layout(title=f"{run.name}: accuracy against latency (budget {run.budget_ms:.4g} ms)")
+    return figure_png(fig, png, width, height, div_id="pareto-plot")
