@@ -11,6 +11,7 @@ from rich.table import Table
 
 from autocomp.cliutil import run_app
 from autocomp.errors import UserError
+from autocomp.search import list_controllers
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -28,7 +29,7 @@ def search(
     space: str = typer.Option("mnist-mbv2", help="Search space name (search_spaces/) or YAML path."),
     device: str = typer.Option("cpu-ort", help="Target device (see `autocomp devices`)."),
     data: str = typer.Option("mnist", help="'mnist' or 'imagefolder:PATH'."),
-    controller: str = typer.Option("random", help="Search strategy: random, evolution (regularized, aging) or nsga2."),
+    controller: str = typer.Option("random", help=f"Search strategy: {', '.join(list_controllers())} (autocomp.search registry)."),
     address: Optional[str] = typer.Option(None, help="Ray cluster: 'auto' or 'ray://host:port' (default: local Ray)."),
     concurrency: Optional[int] = typer.Option(None, min=1, help="Evaluations in flight (default: the cluster's CPUs)."),
     weights: str = typer.Option("auto", help="Candidate weights: auto (the space's supernet if trained, else scratch), supernet, scratch, or a supernet .pt."),

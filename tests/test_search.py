@@ -1,5 +1,5 @@
-"""Controllers (random, regularized evolution, NSGA-II), the budget as a hard constraint, and the
-search on Ray Tune: failures recorded, resume after SIGKILL of the driver."""
+"""Controllers (every registered strategy: random, regularized evolution, NSGA-II, APQ), the budget
+as a hard constraint, and the search on Ray Tune: failures recorded, resume after SIGKILL of the driver."""
 
 from __future__ import annotations
 
@@ -15,13 +15,15 @@ import numpy as np
 import pytest
 
 from autocomp.errors import UserError
-from autocomp.search import get_controller
-from autocomp.search.base import list_controllers
+from autocomp.search import get_controller, list_controllers
 from autocomp.search.nsga2 import select
 from autocomp.search.pareto import crowding_distance, dominates, hypervolume, non_dominated_sort, pareto_front
 from autocomp.space import SearchSpace, get_space
 
 TINY_SPACE = (Path(__file__).parent / "fixtures" / "tiny-space.yaml").read_text()
+CONTROLLERS = list_controllers()  # the contract tests run on every registered strategy
+# small populations so that a few dozen trials cover several generations (others: their defaults)
+SMALL = {"evolution": {"population": 6, "generation": 3}, "nsga2": {"population": 4}, "apq": {"min_train": 4}}
 
 
 @pytest.fixture(scope="module")
@@ -81,9 +83,9 @@ def drive(name: str, space: SearchSpace, seed: int, n: int, shuffle_seed: int | 
 # --------------------------------------------------------------------------- controllers
 
 
-@pytest.mark.parametrize("name", ["random", "evolution", "nsga2"])
+@pytest.mark.parametrize("name", CONTROLLERS)
 def test_same_seed_same_candidates_whatever_the_completion_order(name, space):
-    opts = {"population": 6, "generation": 3} if name == "evolution" else ({"population": 4} if name == "nsga2" else {})
+    opts = SMALL.get(name, {})
     a = drive(name, space, 7, 24, None, **opts)
     b = drive(name, space, 7, 24, 123, **opts)  # results arrive in another order
     c = drive(name, space, 8, 24, None, **opts)
@@ -93,14 +95,26 @@ def test_same_seed_same_candidates_whatever_the_completion_order(name, space):
 
 
 def test_registry_lists_strategies_and_rejects_unknown(space):
-    assert {"random", "evolution", "nsga2"} <= set(list_controllers())
+    assert {"random", "evolution", "nsga2", "apq"} <= set(CONTROLLERS)
     with pytest.raises(UserError, match="--controller"):
         get_controller("annealing", space)
+    with pytest.raises(UserError, match=r"controller_options.populaton: controller 'nsga2' has no option"):
+        get_controller("nsga2", space, population=4, populaton=4)  # a typo is refused, not stored and ignored
 
 
-@pytest.mark.parametrize("name", ["evolution", "nsga2"])
-def test_evolved_candidates_stay_inside_the_space(name, space):
-    ctrl = get_controller(name, space, 3, population=4, **({"generation": 2} if name == "evolution" else {}))
+def test_controller_help_comes_from_the_registry():
+    from autocomp.cli import app
+    from typer.testing import CliRunner
+
+    res = CliRunner().invoke(app, ["search", "--help"], env={"COLUMNS": "400"})
+    assert res.exit_code == 0
+    line = next(line for line in res.output.splitlines() if "--controller" in line)
+    assert all(name in line for name in CONTROLLERS)
+
+
+@pytest.mark.parametrize("name", CONTROLLERS)
+def test_proposed_candidates_stay_inside_the_space(name, space):
+    ctrl = get_controller(name, space, 3, **SMALL.get(name, {}))
     for t in range(40):
         cand = ctrl.ask()
         assert cand is not None
@@ -151,13 +165,13 @@ def test_replaying_results_rebuilds_the_controller(space):
 # --------------------------------------------------------------------------- budget
 
 
-@pytest.mark.parametrize("name", ["random", "evolution", "nsga2"])
+@pytest.mark.parametrize("name", CONTROLLERS)
 def test_infeasible_candidates_are_never_asked(name, space):
     pred = EncodingLatency(space)
     rng = random.Random(1)
     lat = pred.predict([space.sample(rng) for _ in range(400)])
     budget = float(np.percentile(lat, 30))  # ~70% of the space is over budget
-    ctrl = get_controller(name, space, 0, budget_ms=budget, predictor=pred, population=4)
+    ctrl = get_controller(name, space, 0, budget_ms=budget, predictor=pred, **SMALL.get(name, {}))
     for t in range(16):
         c = ctrl.ask()
         assert float(pred.predict([c])[0]) <= budget

@@ -17,7 +17,6 @@ predicted latency exceeds the budget is never returned (counted in ``skipped``).
 
 from __future__ import annotations
 
-import importlib
 import random
 from typing import Any, Protocol, Sequence
 
@@ -171,17 +170,38 @@ def selection_latency(result: dict) -> float | None:
     return None
 
 
-_BUILTIN = {"random": "autocomp.search.random", "evolution": "autocomp.search.evolution", "nsga2": "autocomp.search.nsga2",
-            "apq": "autocomp.search.apq"}
-
-
 def list_controllers() -> list[str]:
-    return sorted(set(CONTROLLERS) | set(_BUILTIN))
+    """The registered strategies (``@register``); the built-in ones register when
+    :mod:`autocomp.search` is imported, which importing this module always does first."""
+    return sorted(CONTROLLERS)
+
+
+def controller_options(name: str) -> list[str]:
+    """The options a controller takes: the keyword parameters of its constructor and of every base
+    constructor up to :class:`Controller` (``budget_ms``, ``predictor``, ``max_proposals``, ``chunk``)."""
+    import inspect
+
+    names: set[str] = set()
+    for klass in CONTROLLERS[name].__mro__:
+        if "__init__" in klass.__dict__:
+            params = inspect.signature(klass.__dict__["__init__"]).parameters.values()
+            names |= {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+        if klass is Controller:
+            break
+    return sorted(names - {"self", "space", "seed"})
+
+
+def check_controller(name: str, options: dict | None = None) -> None:
+    """A UserError naming the field unless ``name`` is registered and takes every one of ``options``."""
+    if name not in CONTROLLERS:
+        raise UserError("--controller", f"unknown controller {name!r}", f"one of {list_controllers()}")
+    known = controller_options(name)
+    unknown = sorted(set(options or {}) - set(known))
+    if unknown:
+        raise UserError(f"controller_options.{unknown[0]}", f"controller {name!r} has no option {unknown[0]!r}",
+                        f"one of {known}")
 
 
 def get_controller(name: str, space: SearchSpace, seed: int = 0, **options: Any) -> Controller:
-    if name not in CONTROLLERS and name in _BUILTIN:
-        importlib.import_module(_BUILTIN[name])
-    if name not in CONTROLLERS:
-        raise UserError("--controller", f"unknown controller {name!r}", f"one of {list_controllers()}")
+    check_controller(name, options)
     return CONTROLLERS[name](space, seed, **options)
