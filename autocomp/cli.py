@@ -38,6 +38,8 @@ def search(
     distill_steps: int = typer.Option(0, min=0, help="Distillation steps per exported winner (0: export as searched; see `autocomp distill`)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the interrupted run in --out (same options): finished evaluations are kept, not repeated."),
     val_size: Optional[int] = typer.Option(None, min=1, help="Validation images that score a candidate (default 5000)."),
+    calibrate: int = typer.Option(20, min=1, help="Measurements that calibrate the latency model when the device's fingerprint has no predictor (cached per fingerprint)."),
+    no_calibrate: bool = typer.Option(False, "--no-calibrate", help="Never calibrate: without a predictor of this fingerprint, candidates are not filtered by the budget."),
 ) -> None:
     """Search the space for the most accurate candidates under the latency budget."""
     from autocomp.config import SearchConfig, default_run_dir, parse_budget
@@ -50,7 +52,7 @@ def search(
     if resume and out is None:
         raise UserError("--resume", "needs the run directory to continue", "--out DIR of the interrupted run")
     run_search(cfg, train_steps=train_steps, console=console, resume=resume, val_size=val_size,
-               top_k=top_k, distill_steps=distill_steps)
+               top_k=top_k, distill_steps=distill_steps, calibrate=0 if no_calibrate else calibrate)
 
 
 def _kd_config(kd: str, steps: int, seed: int = 0):
@@ -108,14 +110,31 @@ def spaces() -> None:
 
 
 @app.command()
-def devices() -> None:
-    """List the known measurement devices."""
+def devices(
+    probe: bool = typer.Option(True, help="Probe the fingerprint of devices measured on this machine (not those reached over ssh)."),
+) -> None:
+    """List the measurement devices, the fingerprints their latency predictors were measured on, and
+    whether one matches the machine that would measure now (else a search calibrates first)."""
     from autocomp.measure import DEVICES
+    from autocomp.measure.fingerprint import fingerprint_id
+    from autocomp.predictor import predictor_dirs
+    from autocomp.resources import predictors_dir
 
-    t = Table("device", "backend", "precisions", "description")
+    t = Table("device", "backend", "precisions", "predictors (fingerprint)", "this machine now", "match")
     for d in DEVICES.values():
-        t.add_row(d.name, d.backend, ",".join(d.precisions), d.description)
+        dirs = predictor_dirs(d.name)
+        names = [f"{p.name}{'' if p.parent.parent == predictors_dir() else ' (calibrated)'}" for p in dirs]
+        here, match = "not probed", ""
+        if probe and not d.options.get("ssh"):
+            try:
+                here = fingerprint_id(d.fingerprint())
+            except Exception as e:  # a backend whose runtime is not installed here
+                here = f"unavailable ({type(e).__name__})"
+            else:
+                match = "yes" if here in {p.name for p in dirs} else "no: a search calibrates first"
+        t.add_row(d.name, d.backend, ",".join(d.precisions), "\n".join(names) or "none", here, match)
     console.print(t)
+    console.print("descriptions: " + "; ".join(f"{d.name}: {d.description}" for d in DEVICES.values()), soft_wrap=True)
 
 
 def _mount_subcommands() -> None:

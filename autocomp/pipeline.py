@@ -7,7 +7,9 @@ written; the run directory is never overwritten.
 from __future__ import annotations
 
 import json
+import os
 import time
+from pathlib import Path
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -17,24 +19,61 @@ from autocomp.config import SearchConfig
 from autocomp.data import load_dataset
 from autocomp.errors import UserError
 from autocomp.evaluate import EvalSettings
-from autocomp.measure import get_device
+from autocomp.measure import Device, get_device
+from autocomp.predictor.calibrate import (
+    DEFAULT_K,
+    LatencyModel,
+    initial_margin,
+    latency_model,
+    live_error,
+    record_measurements,
+    skip_audit,
+)
 from autocomp.cluster import init_ray
 from autocomp.runner import ControllerFactory, read_results, run_tune, write_json
 from autocomp.search import get_controller
-from autocomp.search.constraint import load_latency_predictor
 from autocomp.search.pareto import budget_verdict, pareto_front
 from autocomp.space import get_space
 
 SCHEMA_VERSION = 1
+MODEL_DIR = "latency_model"
+
+
+def _latency_model(device: Device, space, model_dir: Path, resume: bool, k: int, console: Console) -> LatencyModel:
+    """The run's latency model: the one it saved (resume), else the device fingerprint's (calibrated if need be)."""
+    from autocomp.predictor.campaign import probe_fingerprint
+    from autocomp.predictor.model import Predictor
+
+    if resume and (model_dir / "predictor.json").exists():
+        pred = Predictor.load(model_dir)
+        saved = pred.meta.get("latency_model") or {}
+        return LatencyModel(pred, "resumed", saved.get("fingerprint") or pred.fingerprint, calibration=saved.get("calibration") or {})
+    fp = probe_fingerprint(device)
+    from autocomp.measure import DEVICES
+
+    same_backend = [d for d, dev in DEVICES.items() if dev.backend == device.backend and d != device.name]
+    lm = latency_model(device, space, fp, k=k, say=lambda m: console.print(f"[yellow]latency model:[/] {m}"),
+                       source_devices=same_backend)
+    if lm.notice:
+        console.print(f"[yellow]notice:[/] {lm.notice}")
+    elif lm.predictor is not None:
+        console.print(f"latency model: {lm.how} predictor of {lm.predictor.fingerprint_id}"
+                      + (f" ({lm.calibration.get('method')}, {lm.calibration.get('n_fit')} measurements)" if lm.calibration else ""))
+    return lm
 
 
 def run_search(cfg: SearchConfig, train_steps: int = 100, console: Console | None = None, *, resume: bool = False,
                val_size: int | None = None, controller_options: dict | None = None, predictor=None,
-               top_k: int = 0, distill_steps: int = 0) -> dict:
+               top_k: int = 0, distill_steps: int = 0, calibrate: int = DEFAULT_K) -> dict:
     """Run (or with ``resume`` continue) a search; writes config.json, results.csv, summary.json in ``cfg.out``.
 
     A run directory that already holds a run is refused unless ``resume``; a resumed run must use the
     same configuration (checked against config.json) and replays its recorded results.
+
+    The budget filter uses the latency model of the device's fingerprint (probed on the device's
+    node): a matching predictor, or one calibrated now with ``calibrate`` measurements (0: no
+    filter); see :mod:`autocomp.predictor.calibrate`. It is saved in ``<run>/latency_model/`` (a
+    resumed run filters with it again) and adapted online as the run measures.
     """
     console = console or Console()
     device = get_device(cfg.device)
@@ -47,18 +86,24 @@ def run_search(cfg: SearchConfig, train_steps: int = 100, console: Console | Non
     data = load_dataset(cfg.data, (space.input.channels, space.input.height, space.input.width))
     if data.num_classes != space.num_classes:
         console.print(f"[yellow]dataset has {data.num_classes} classes; the space's classifier is sized to match[/]")
-    given = predictor
+    model_dir = cfg.out / MODEL_DIR
+    lm = None
     if predictor is None:
-        predictor, notice = load_latency_predictor(device.name, space.name)
-        if notice:
-            console.print(f"[yellow]notice:[/] {notice}")
-    # The factory loads the device's predictor itself, so Tune's saved experiment holds no model.
-    factory = ControllerFactory(cfg.controller, space, cfg.seed, budget_ms=cfg.budget_ms, predictor=given,
-                                device=device.name if given is None else None, options=controller_options or {})
+        if cfg.address or os.environ.get("RAY_ADDRESS"):
+            init_ray(cfg.address, device)  # the device's node probes its fingerprint and measures
+        lm = _latency_model(device, space, model_dir, resume, calibrate, console)
+    # The factory loads the run's latency model itself, so Tune's saved experiment holds no model.
+    factory = ControllerFactory(cfg.controller, space, cfg.seed, budget_ms=cfg.budget_ms, predictor=predictor,
+                                options=controller_options or {},
+                                model_dir=str(model_dir) if lm is not None and lm.predictor is not None else None,
+                                margin=initial_margin(lm) if lm is not None else 0.1)
 
     cfg.out.mkdir(parents=True, exist_ok=True)
     if not (cfg.out / "config.json").exists():
         write_json(cfg.out / "config.json", config)
+    if lm is not None and lm.predictor is not None and lm.how != "resumed":
+        lm.predictor.meta["latency_model"] = lm.describe()
+        lm.predictor.save(model_dir)
     init_ray(cfg.address, device)
     import ray
 
@@ -86,8 +131,18 @@ def run_search(cfg: SearchConfig, train_steps: int = 100, console: Console | Non
         rows, searcher = run_tune(factory, space, data, device, settings, cfg.trials, cfg.out,
                                   concurrency=cfg.concurrency, resume=resume, on_row=on_row)
     summary = summarise(rows, cfg.budget_ms)
-    summary.update(controller=cfg.controller, skipped_infeasible=searcher.skipped, predictor=predictor is not None,
-                   resumed=resume, replayed=searcher.replayed, wall_s=round(time.time() - t0, 1))
+    filtered = predictor is not None or (lm is not None and lm.predictor is not None)
+    summary.update(controller=cfg.controller, skipped_infeasible=searcher.skipped, predictor=filtered,
+                   resumed=resume, replayed=searcher.replayed)
+    if lm is not None:
+        summary["latency_model"] = {**lm.describe(), "live_error": live_error(rows)}
+        if lm.predictor is not None:
+            summary["latency_model"]["online"] = searcher.ctrl.latency_state()
+            summary["skip_audit"] = skip_audit(searcher.ctrl.skipped_log, cfg.budget_ms, space, device, progress=True)
+        added = record_measurements(device.name, lm.fingerprint, space, rows)
+        if added:
+            summary["latency_model"]["recorded"] = added
+    summary["wall_s"] = round(time.time() - t0, 1)
     write_json(cfg.out / "summary.json", summary)
     print_summary(summary, cfg.budget_ms, console)
     if top_k and summary["best_under_budget"]:
@@ -168,5 +223,18 @@ def print_summary(summary: dict, budget_ms: float, console: Console) -> None:
         console.print(f"{summary['skipped_infeasible']} candidate(s) predicted over the budget were skipped (never evaluated)")
     elif not summary.get("predictor"):
         console.print("no latency predictor: no candidate was skipped by the budget")
+    lm = summary.get("latency_model")
+    if lm:
+        live = lm.get("live_error") or {}
+        cal = lm.get("calibration") or {}
+        how = lm["how"] + (f" ({cal.get('method')}, k={cal.get('k')}, from {cal.get('source_fingerprint_id')})" if cal else "")
+        console.print(f"latency model of {lm['fingerprint_id']}: {how}")
+        if live.get("n"):
+            console.print(f"its live error on this run ({live['n']} evaluations): median |error| {live['median_abs_error']:.1%}, "
+                          f"within ±10% {live['within_10pct']:.0%}, Spearman {live['spearman'] if live['spearman'] is not None else 'n/a'}")
+    audit = summary.get("skip_audit")
+    if audit and audit.get("audited"):
+        console.print(f"skip audit: {audit['audited']} of {audit['skipped']} skipped candidate(s) measured anyway, "
+                      f"{audit['fit_budget']} in fact fit the budget")
     if summary["failed"]:
         console.print(f"[yellow]{summary['failed']} evaluation(s) failed; see the error column of results.csv[/]")

@@ -25,7 +25,7 @@ RESULT_COLUMNS = [
     "trial", "id", "status", "accuracy", "latency_ms", "latency_p90_ms", "latency_cv", "latency_flagged",
     "params", "onnx_bytes", "score_s", "summary", "policy", "error",
     "device", "backend", "backend_version", "precision", "batch", "threads", "warmup", "repeats", "host",
-    "predicted_latency_ms", "measure_node", "measure_pid", "fingerprint_id", "fingerprint",
+    "predicted_latency_ms", "measure_node", "measure_pid", "fingerprint_id", "fingerprint", "latency_state",
 ]
 
 
@@ -98,7 +98,8 @@ from ray import tune  # noqa: E402
 from ray.tune.search import Searcher  # noqa: E402
 
 TUNE_DIR, TUNE_NAME = "tune", "search"
-_ROW_KEYS = [c for c in RESULT_COLUMNS if c not in ("trial", "id", "summary", "policy", "precision", "predicted_latency_ms")]
+_ROW_KEYS = [c for c in RESULT_COLUMNS if c not in ("trial", "id", "summary", "policy", "precision", "predicted_latency_ms",
+                                                    "latency_state")]
 
 
 @dataclass
@@ -109,17 +110,20 @@ class ControllerFactory:
     space: SearchSpace
     seed: int
     budget_ms: float | None = None
-    device: str | None = None  # load this device's latency predictor (hard budget constraint)
-    predictor: Any = None  # or use this one (tests, benchmarks)
+    predictor: Any = None  # a latency predictor to filter with (tests, benchmarks)
     options: dict = field(default_factory=dict)
+    model_dir: str | None = None  # or the run's latency model (<run>/latency_model/), adapted online
+    margin: float = 0.1  # the online model's filter tolerance before the run's first measurements
 
     def __call__(self):
         from autocomp.search import get_controller
-        from autocomp.search.constraint import load_latency_predictor
 
         pred = self.predictor
-        if pred is None and self.device is not None:
-            pred, _ = load_latency_predictor(self.device, self.space.name)
+        if pred is None and self.model_dir is not None:
+            from autocomp.predictor.calibrate import OnlineLatency
+            from autocomp.predictor.model import Predictor
+
+            pred = OnlineLatency(Predictor.load(Path(self.model_dir)), self.margin)
         return get_controller(self.name, self.space, self.seed, budget_ms=self.budget_ms, predictor=pred, **self.options)
 
 
@@ -151,6 +155,9 @@ class ControllerSearcher(Searcher):
         held = set(known.values())
         last = max(done.keys() | held, default=-1)
         while self.ctrl.asked <= last:
+            state = (done.get(self.ctrl.asked) or {}).get("latency_state")
+            if state:  # filter this ask as the recorded run did
+                self.ctrl.set_latency_state(json.loads(state))
             cand = self.ctrl.ask()
             if cand is None:
                 break
@@ -182,7 +189,9 @@ class ControllerSearcher(Searcher):
                 return None
             i = self.ctrl.asked - 1
         self.trial_ids[trial_id] = i
-        return {"trial": i, "candidate": cand.to_json(), "predicted_latency_ms": self.ctrl.predicted.get(cand.id)}
+        state = self.ctrl.latency_state()
+        return {"trial": i, "candidate": cand.to_json(), "predicted_latency_ms": self.ctrl.predicted.get(cand.id),
+                "latency_state": json.dumps(state) if state else None}
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         i = self.trial_ids.get(trial_id)
@@ -210,7 +219,8 @@ def _row_from_trial(trial, status: str | None = None, error: str = "") -> dict:
     cand = Candidate.from_json(cfg["candidate"])
     res = {k: v for k, v in (trial.last_result or {}).items() if k in _ROW_KEYS}
     row = {**res, "trial": cfg["trial"], "id": cand.id, "summary": cand.summary(), "policy": cand.to_json(),
-           "precision": cand.precision, "predicted_latency_ms": cfg.get("predicted_latency_ms")}
+           "precision": cand.precision, "predicted_latency_ms": cfg.get("predicted_latency_ms"),
+           "latency_state": cfg.get("latency_state")}
     if status:
         row.update(status=status, error=error)
     return row

@@ -25,6 +25,7 @@ from autocomp.measure import fingerprint as fingerprint_mod
 from autocomp.measure.base import Measurement
 
 CV_THRESHOLD = 0.15
+RESCALE_NORMAL = False
 # ONNX Runtime's QDQ fusion turns DQ -> Conv -> Q (an int8 conv feeding an int8 conv directly, e.g. the
 # two halves of a low-rank pair) into an integer QLinearConv whose u8s8 kernels saturate their int16
 # intermediate sums on x86 CPUs without VNNI: with full-range int8 weights the outputs moved by up
@@ -150,12 +151,13 @@ def _normal_phase(timed: Callable[[], float], ref: Callable[[], float], nominal:
         while len(own) < per_block or time.perf_counter() - t0 < min_time_s / blocks:
             own.append(timed())
         after = frame()
+        factor = 2 * nominal / (before + after)
         if max(before, after) <= FAST_TOLERANCE * nominal:
-            normal += own
+            normal += (np.asarray(own) * factor).tolist() if RESCALE_NORMAL else own
             n_normal += 1
             if n_normal >= blocks:
                 break
-        scaled += (np.asarray(own) * (2 * nominal / (before + after))).tolist()
+        scaled += (np.asarray(own) * factor).tolist()
     if n_normal >= max(blocks // 2, 1):
         m = Measurement.from_samples(normal, **protocol)
         return Measurement(**{**m.to_dict(), "statistic": "median_normal_phase"})

@@ -55,7 +55,10 @@ def fingerprint(*, batch: int = 1, **_options: Any) -> dict:
         probes["trt"] = f"TensorRT version: {trt.__version__}"
     except ImportError:
         pass
-    return fingerprint_from_probes(probes, "tensorrt", batch)
+    fp = fingerprint_from_probes(probes, "tensorrt", batch)
+    if fp["gpu"] is None:
+        raise RuntimeError("no NVIDIA GPU found on this machine")
+    return fp
 
 
 def build_engine(onnx_path: Path, precision: str, workspace_mb: int = 1024, batch: int = 1,

@@ -463,7 +463,10 @@ def fingerprint(*, ssh: str | None = None, trtexec: str = "trtexec", batch: int 
     """The fingerprint of the machine trtexec runs on (``ssh`` host or here)."""
     script = "; ".join(f"echo '@@autocomp-probe {k}'; {v.format(trtexec=shlex.quote(trtexec))}" for k, v in _PROBES.items())
     proc = _run(["sh", "-c", script], ssh, 120)
-    return fingerprint_from_probes(parse_probes(proc.stdout), "trtexec", batch)
+    fp = fingerprint_from_probes(parse_probes(proc.stdout), "trtexec", batch)
+    if fp["gpu"] is None and fp["backend_version"] is None:
+        raise RuntimeError(f"no NVIDIA GPU or trtexec found on {ssh or 'this machine'}")
+    return fp
 
 
 _VERSIONS: dict[tuple[str, str | None], str | None] = {}

@@ -41,7 +41,7 @@ from autocomp.measure import Device
 from autocomp.measure.fingerprint import differences, fingerprint_id
 from autocomp.predictor import find_predictor, nearest_predictor, predictor_dir
 from autocomp.predictor.model import Predictor, candidates_of, fit, host_info, metrics
-from autocomp.resources import user_predictors_dir
+from autocomp.resources import predictors_dir, user_predictors_dir
 from autocomp.space import Candidate, SearchSpace
 
 DEFAULT_K = 20
@@ -69,9 +69,16 @@ class LatencyModel:
                 **({"notice": self.notice} if self.notice else {})}
 
 
-def _load_cached(device: Device, fp: dict, say: Callable[[str], None]) -> Predictor | None:
+def load_model(device: str, space: SearchSpace, fingerprint: dict) -> Predictor | None:
+    """The predictor of exactly this fingerprint for ``space`` (a calibration in the user's cache first,
+    then the shipped one), or None. What the search's controller loads, in every process."""
+    pred = find_predictor(device, fingerprint)
+    return pred if pred is not None and pred.space.name == space.name else None
+
+
+def _load_cached(device: str, fp: dict, say: Callable[[str], None]) -> Predictor | None:
     """This fingerprint's predictor from the user's cache; a corrupt one is set aside and None returned."""
-    d = predictor_dir(device.name, fingerprint_id(fp), user_predictors_dir())
+    d = predictor_dir(device, fingerprint_id(fp), user_predictors_dir())
     if not (d / "predictor.json").exists():
         return None
     try:
@@ -91,10 +98,10 @@ def latency_model(device: Device, space: SearchSpace, fingerprint: dict[str, Any
                   source_devices: Sequence[str] = ()) -> LatencyModel:
     """The latency model of ``device`` (whose node has ``fingerprint`` now) for ``space``; see the module docs."""
     fid = fingerprint_id(fingerprint)
-    cached = _load_cached(device, fingerprint, say)
+    cached = _load_cached(device.name, fingerprint, say)
     if cached is not None and cached.space.name == space.name:
         return LatencyModel(cached, "cached", fingerprint, calibration=dict(cached.meta.get("calibration") or {}))
-    shipped = find_predictor(device.name, fingerprint)
+    shipped = find_predictor(device.name, fingerprint, [predictors_dir()])
     if shipped is not None and shipped.space.name == space.name:
         return LatencyModel(shipped, "matched", fingerprint)
     source = nearest_predictor(device.name, fingerprint, list(source_devices))
@@ -198,8 +205,8 @@ def record_measurements(device: str, fingerprint: dict, space: SearchSpace, rows
         new.append({"schema_version": SCHEMA_VERSION, "id": r["id"], "space": space.name, "candidate": r["policy"],
                     "encoding": space.encode(cand), "precision": cand.precision, "params": r.get("params"),
                     "onnx_bytes": r.get("onnx_bytes"), "seed": -1, "index": int(r["trial"]),
-                    **{c: r.get(c) for c in ("device", "backend", "backend_version", "batch", "threads", "warmup",
-                                             "repeats", "host", "fingerprint", "fingerprint_id")},
+                    **{c: r.get(c) for c in ("device", "backend", "backend_version", "host", "fingerprint", "fingerprint_id")},
+                    **{c: int(r[c]) for c in ("batch", "threads", "warmup", "repeats")},
                     "statistic": "median", "median_ms": float(r["latency_ms"]), "mean_ms": None,
                     "p90_ms": r.get("latency_p90_ms"), "p99_ms": None, "cv": r.get("latency_cv"),
                     "flagged": str(r.get("latency_flagged")) == "True", "cpu_model": fingerprint.get("cpu_model"),
@@ -227,11 +234,14 @@ class OnlineLatency:
         self.meta = base.meta
         self.a, self.b = 0.0, 1.0
         self.initial_margin = margin
+        self._margin: float | None = None  # a replayed state's margin, until the next measurement
         self.points: list[tuple[float, float]] = []  # (log base prediction, log measured)
         self.errors: list[float] = []  # relative error of the prediction in force when it was measured
 
     @property
     def margin(self) -> float:
+        if self._margin is not None:
+            return self._margin
         if len(self.errors) < 5:
             return self.initial_margin
         return float(np.clip(np.percentile(np.abs(self.errors), 90), MIN_MARGIN, MAX_MARGIN))
@@ -241,18 +251,25 @@ class OnlineLatency:
         return budget_ms * (1.0 + self.margin)
 
     def predict(self, candidates: Sequence[Candidate]) -> np.ndarray:
-        base = self.base.predict(candidates)
-        return self._corrected(base)
+        return self._corrected(self.base.predict(candidates))
 
     def _corrected(self, base: np.ndarray) -> np.ndarray:
-        lb = np.log(np.maximum(base, 1e-6))
-        return np.exp(self.a + self.b * lb)
+        return np.exp(self.a + self.b * np.log(np.maximum(base, 1e-6)))
 
-    def observe(self, candidate: Candidate, measured_ms: float) -> None:
+    def state(self) -> dict[str, float]:
+        return {"a": round(self.a, 6), "b": round(self.b, 6), "margin": round(self.margin, 6), "n": len(self.points)}
+
+    def set_state(self, state: dict[str, float]) -> None:
+        self.a, self.b, self._margin = float(state["a"]), float(state["b"]), float(state["margin"])
+
+    def observe(self, candidate: Candidate, measured_ms: float, predicted_ms: float | None = None) -> None:
+        """One measurement of the run: ``predicted_ms`` is what was predicted for it before (default:
+        the prediction now)."""
         base = float(self.base.predict([candidate])[0])
-        before = float(self._corrected(np.array([base]))[0])
+        before = predicted_ms if predicted_ms is not None else float(self._corrected(np.array([base]))[0])
         self.errors.append(before / measured_ms - 1.0)
-        self.points.append((np.log(base), np.log(measured_ms)))
+        self.points.append((float(np.log(base)), float(np.log(measured_ms))))
+        self._margin = None
         x, y = np.array(self.points).T
         # ridge toward (a, b) = (0, 1): minimise sum (y - a - b x)^2 + PRIOR * (a^2 + xbar^2 (b - 1)^2)
         xm = float(np.mean(x))
@@ -284,3 +301,49 @@ def live_error(rows: list[dict]) -> dict[str, Any]:
     rel = np.abs(p / y - 1)
     return {"n": len(pairs), "median_abs_error": round(float(np.median(rel)), 4), "within_10pct": round(m["within_10pct"], 4),
             "spearman": round(m["spearman"], 4) if len(pairs) > 2 else None, "rmspe": round(m["rmspe"], 4)}
+
+
+AUDIT_SHARE = 10  # measure one skipped candidate in this many
+AUDIT_MIN = 2
+
+
+def skip_audit(skipped: list[tuple[Candidate, float]], budget_ms: float, space: SearchSpace, device: Device,
+               progress: bool = True) -> dict[str, Any]:
+    """Measure a share of the candidates the filter skipped (one in ``AUDIT_SHARE``, at least
+    ``AUDIT_MIN``): those predicted nearest the budget, where a wrong skip is likeliest. Reports how
+    many in fact fit the budget (the target is none). Runs on the device's node when Ray runs."""
+    from autocomp.cluster import on_device
+
+    out: dict[str, Any] = {"skipped": len(skipped), "audited": 0, "fit_budget": 0, "rows": []}
+    if not skipped:
+        return out
+    n = min(len(skipped), max(AUDIT_MIN, -(-len(skipped) // AUDIT_SHARE)))
+    chosen = sorted(skipped, key=lambda t: t[1])[:n]
+    bar = None
+    if progress:
+        from rich.progress import Progress
+
+        bar = Progress()
+        bar.start()
+        task = bar.add_task("skip audit: measuring skipped candidates", total=n)
+    try:
+        for cand, predicted in chosen:
+            row = on_device(device, _measure_json, cand.to_json(), space, device.name)
+            fits = row["median_ms"] <= budget_ms
+            out["rows"].append({"id": cand.id, "predicted_ms": round(float(predicted), 4), "measured_ms": round(row["median_ms"], 4),
+                                "fits": fits, "fingerprint_id": row.get("fingerprint_id")})
+            out["fit_budget"] += int(fits)
+            if bar is not None:
+                bar.advance(task)
+    finally:
+        if bar is not None:
+            bar.stop()
+    out["audited"] = len(out["rows"])
+    return out
+
+
+def _measure_json(cand_json: str, space: SearchSpace, device_name: str) -> dict:
+    from autocomp.measure import get_device
+    from autocomp.predictor.campaign import measure_candidate
+
+    return measure_candidate(Candidate.from_json(cand_json), space, get_device(device_name))

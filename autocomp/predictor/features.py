@@ -133,8 +133,11 @@ def _onehot(prec: np.ndarray) -> np.ndarray:
 
 
 def _unblocked(c_in: np.ndarray, c_out: np.ndarray, block: int) -> np.ndarray:
-    """1.0 where a float conv c_in -> c_out cannot use ONNX Runtime's blocked (NCHWc) kernels."""
-    return 1.0 - _blocked(c_in, block) * _blocked(c_out, block)
+    """1.0 where a dense float conv c_in -> c_out cannot use ONNX Runtime's blocked (NCHWc) kernels:
+    ORT's NchwcTransformer takes a dense conv whose input channels are fewer than the block (it reads
+    the NCHW input directly) or a multiple of it, and pads any output channel count up to the block."""
+    del c_out  # padded: any count works
+    return 1.0 - np.maximum(_blocked(c_in, block), (c_in < block).astype(float))
 
 
 def _blocked(c: np.ndarray, block: int) -> np.ndarray:

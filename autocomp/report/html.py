@@ -306,6 +306,7 @@ def render(run: Run, compare: list[Run] | None = None) -> str:
                  else "<div class=note>No evaluations yet.</div>")
 
     parts.append("<h2>Latency predictor quality</h2>")
+    parts.append(_latency_model_html((run.summary or {}).get("latency_model"), (run.summary or {}).get("skip_audit")))
     q = predictor_quality(run)
     if q:
         noise = f"; measurement noise floor: median CV {q['noise_cv_median']:.1%}" if q.get("noise_cv_median") is not None else ""
@@ -349,6 +350,41 @@ def render(run: Run, compare: list[Run] | None = None) -> str:
     body = "\n".join(parts)
     return (f"<!DOCTYPE html>\n<html lang=en><head><meta charset='utf-8'><meta name=viewport content='width=device-width, initial-scale=1'>"
             f"<title>autocomp report — {_e(run.name)}</title><style>{CSS}</style></head>\n<body>\n{body}\n</body></html>\n")
+
+
+def _latency_model_html(lm: dict | None, audit: dict | None) -> str:
+    """Which latency model filtered the run (its device fingerprint, how it was calibrated), its live
+    error on this run and the skip audit (see autocomp/predictor/calibrate.py)."""
+    if not lm:
+        return "<div class=note>This run records no latency model (written before fingerprints, or given a predictor directly).</div>"
+    cal = lm.get("calibration") or {}
+    out = [f"<p>Device fingerprint <code>{_e(lm.get('fingerprint_id'))}</code>; latency model: <b>{_e(lm.get('how'))}</b>"]
+    if lm.get("predictor_fingerprint_id"):
+        out.append(f" (predictor of <code>{_e(lm['predictor_fingerprint_id'])}</code>)")
+    if cal:
+        out.append(f"; calibrated with {_e(cal.get('n_fit', cal.get('k')))} measurements ({_e(cal.get('method'))}) "
+                   f"from <code>{_e(cal.get('source_fingerprint_id'))}</code>")
+    if lm.get("notice"):
+        out.append(f". {_e(lm['notice'])}")
+    out.append(".</p>")
+    live = lm.get("live_error") or {}
+    if live.get("n"):
+        out.append(f"<p>Live error on this run ({live['n']} evaluations, each predicted before it was measured): median |error| "
+                   f"{live['median_abs_error']:.1%}, within ±10 % {live['within_10pct']:.0%}, Spearman {_num(live.get('spearman'), '.3f')}.")
+        online = lm.get("online") or {}
+        if online:
+            out.append(f" Online adaptation at the end: log-linear correction a={online['a']:.3f}, b={online['b']:.3f}, "
+                       f"filter margin {online['margin']:.0%} over the budget.")
+        out.append("</p>")
+    if audit:
+        rows = [[_e(r["id"]), _num(r["predicted_ms"], ".3f"), _num(r["measured_ms"], ".3f"), "yes" if r["fits"] else "no"]
+                for r in audit.get("rows", [])]
+        out.append(f"<p>Skip audit: {audit.get('skipped', 0)} candidate(s) predicted over the budget were skipped; "
+                   f"{audit.get('audited', 0)} of them (those predicted nearest the budget) were measured anyway and "
+                   f"<b>{audit.get('fit_budget', 0)}</b> in fact fit it.</p>")
+        if rows:
+            out.append(_table(["id", "predicted ms", "measured ms", "fits"], rows, {1, 2}, raw=True))
+    return "".join(out)
 
 
 def _layers_table(run: Run, wins: list[dict]) -> str:

@@ -57,6 +57,18 @@ def render_markdown(run: Run, compare: list[Run] | None = None) -> str:
                            [[f["run"], f"{f['budget_ms']:.4g}", f["evaluated"], f["failed"], _f(f["hypervolume"]),
                              _f(f["best_under_budget_accuracy"]), _f(f["best_under_budget_latency_ms"], ".3f"),
                              f"`{f['best_under_budget_id']}`" if f["best_under_budget_id"] else "—"] for f in figs])
+    lm = (run.summary or {}).get("latency_model")
+    if lm:
+        live, cal, audit = lm.get("live_error") or {}, lm.get("calibration") or {}, (run.summary or {}).get("skip_audit") or {}
+        lines += ["", "## Latency model", "", f"- device fingerprint `{lm.get('fingerprint_id')}`: {lm.get('how')}"
+                  + (f", calibrated with {cal.get('n_fit', cal.get('k'))} measurements ({cal.get('method')}) from "
+                     f"`{cal.get('source_fingerprint_id')}`" if cal else "")]
+        if live.get("n"):
+            lines.append(f"- live error ({live['n']} evaluations): median |error| {live['median_abs_error']:.1%}, "
+                         f"within ±10 % {live['within_10pct']:.0%}, Spearman {_f(live.get('spearman'), '.3f')}")
+        if audit:
+            lines.append(f"- skip audit: {audit.get('audited', 0)} of {audit.get('skipped', 0)} skipped candidates measured, "
+                         f"{audit.get('fit_budget', 0)} fit the budget")
     if len(run.failed):
         lines += ["", f"## Failed evaluations ({len(run.failed)})", ""]
         lines += _md_table(["trial", "id", "error"], [[int(r["trial"]), f"`{r['id']}`", r["error"]] for r in run.failed.to_dict("records")])

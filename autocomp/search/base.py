@@ -12,7 +12,11 @@ evaluations complete; replaying the recorded results of a run rebuilds the contr
 (that is how a run resumes).
 
 The budget is a hard constraint: with a latency ``predictor`` and ``budget_ms``, a proposal whose
-predicted latency exceeds the budget is never returned (counted in ``skipped``).
+predicted latency exceeds the budget is never returned (counted in ``skipped``, logged in
+``skipped_log`` for the skip audit). A predictor that adapts online (``observe``, see
+:class:`autocomp.predictor.calibrate.OnlineLatency`) is shown every measured latency as it is told,
+and may widen the filter by its live error (``limit``); its state at each ask is recorded with
+the trial (``latency_state``), which is what makes a replay propose the same candidates.
 """
 
 from __future__ import annotations
@@ -58,6 +62,7 @@ class Controller:
         self.history: list[tuple[Candidate, dict]] = []  # in tell order
         self.seen: set[str] = set()
         self.skipped = 0  # proposals never evaluated because their predicted latency exceeds the budget
+        self.skipped_log: list[tuple[Candidate, float]] = []  # (proposal, predicted ms) of the skipped ones
         self.predicted: dict[str, float] = {}  # candidate id -> predicted latency (ms)
         self.asked = 0
         self._pending: dict[int, Candidate] = {}
@@ -93,12 +98,30 @@ class Controller:
         if trial is None:
             raise ValueError(f"tell() for candidate {candidate.id} that was not asked (or told twice)")
         del self._pending[trial]
+        self._observe_latency(candidate, result)
         self.history.append((candidate, result))
         self._gen.append((trial, candidate, result))
         if not self.generation_size:
             self._close_generation()
         elif self._gen_asked >= self.generation_size and not self._pending:
             self._close_generation()
+
+    def _observe_latency(self, candidate: Candidate, result: dict) -> None:
+        observe = getattr(self.predictor, "observe", None)
+        if observe is None or result.get("status", "ok") != "ok" or result.get("latency_ms") in (None, ""):
+            return
+        predicted = result.get("predicted_latency_ms")
+        observe(candidate, float(result["latency_ms"]), None if predicted in (None, "") else float(predicted))
+
+    def latency_state(self) -> dict | None:
+        """The online latency model's state now (what the next ask filters with), or None."""
+        state = getattr(self.predictor, "state", None)
+        return state() if state else None
+
+    def set_latency_state(self, state: dict) -> None:
+        """Replay: filter the next ask as the recorded run did."""
+        if hasattr(self.predictor, "set_state"):
+            self.predictor.set_state(state)
 
     @property
     def pending(self) -> list[int]:
@@ -125,6 +148,9 @@ class Controller:
         strategy's own proposals are replaced by uniform samples of the space.
         """
         tried = 0
+        limit = self.budget_ms
+        if self.predictor is not None and hasattr(self.predictor, "limit"):
+            limit = self.predictor.limit(self.budget_ms)  # the budget widened by the live error
         while tried < self.max_proposals:
             use_space = tried >= self.max_proposals // 2
             chunk = [self.space.sample(self.rng) if use_space else self.propose() for _ in range(self.chunk)]
@@ -134,8 +160,9 @@ class Controller:
                 continue
             lat = self.predict_ms(chunk)
             for k, c in enumerate(chunk):
-                if lat is not None and lat[k] > self.budget_ms:
+                if lat is not None and lat[k] > limit:
                     self.skipped += 1
+                    self.skipped_log.append((c, lat[k]))
                     self.seen.add(c.id)  # never proposed again
                     continue
                 if lat is not None:
