@@ -133,6 +133,28 @@ def test_torch_pruning_generic_models(arch, importance):
     assert m.fc.in_features == 256 if arch == "resnet18" else m.classifier[-1].in_features == 640
 
 
+def test_torch_pruning_bn_importance_is_ours_on_every_group():
+    """``bn`` in prune_model is Torch-Pruning's BNScaleImportance (L1 where a group has no BatchNorm):
+    the same channels as our criterion on each group, in a network with and without BatchNorm."""
+    import copy
+
+    import torch_pruning as tp
+
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, 32, 32)
+    for m in (torchvision.models.mobilenet_v2(num_classes=10).eval(),
+              nn.Sequential(nn.Conv2d(3, 16, 3), nn.ReLU(), nn.Conv2d(16, 32, 3), nn.BatchNorm2d(32), nn.ReLU(),
+                            nn.Conv2d(32, 8, 1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 28 * 28, 10)).eval()):
+        for bn in (b for b in m.modules() if isinstance(b, nn.BatchNorm2d)):
+            bn.weight.data = torch.rand(bn.num_features) + 0.1  # distinct gammas: the ranking is not a tie
+        ours = copy.deepcopy(m)
+        tp.pruner.MetaPruner(ours, x, importance=prune._TPImportance(prune.BNScaleImportance()), pruning_ratio=0.5,
+                             ignored_layers=prune._classifier_layers(ours, None)).step()
+        lib = prune.prune_model(copy.deepcopy(m), x, keep_ratio=0.5, importance="bn")
+        a, b = ours.state_dict(), lib.state_dict()
+        assert all(a[k].shape == b[k].shape and torch.equal(a[k], b[k]) for k in a)
+
+
 def test_torch_pruning_per_layer_ratios():
     torch.manual_seed(0)
     m = torchvision.models.resnet18(num_classes=10).eval()

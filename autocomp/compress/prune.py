@@ -12,9 +12,10 @@ Look one up by name with :func:`get_importance`.
   candidate's ``keep`` share of hidden (expanded) channels (expand conv out, its BN, depthwise conv
   and BN, project conv in). Exact counts, no dependency tracing needed.
 * :func:`prune_model` — any torchvision-style CNN (MobileNetV2, ResNet-18, ...): Torch-Pruning's
-  dependency graph finds coupled layers (residual adds, depthwise convs, BN) and our criterion
-  ranks the channels (wrapped as a Torch-Pruning importance). One global keep ratio or per-layer
-  ratios; the classifier is never pruned on its output.
+  dependency graph finds coupled layers (residual adds, depthwise convs, BN) and ranks the channels
+  with Torch-Pruning's own importance where it matches ours (``bn``), else with our criterion
+  wrapped as a Torch-Pruning importance (see :func:`_tp_importance` for why). One global keep
+  ratio or per-layer ratios; the classifier is never pruned on its output.
 * :func:`magnitude_sparsity` — unstructured magnitude pruning (zeroes weights). It does not make a
   model faster on dense kernels, so it is reported as sparsity and compressed storage only.
 """
@@ -276,6 +277,37 @@ class _TPImportance:
         return self.imp(cg)
 
 
+class _TPBNScale:
+    """``bn`` on Torch-Pruning groups: the library's BNScaleImportance (sum of |gamma| over the
+    group's BatchNorms); a group without an affine BatchNorm, which the library leaves unscored (and
+    so unpruned), is ranked by L1 as our :class:`BNScaleImportance` does."""
+
+    def __init__(self):
+        import torch_pruning as tp
+
+        self.bn = tp.importance.BNScaleImportance(group_reduction="sum", normalizer=None)
+        self.l1 = _TPImportance(MagnitudeImportance(1))
+
+    def __call__(self, group) -> torch.Tensor:
+        score = self.bn(group)
+        return self.l1(group) if score is None else score
+
+
+def _tp_importance(imp: Importance | Callable):
+    """The Torch-Pruning importance for one of our criteria.
+
+    ``bn``: the library's (:class:`_TPBNScale`). Ours stay for the others, where Torch-Pruning
+    1.6 ranks worse: its MagnitudeImportance (``l1``, ``l2``) leaves depthwise convs out (it tests
+    the pruning function against ``prune_conv_out_channels``, and a depthwise conv's is another),
+    so in a MobileNet group the 3x3 filter of a channel would not count (on ResNet-18 both give the
+    same pruned weights); its TaylorImportance never scores BatchNorm (the BN branch tests
+    ``prune_groupnorm_out_channels``) and fails on a layer without ``.grad``.
+    """
+    if isinstance(imp, BNScaleImportance):
+        return _TPBNScale()
+    return _TPImportance(imp)
+
+
 def _classifier_layers(model: nn.Module, num_outputs: int | None) -> list[nn.Module]:
     layers = [m for m in model.modules() if isinstance(m, nn.Linear)]
     if num_outputs is not None:
@@ -303,7 +335,7 @@ def prune_model(model: nn.Module, example_input: torch.Tensor, keep_ratio: float
     ignored = list(ignored_layers or []) + _classifier_layers(model, None)
     ratio_dict = {m: 1.0 - k for m, k in (per_layer or {}).items()}
     pruner = tp.pruner.MetaPruner(
-        model, example_input, importance=_TPImportance(imp), pruning_ratio=1.0 - keep_ratio,
+        model, example_input, importance=_tp_importance(imp), pruning_ratio=1.0 - keep_ratio,
         pruning_ratio_dict=ratio_dict or None, ignored_layers=ignored, round_to=round_to,
     )
     pruner.step()

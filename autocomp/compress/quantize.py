@@ -34,6 +34,7 @@ from typing import Iterable
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from autocomp.space import Candidate
 
@@ -180,19 +181,18 @@ class QuantLayer(nn.Module):
 
 
 def fold_bn(module: nn.Module) -> None:
-    """Fold every Conv2d -> BatchNorm2d pair of nn.Sequential children into the conv, in place."""
+    """Fold every Conv2d -> BatchNorm2d pair of nn.Sequential children into the conv, in place
+    (``torch.nn.utils.fusion.fuse_conv_bn_eval``; the BatchNorm becomes an Identity)."""
     for child in module.modules():
         if not isinstance(child, nn.Sequential):
             continue
         for i in range(len(child) - 1):
             conv, bn = child[i], child[i + 1]
             if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
-                std = (bn.running_var + bn.eps).sqrt()
-                gain = bn.weight.detach() / std
-                fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation, conv.groups, bias=True)
-                fused.weight.data.copy_(conv.weight.detach() * gain[:, None, None, None])
-                bias = conv.bias.detach() if conv.bias is not None else torch.zeros_like(bn.running_mean)
-                fused.bias.data.copy_(bn.bias.detach() + (bias - bn.running_mean) * gain)
+                fused = fuse_conv_bn_eval(conv.eval(), bn.eval())
+                # a conv without bias gets a new one made from zeros, which the library leaves frozen:
+                # it trains with the weights (QAT and distillation run through the folded conv)
+                fused.bias.requires_grad_(fused.weight.requires_grad)
                 child[i], child[i + 1] = fused, nn.Identity()
 
 
