@@ -17,7 +17,6 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 from rich.console import Console
 from torch import nn
 
@@ -30,6 +29,7 @@ from autocomp.export import OPSET, check_onnx, compare_outputs, to_onnx, trtexec
 from autocomp.measure import Device
 from autocomp.measure.onnxruntime import accuracy as ort_accuracy
 from autocomp.models.mbv2 import count_macs, count_params
+from autocomp.rundir import load_context, positive_ms, under_budget
 from autocomp.space import Candidate, SearchSpace
 
 SCHEMA_VERSION = 1
@@ -172,35 +172,19 @@ def teacher_figures(teacher: nn.Module, data: Dataset, device: Device, out_dir: 
             "measurement": lat, "params": count_params(teacher), "opset": OPSET}
 
 
-def rank_winners(rows: list[dict], budget_ms: float) -> list[dict]:
-    """Successful rows under the budget, most accurate first (ties: faster first)."""
-    ok = [r for r in rows if r["status"] == "ok" and r["latency_ms"] is not None and r["latency_ms"] <= budget_ms]
-    return sorted(ok, key=lambda r: (-r["accuracy"], r["latency_ms"]))
-
-
 def deploy_run(run_dir: Path, top_k: int, kd: KDConfig | None, teacher_spec: str | None = None, teacher_weights: str | None = None,
                console: Console | None = None) -> dict:
-    """Distil, export and verify the top-k candidates of a finished run; writes models/winners.json."""
-    from autocomp.data import load_dataset
-    from autocomp.measure import get_device
+    """Distil, export and verify the top-k candidates of a finished run (the first of
+    :func:`autocomp.rundir.under_budget`, over-budget ones replaced by the next); writes models/winners.json."""
     from autocomp.models.teacher import check_teacher, load_teacher
-    from autocomp.runner import read_results
-    from autocomp.space import get_space
 
     console = console or Console()
-    cfg_path = run_dir / "config.json"
-    if not cfg_path.is_file():
-        raise UserError("RUN", f"{run_dir} has no config.json", "a run directory written by `autocomp search`")
-    cfg = json.loads(cfg_path.read_text())
-    rows = read_results(run_dir / "results.csv")
-    budget = float(cfg["budget_ms"])
-    queue = rank_winners(rows, budget)
+    run = load_context(run_dir)
+    budget = run.budget_ms
+    queue = under_budget(run.rows, budget)
     if not queue:
         raise UserError("RUN", f"no evaluated candidate of {run_dir} fits {budget:g} ms", "a run with at least one candidate under budget")
-    device = get_device(cfg["device"])
-    space = get_space(cfg["space"]).restrict_precisions(list(device.precisions))
-    data = load_dataset(cfg["data"], (space.input.channels, space.input.height, space.input.width))
-    settings = EvalSettings(**{k: v for k, v in cfg.get("eval", {}).items() if k in EvalSettings.model_fields})
+    device, space, data, settings = run.device, run.space, run.data, run.settings
     teacher = load_teacher(teacher_spec, teacher_weights, space=space, data=data) if kd else None
     if teacher is not None:
         check_teacher(teacher, data)
@@ -213,7 +197,7 @@ def deploy_run(run_dir: Path, top_k: int, kd: KDConfig | None, teacher_spec: str
         cand = Candidate.from_json(row["policy"])
         console.print(f"[bold]winner candidate[/] {cand.id}: search accuracy {row['accuracy']:.4f}, {row['latency_ms']:.3f} ms")
         m = export_winner(cand, space, data, device, teacher, models_dir / cand.id, settings, kd,
-                          predicted_latency_ms=_float(row.get("predicted_latency_ms")), budget_ms=budget, console=console)
+                          predicted_latency_ms=positive_ms(row.get("predicted_latency_ms")), budget_ms=budget, console=console)
         m["search_accuracy_val"] = row["accuracy"]
         m["search_latency_ms"] = row["latency_ms"]
         (models_dir / cand.id / "metrics.json").write_text(json.dumps(m, indent=2))
@@ -229,14 +213,6 @@ def deploy_run(run_dir: Path, top_k: int, kd: KDConfig | None, teacher_spec: str
            "winners": winners, "over_budget": flagged}
     (models_dir / "winners.json").write_text(json.dumps(out, indent=2))
     return out
-
-
-def _float(v) -> float | None:
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return f if np.isfinite(f) else None
 
 
 def _fmt(v: float | None) -> str:
@@ -258,25 +234,14 @@ def export_policy(candidate: Candidate, out_dir: Path, space_name: str | None = 
 
 def reexport(run_dir: Path, cand_id: str, kd: KDConfig | None, console: Console | None = None) -> dict:
     """Re-export one candidate of a run into ``<run>/models/<id>/``."""
-    from autocomp.data import load_dataset
-    from autocomp.measure import get_device
     from autocomp.models.teacher import load_teacher
-    from autocomp.runner import read_results
-    from autocomp.space import get_space
 
-    cfg_path = run_dir / "config.json"
-    if not cfg_path.is_file():
-        raise UserError("RUN", f"{run_dir} has no config.json", "a run directory written by `autocomp search`")
-    cfg = json.loads(cfg_path.read_text())
-    rows = {r["id"]: r for r in read_results(run_dir / "results.csv")}
+    run = load_context(run_dir)
+    rows = {r["id"]: r for r in run.rows}
     if cand_id not in rows:
         raise UserError("ID", f"no candidate {cand_id!r} in {run_dir}/results.csv", f"one of {sorted(rows)[:5]}...")
     cand = Candidate.from_json(rows[cand_id]["policy"])
-    device = get_device(cfg["device"])
-    space = get_space(cfg["space"]).restrict_precisions(list(device.precisions))
-    data = load_dataset(cfg["data"], (space.input.channels, space.input.height, space.input.width))
-    settings = EvalSettings(**{k: v for k, v in cfg.get("eval", {}).items() if k in EvalSettings.model_fields})
-    teacher = load_teacher(None, None, space=space, data=data) if kd else None
-    return export_winner(cand, space, data, device, teacher, run_dir / "models" / cand_id, settings, kd,
-                         predicted_latency_ms=_float(rows[cand_id].get("predicted_latency_ms")),
-                         budget_ms=float(cfg["budget_ms"]), console=console)
+    teacher = load_teacher(None, None, space=run.space, data=run.data) if kd else None
+    return export_winner(cand, run.space, run.data, run.device, teacher, run_dir / "models" / cand_id, run.settings, kd,
+                         predicted_latency_ms=positive_ms(rows[cand_id].get("predicted_latency_ms")),
+                         budget_ms=run.budget_ms, console=console)

@@ -30,9 +30,10 @@ from autocomp.predictor.calibrate import (
     skip_audit,
 )
 from autocomp.cluster import init_ray
-from autocomp.runner import ControllerFactory, read_results, run_tune, write_json
+from autocomp.rundir import budget_verdict, read_results, write_json
+from autocomp.runner import ControllerFactory, run_tune
 from autocomp.search import get_controller
-from autocomp.search.pareto import budget_verdict, pareto_front
+from autocomp.search.pareto import pareto_front
 from autocomp.space import get_space
 
 SCHEMA_VERSION = 1

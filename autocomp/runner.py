@@ -1,101 +1,45 @@
-"""Ray glue: start or join a cluster, run evaluations as Ray tasks, stream results to the run table.
+"""The Tune glue: a search runs as a Ray Tune experiment.
 
-Scoring (weights -> compress -> export -> accuracy) runs on any node with a free CPU; the latency
-measurement of the exported ONNX runs on a node that advertises the device's custom resource
-(``device:<name>``), one at a time per device unit, so measurements do not fight each other.
+The controller runs inside Tune as a Searcher (suggest / on_trial_complete / save / restore); each
+trial scores one candidate (1 CPU, anywhere: weights -> compress -> export -> accuracy) and has its
+exported ONNX timed on a node that holds the device (``autocomp.cluster.on_device``: the
+``device:<name>`` resource, one measurement at a time per device unit). Tune does the scheduling,
+the retries of trials whose process died (FailureConfig) and the experiment checkpoints that
+Tuner.restore resumes from. results.csv (:mod:`autocomp.rundir`) is the source of truth: a row is
+appended (fsynced) by a Tune Callback as each trial ends, and on resume the controller is rebuilt by
+replaying those rows in trial order (controllers are deterministic). Ray start-up is
+:mod:`autocomp.cluster`.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import ray
+from ray import tune
+from ray.tune.search import Searcher
 
-
+from autocomp.cluster import on_device
 from autocomp.data import Dataset
+from autocomp.errors import UserError
 from autocomp.evaluate import EvalSettings, measure_onnx, score
-from autocomp.measure import Device
+from autocomp.measure import Device, get_device
+from autocomp.rundir import RESULT_COLUMNS, ResultsTable, read_results
+from autocomp.search import check_controller, get_controller
 from autocomp.space import Candidate, SearchSpace
 
-RESULT_COLUMNS = [
-    "trial", "id", "status", "accuracy", "latency_ms", "latency_p90_ms", "latency_cv", "latency_flagged",
-    "params", "onnx_bytes", "score_s", "summary", "policy", "error",
-    "device", "backend", "backend_version", "precision", "batch", "threads", "warmup", "repeats", "host",
-    "predicted_latency_ms", "measure_node", "measure_pid", "fingerprint_id", "fingerprint", "latency_state",
-]
-
-
-@ray.remote(num_cpus=1, max_retries=1)
-def _measure_task(onnx: bytes, device: str, precision: str) -> dict:
+def _measure(onnx: bytes, device: str, precision: str) -> dict:
+    """On the device's node: the latency of ``onnx``, and where it was measured (errors as a result)."""
     where = {"measure_node": ray.get_runtime_context().get_node_id(), "measure_pid": os.getpid()}
     try:
         return {"ok": True, **measure_onnx(onnx, device, precision), **where}
     except Exception as e:
         return {"ok": False, "error": f"{type(e).__name__}: {e}", **where}
 
-
-class ResultsTable:
-    """Append-only CSV, one row per evaluated candidate, flushed and fsynced as each arrives."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        new = not path.exists() or path.stat().st_size == 0
-        self._f = path.open("a", newline="")
-        self._w = csv.DictWriter(self._f, fieldnames=RESULT_COLUMNS, extrasaction="ignore")
-        if new:
-            self._w.writeheader()
-            self._flush()
-
-    def _flush(self) -> None:
-        self._f.flush()
-        os.fsync(self._f.fileno())
-
-    def append(self, row: dict) -> None:
-        self._w.writerow(row)
-        self._flush()
-
-    def close(self) -> None:
-        self._f.close()
-
-
-def read_results(path: Path) -> list[dict]:
-    """Rows of a results table with numeric fields parsed."""
-    if not path.exists():
-        return []
-    rows = []
-    with path.open(newline="") as f:
-        for r in csv.DictReader(f):
-            for k in ("accuracy", "latency_ms", "latency_p90_ms", "latency_cv", "score_s", "predicted_latency_ms"):
-                r[k] = float(r[k]) if r.get(k) not in (None, "") else None
-            for k in ("trial", "params", "onnx_bytes"):
-                r[k] = int(r[k]) if r.get(k) not in (None, "") else None
-            rows.append(r)
-    return rows
-
-
-def write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    tmp.replace(path)
-
-
-# --------------------------------------------------------------------------- Ray Tune
-#
-# The controller runs inside Tune as a Searcher (suggest / on_trial_complete / save / restore); each
-# trial scores one candidate (1 CPU, anywhere) and has its exported ONNX timed by a task pinned to a
-# node holding ``device:<name>``. Tune does the scheduling, the retries of trials whose process died
-# (FailureConfig) and the experiment checkpoints that Tuner.restore resumes from. results.csv is the
-# source of truth: a row is appended (fsynced) by a Tune Callback as each trial ends, and on resume
-# the controller is rebuilt by replaying those rows in trial order (controllers are deterministic).
-
-from dataclasses import dataclass, field  # noqa: E402
-
-from ray import tune  # noqa: E402
-from ray.tune.search import Searcher  # noqa: E402
 
 TUNE_DIR, TUNE_NAME = "tune", "search"
 _ROW_KEYS = [c for c in RESULT_COLUMNS if c not in ("trial", "id", "summary", "policy", "precision", "predicted_latency_ms",
@@ -115,9 +59,10 @@ class ControllerFactory:
     model_dir: str | None = None  # or the run's latency model (<run>/latency_model/), adapted online
     margin: float = 0.1  # the online model's filter tolerance before the run's first measurements
 
-    def __call__(self):
-        from autocomp.search import get_controller
+    def __post_init__(self) -> None:
+        check_controller(self.name, self.options)  # an unknown controller or option: one line, before any trial
 
+    def __call__(self):
         pred = self.predictor
         if pred is None and self.model_dir is not None:
             from autocomp.predictor.calibrate import OnlineLatency
@@ -137,7 +82,7 @@ class ControllerSearcher(Searcher):
 
     # Tune pickles the searcher with its experiment; only the recipe travels, the state is rebuilt.
     def __getstate__(self):
-        return {k: v for k, v in self.__dict__.items() if k not in ("ctrl", "queue", "trial_ids", "told")}
+        return {k: v for k, v in self.__dict__.items() if k not in ("ctrl", "queue", "trial_ids", "told", "cands")}
 
     def __setstate__(self, state):
         self.__dict__.update(state)
@@ -151,6 +96,7 @@ class ControllerSearcher(Searcher):
         self.trial_ids: dict[str, int] = dict(known)
         self.queue: list[tuple[int, Candidate]] = []
         self.told: set[int] = set()
+        self.cands: dict[int, Candidate] = {}  # trial -> candidate the controller proposed, until told
         done = {r["trial"]: r for r in read_results(Path(self.results_path)) if r.get("trial") is not None}
         held = set(known.values())
         last = max(done.keys() | held, default=-1)
@@ -164,14 +110,14 @@ class ControllerSearcher(Searcher):
             i = self.ctrl.asked - 1
             if i in done:
                 if done[i]["id"] != cand.id:
-                    from autocomp.errors import UserError
-
                     raise UserError("--resume", f"trial {i} of the run is candidate {done[i]['id']} but this configuration "
                                     f"proposes {cand.id}", "the same seed, space, controller and budget as the interrupted run")
                 self.ctrl.tell(cand, done[i], trial=i)
                 self.told.add(i)
-            elif i not in held:
-                self.queue.append((i, cand))
+            else:  # held by Tune, or lost with the driver: queued to be suggested again
+                self.cands[i] = cand
+                if i not in held:
+                    self.queue.append((i, cand))
         self.replayed = len(self.told)
 
     @property
@@ -188,6 +134,7 @@ class ControllerSearcher(Searcher):
             if cand is None:  # the generation is still out; Tune asks again later
                 return None
             i = self.ctrl.asked - 1
+            self.cands[i] = cand
         self.trial_ids[trial_id] = i
         state = self.ctrl.latency_state()
         return {"trial": i, "candidate": cand.to_json(), "predicted_latency_ms": self.ctrl.predicted.get(cand.id),
@@ -197,7 +144,7 @@ class ControllerSearcher(Searcher):
         i = self.trial_ids.get(trial_id)
         if i is None or i in self.told or i not in self.ctrl.pending:
             return
-        cand = self.ctrl._pending[i]
+        cand = self.cands.pop(i)
         if error or not result:
             res = {"status": "error", "error": "evaluation process failed"}
         else:
@@ -283,11 +230,8 @@ def evaluate_trial(config: dict, space: SearchSpace, data: Dataset, settings: Ev
     except Exception as e:  # recorded in the table; the search goes on
         tune.report({"status": "error", "error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]})
         return
-    dev = get_device_by_name(device)
-    # Escape the trial's placement group: the measurement needs the device's node, not this one.
-    task = _measure_task.options(num_cpus=0, resources={dev.resource: 1}, scheduling_strategy="DEFAULT")
-    try:
-        out = ray.get(task.remote(s.onnx, device, cand.precision))
+    try:  # on the device's node (a task outside the trial's placement group)
+        out = on_device(get_device(device), _measure, s.onnx, device, cand.precision)
     except Exception as e:  # the measuring worker died
         out = {"ok": False, "error": f"{type(e).__name__}: {str(e).splitlines()[0]}"}
     row = {"accuracy": s.accuracy, "params": s.params, "onnx_bytes": s.onnx_bytes, "score_s": round(s.wall_s, 3)}
@@ -302,12 +246,6 @@ def evaluate_trial(config: dict, space: SearchSpace, data: Dataset, settings: Ev
         **{k: out[k] for k in ("device", "backend", "backend_version", "batch", "threads", "warmup", "repeats", "host",
                                "measure_node", "measure_pid", "fingerprint_id", "fingerprint")},
     })
-
-
-def get_device_by_name(name: str) -> Device:
-    from autocomp.measure import get_device
-
-    return get_device(name)
 
 
 def run_tune(
@@ -330,7 +268,7 @@ def run_tune(
     if resume and tune.Tuner.can_restore(exp_path):
         tuner = tune.Tuner.restore(exp_path, trainable=trainable, resume_unfinished=True, resume_errored=False,
                                    restart_errored=False)
-        searcher = _find_searcher(tuner)
+        searcher, callbacks = _restored(tuner)
     if searcher is None:
         searcher = ControllerSearcher(factory, n_trials, results)
         remaining = n_trials - searcher.replayed
@@ -349,7 +287,7 @@ def run_tune(
         if remaining <= 0:
             tuner = None
     else:
-        for cb in _find_callbacks(tuner):
+        for cb in callbacks:
             cb.on_row = on_row
     if tuner is not None:
         tuner.fit()
@@ -364,18 +302,14 @@ def _trial_name(trial) -> str:
     return f"trial_{int(trial.config.get('trial', -1)):05d}_{trial.trial_id}"
 
 
-def _tuner_internal(tuner):
-    return getattr(tuner, "_local_tuner", None)
-
-
-def _find_searcher(tuner) -> ControllerSearcher | None:
-    internal = _tuner_internal(tuner)
-    alg = getattr(getattr(internal, "_tune_config", None), "search_alg", None) if internal else None
-    alg = getattr(alg, "searcher", alg)
-    return alg if isinstance(alg, ControllerSearcher) else None
-
-
-def _find_callbacks(tuner) -> list[ResultsCallback]:
-    internal = _tuner_internal(tuner)
-    cbs = getattr(getattr(internal, "_run_config", None), "callbacks", None) or [] if internal else []
-    return [c for c in cbs if isinstance(c, ResultsCallback)]
+def _restored(tuner) -> tuple[ControllerSearcher | None, list[ResultsCallback]]:
+    """The searcher and results callbacks of a Tuner made by ``Tuner.restore`` (rebuilt from its
+    experiment state). Ray Tune (2.60) has no public accessor for them: ``Tuner.restore`` takes no
+    search_alg or run_config, and only the private ``Tuner._local_tuner`` holds the restored ones.
+    This is the one place that reaches into it; (None, []) if that changes or Tune runs through
+    Ray Client (the tuner is then remote), and run_tune starts a new experiment instead."""
+    internal = getattr(tuner, "_local_tuner", None)
+    alg = getattr(getattr(internal, "_tune_config", None), "search_alg", None)
+    alg = getattr(alg, "searcher", alg)  # a ConcurrencyLimiter or SearchGenerator wraps it
+    callbacks = getattr(getattr(internal, "_run_config", None), "callbacks", None) or []
+    return (alg if isinstance(alg, ControllerSearcher) else None), [c for c in callbacks if isinstance(c, ResultsCallback)]

@@ -117,7 +117,7 @@ def test_search_through_the_cluster_measures_on_the_device_node(cluster, tmp_pat
     done = subprocess.run(cmd, env=cluster["env"], capture_output=True, text=True, timeout=400)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
-    from autocomp.runner import read_results
+    from autocomp.rundir import read_results
 
     rows = read_results(out / "results.csv")
     assert len(rows) == 2 and all(r["status"] == "ok" for r in rows), rows

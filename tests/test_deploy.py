@@ -15,7 +15,7 @@ from autocomp.errors import UserError
 from autocomp.evaluate import EvalSettings, measure_onnx, score
 from autocomp.measure import get_device
 from autocomp.models.mbv2 import build
-from autocomp.runner import RESULT_COLUMNS, ResultsTable
+from autocomp.rundir import RESULT_COLUMNS, ResultsTable
 from autocomp.space import Block, Candidate, Stage, get_space
 
 SETTINGS = EvalSettings(val_size=1000, bn_batches=2)

@@ -1,6 +1,6 @@
 """The Pareto report: built from a small run directory of *real* evaluations, rendered in headless Chromium.
 
-The run directory is assembled the way ``autocomp.runner.run_trials`` writes one (same columns, same row
+The run directory is assembled the way ``autocomp.runner`` writes one (same columns, same row
 contents, ResultsTable, pipeline.summarise), but without Ray: four small candidates are really scored
 (build -> 2 training steps -> prune -> low-rank -> quantize -> ONNX -> accuracy) and really measured
 with ``measure_onnx`` on the default device, and one candidate with an unknown precision (int4) really fails.
@@ -33,7 +33,7 @@ from autocomp.evaluate import EvalSettings, measure_onnx, score
 from autocomp.report import load_run, write_report
 from autocomp.report.cli import app as report_app
 from autocomp.report.png import chromium_command, export_png
-from autocomp.runner import RESULT_COLUMNS, ResultsTable, write_json
+from autocomp.rundir import RESULT_COLUMNS, ResultsTable, write_json
 
 CHROMIUM = "/usr/bin/chromium"
 needs_chromium = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Chromium not installed (/usr/bin/chromium)")
@@ -44,7 +44,7 @@ BUDGET_MS = 1.0
 
 
 def _row(trial: int, cand, **fields) -> dict:
-    """A results row as runner.run_trials.finish() writes it."""
+    """A results row as the search writes it (runner.ResultsCallback)."""
     return {"predicted_latency_ms": None, **fields, "trial": trial, "id": cand.id, "summary": cand.summary(),
             "policy": cand.to_json(), "precision": cand.precision}
 

@@ -238,7 +238,8 @@ def test_failed_evaluations_are_recorded_and_the_search_goes_on(ray_local, mnist
     from autocomp.data import Dataset, Split
     from autocomp.evaluate import EvalSettings
     from autocomp.measure import get_device
-    from autocomp.runner import ControllerFactory, read_results, run_tune
+    from autocomp.rundir import read_results
+    from autocomp.runner import ControllerFactory, run_tune
 
     sp = space_file(tmp_path)
     from autocomp.space import load_space
@@ -275,7 +276,7 @@ def _search_cmd(out: Path, space: Path, address: str, *extra: str) -> list[str]:
 def test_resume_after_sigkill_neither_loses_nor_repeats(ray_local, tmp_path):
     """SIGKILL the driver after a result, run again with --resume: 3 trials, each exactly once, the rows
     written before the kill untouched, and the candidates those of the seed (random phase of evolution)."""
-    from autocomp.runner import read_results
+    from autocomp.rundir import read_results
 
     address = ray_local.get_runtime_context().gcs_address
     sp, out = space_file(tmp_path), tmp_path / "run"
@@ -317,7 +318,8 @@ def test_resume_after_sigkill_neither_loses_nor_repeats(ray_local, tmp_path):
 def test_searcher_rebuilds_from_results_and_tune_held_trials(tmp_path):
     """Resume bookkeeping without Ray: finished trials are replayed, trials Tune still holds stay
     pending (no new suggestion for them), lost in-flight trials are suggested again first."""
-    from autocomp.runner import ControllerFactory, ControllerSearcher, ResultsTable
+    from autocomp.rundir import ResultsTable
+    from autocomp.runner import ControllerFactory, ControllerSearcher
 
     space = get_space("mnist-mbv2")
     ref = get_controller("random", space, 4)

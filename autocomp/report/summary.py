@@ -1,32 +1,26 @@
 """Read a run directory and compute what the report shows: front, winners, per-layer policy, progress, predictor quality.
 
-A run directory (see autocomp/pipeline.py) holds ``config.json``, ``results.csv`` (one row per evaluated
-candidate, columns ``autocomp.runner.RESULT_COLUMNS``, maybe extra ones such as ``predicted_latency_ms``),
+A run directory (see :mod:`autocomp.rundir`) holds ``config.json``, ``results.csv`` (one row per evaluated
+candidate, columns ``autocomp.rundir.RESULT_COLUMNS``; read and checked by ``rundir.results_frame``),
 ``summary.json`` once the search finished, and ``models/<id>/metrics.json`` once winners were distilled,
 exported and measured. Everything here is read-only; bad input raises :class:`autocomp.errors.UserError`.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 
 from autocomp.errors import UserError
+from autocomp.rundir import RUN_EXPECTED, best_under_budget, positive_ms, read_json, results_frame, run_budget, under_budget
 from autocomp.search.pareto import hypervolume, pareto_front
 from autocomp.space import Candidate
 
 SCHEMA_VERSION = 1
-REQUIRED_COLUMNS = ("trial", "id", "status", "accuracy", "latency_ms", "summary", "policy", "error")
-FLOAT_COLUMNS = ("accuracy", "latency_ms", "latency_p90_ms", "latency_cv", "score_s", "predicted_latency_ms")
-INT_COLUMNS = ("trial", "params", "onnx_bytes", "batch", "threads", "warmup", "repeats")
-BOOL_COLUMNS = ("latency_flagged",)
 MAX_AUTO_WINNERS = 5  # winners shown when no models/<id>/metrics.json exists yet
-_RUN_EXPECTED = "a run directory written by `autocomp search` (config.json, results.csv)"
 
 
 @dataclass
@@ -60,9 +54,7 @@ class Run:
         return pareto_front(self.ok_records())
 
     def best_under_budget(self, budget_ms: float | None = None) -> dict | None:
-        b = self.budget_ms if budget_ms is None else budget_ms
-        under = [r for r in self.ok_records() if r["latency_ms"] <= b]
-        return max(under, key=lambda r: (r["accuracy"], -r["latency_ms"])) if under else None
+        return best_under_budget(self.ok_records(), self.budget_ms if budget_ms is None else budget_ms)
 
     def has_predictions(self) -> bool:
         col = self.ok.get("predicted_latency_ms")
@@ -72,93 +64,20 @@ class Run:
 # --------------------------------------------------------------------------- loading
 
 
-def _read_json(path: Path, what: str) -> dict:
-    try:
-        obj = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UserError(str(path), f"unreadable {what} ({type(e).__name__}: {e})", "a JSON object") from None
-    if not isinstance(obj, dict):
-        raise UserError(str(path), f"{what} is a JSON {type(obj).__name__}", "a JSON object")
-    return obj
-
-
-def _finite_positive(v: Any) -> float | None:
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) and f > 0 else None
-
-
-def read_table(path: Path) -> pd.DataFrame:
-    """results.csv as a typed DataFrame (sorted by trial). Raises UserError naming the row and column at fault."""
-    try:
-        raw = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[])
-    except pd.errors.EmptyDataError:
-        raise UserError(str(path), "is empty (not even a header)", "a results table with columns " + ", ".join(REQUIRED_COLUMNS)) from None
-    except (pd.errors.ParserError, UnicodeDecodeError, OSError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(str(path), f"not a readable CSV table ({first})", "the results.csv written by `autocomp search`") from None
-    missing = [c for c in REQUIRED_COLUMNS if c not in raw.columns]
-    if missing:
-        raise UserError(str(path), f"missing column(s) {', '.join(missing)}", "a results table with columns " + ", ".join(REQUIRED_COLUMNS))
-    df = raw.copy()
-    for col in FLOAT_COLUMNS + INT_COLUMNS:
-        if col not in df.columns:
-            continue
-        text = raw[col].str.strip()
-        num = pd.to_numeric(text.where(text != "", None), errors="coerce")
-        bad = (text != "") & num.isna()
-        if bad.any():
-            i = int(bad.to_numpy().nonzero()[0][0])
-            raise UserError(f"{path}: row {i + 2}, column {col}", f"{raw[col].iloc[i]!r} is not a number", "a number or an empty cell")
-        if col in INT_COLUMNS:
-            frac = num.notna() & (num != num.round())
-            if frac.any():
-                i = int(frac.to_numpy().nonzero()[0][0])
-                raise UserError(f"{path}: row {i + 2}, column {col}", f"{raw[col].iloc[i]!r} is not an integer", "an integer")
-            df[col] = num.astype("Int64")
-        else:
-            df[col] = num.astype(float)
-    for col in BOOL_COLUMNS:
-        if col in df.columns:
-            df[col] = raw[col].str.strip().str.lower().map({"true": True, "false": False, "1": True, "0": False}).astype("boolean")
-    for i, (status, trial, acc, lat) in enumerate(zip(df["status"], df["trial"], df["accuracy"], df["latency_ms"])):
-        where = f"{path}: row {i + 2}"
-        if status not in ("ok", "error"):
-            raise UserError(f"{where}, column status", f"{status!r}", "'ok' or 'error'")
-        if pd.isna(trial):
-            raise UserError(f"{where}, column trial", "empty", "the trial number")
-        if status == "ok":
-            if pd.isna(acc) or not 0.0 <= acc <= 1.0:
-                raise UserError(f"{where}, column accuracy", f"{acc!r} on an ok row", "an accuracy in [0, 1]")
-            if pd.isna(lat) or not math.isfinite(lat) or lat <= 0:
-                raise UserError(f"{where}, column latency_ms", f"{lat!r} on an ok row", "a positive latency in ms")
-    if df["trial"].duplicated().any():
-        t = int(df.loc[df["trial"].duplicated(), "trial"].iloc[0])
-        raise UserError(f"{path}, column trial", f"trial {t} appears twice", "one row per trial")
-    return df.sort_values("trial", kind="stable").reset_index(drop=True)
-
-
 def load_run(run_dir: str | Path) -> Run:
     """Load and validate a run directory."""
     path = Path(run_dir)
     if not path.exists():
-        raise UserError("RUN", f"no such directory {str(path)!r}", _RUN_EXPECTED)
+        raise UserError("RUN", f"no such directory {str(path)!r}", RUN_EXPECTED)
     if not path.is_dir():
-        raise UserError("RUN", f"{str(path)!r} is not a directory", _RUN_EXPECTED)
+        raise UserError("RUN", f"{str(path)!r} is not a directory", RUN_EXPECTED)
     table = path / "results.csv"
     if not table.is_file():
-        raise UserError("RUN", f"{str(path)!r} holds no results.csv", _RUN_EXPECTED)
-    config = _read_json(path / "config.json", "run configuration") if (path / "config.json").exists() else {}
-    summary = _read_json(path / "summary.json", "run summary") if (path / "summary.json").exists() else None
-    budget = _finite_positive(config.get("budget_ms"))
-    if budget is None and summary is not None:
-        budget = _finite_positive(summary.get("budget_ms"))
-    if budget is None:
-        where = path / ("config.json" if (path / "config.json").exists() else "summary.json")
-        raise UserError(f"{where}: budget_ms", "missing or not a positive number", "the run's latency budget in ms (config.json)")
-    df = read_table(table)
+        raise UserError("RUN", f"{str(path)!r} holds no results.csv", RUN_EXPECTED)
+    config = read_json(path / "config.json", "run configuration") if (path / "config.json").exists() else {}
+    summary = read_json(path / "summary.json", "run summary") if (path / "summary.json").exists() else None
+    budget = run_budget(path, config, summary)
+    df = results_frame(table)
     candidates: dict[str, Candidate] = {}
     for i, (cid, policy) in enumerate(zip(df["id"], df["policy"])):
         if not policy.strip():
@@ -171,7 +90,7 @@ def load_run(run_dir: str | Path) -> Run:
     models = path / "models"
     if models.is_dir():
         for f in sorted(models.glob("*/metrics.json")):
-            m = _read_json(f, "model metrics")
+            m = read_json(f, "model metrics")
             metrics[f.parent.name] = m
     df = _merge_predictions(df, metrics)
     return Run(path=path, config=config, summary=summary, budget_ms=budget, results=df, metrics=metrics, candidates=candidates)
@@ -179,7 +98,7 @@ def load_run(run_dir: str | Path) -> Run:
 
 def _merge_predictions(df: pd.DataFrame, metrics: dict[str, dict]) -> pd.DataFrame:
     """Fill predicted_latency_ms from models/<id>/metrics.json where the table has none."""
-    preds = {cid: _finite_positive(m.get("predicted_latency_ms")) for cid, m in metrics.items()}
+    preds = {cid: positive_ms(m.get("predicted_latency_ms")) for cid, m in metrics.items()}
     preds = {k: v for k, v in preds.items() if v is not None}
     if "predicted_latency_ms" not in df.columns:
         if not preds:
@@ -214,8 +133,7 @@ def winners(run: Run) -> list[dict]:
             out.append(row)
     else:
         front = run.front()
-        pick = [r for r in front if r["latency_ms"] <= run.budget_ms]
-        pick = sorted(pick, key=lambda r: -r["accuracy"])[:MAX_AUTO_WINNERS] or front[:1]
+        pick = under_budget(front, run.budget_ms)[:MAX_AUTO_WINNERS] or front[:1]
         for r in pick:
             out.append({**r, "measured_latency_ms": None, "accuracy_test": None, "source": "search"})
     for r in out:
