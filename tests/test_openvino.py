@@ -108,6 +108,27 @@ def test_runtime_precision_check_finds_a_fallback(tiny_int8):
     assert any("integer compute layers for" in p for p in more["problems"]) and "/extra/Conv" in more["unmatched"]
 
 
+def test_a_fused_subgraph_is_not_taken_for_a_fallback(tmp_path):
+    """OpenVINO compiles a stack of int8 fully connected layers into one JIT ``Subgraph`` whose
+    inner precision it does not report: its nodes are known, not counted as float layers."""
+    import torch
+    from torch import nn
+
+    from autocomp.compress import quantize
+    from autocomp.export import to_onnx
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), *[nn.Sequential(nn.Linear(64, 64), nn.ReLU()) for _ in range(3)]).eval()
+    model = quantize.quantize_model(model, [torch.randn(8, 64, 1, 1)])
+    path = to_onnx(model, tmp_path / "fc.onnx", (64, 1, 1))
+    policy = onnx_policy(path)
+    assert list(policy.values()) == ["int8"] * 3
+    layers = ovb.runtime_layers(ovb.compile_model(path))
+    check = ovb.check_runtime_precision(layers, policy)
+    assert [kind for kind, _, _ in layers] == ["Subgraph"]  # OpenVINO 2026.4 on x86
+    assert check["problems"] == [] and check["counts"] == {"subgraph": 1} and check["in_subgraphs"] == sorted(policy)
+
+
 def test_outputs_agree_with_onnxruntime_fp32(tmp_path):
     """An fp32 export: OpenVINO's logits equal ONNX Runtime's up to float rounding."""
     from autocomp.measure.onnxruntime import session

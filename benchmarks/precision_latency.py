@@ -1,0 +1,188 @@
+"""What each precision is worth per device: latency of fp32 / fp16 / int8 for whole networks and
+per layer type, on ``cpu-ort`` and ``cpu-openvino`` (issue 18, item 4), so that the search's
+precision dimension is measured, not assumed.
+
+    nice python benchmarks/precision_latency.py                       # both devices, this host
+    nice python benchmarks/precision_latency.py --devices cpu-openvino --images 2000
+
+Whole network: the largest member of the default space with supernet weights (BatchNorm
+recalibrated), every layer group at one precision, exported as the search exports it:
+
+* ``fp32``, ``fp16`` (fp16 layers, casts at the group borders);
+* ``int8`` — today's export: Q/DQ on every int8 layer's input activation and weight;
+* ``int8-fused`` — the same with the outputs between int8 layers quantized too
+  (``quantize.apply(..., quantize_outputs=True)``), the graph integer engines fuse into int8
+  convolutions with int8 outputs (ONNX Runtime's QLinearConv, OpenVINO's low-precision pipeline).
+
+Each is measured with the device's own protocol (devices/<name>.yaml) and its top-1 agreement with
+the fp32 network is taken on ``--images`` MNIST test images, computed by the device's runtime.
+
+Layer types: stacks of six identical layers (1x1 conv 64->64 at 14x14, 3x3 depthwise 64 at 14x14,
+3x3 conv 32->32 at 14x14, fully connected 256->256) at fp32, fp16 and int8 (Q/DQ on input and
+weight, random calibration). A layer type whose int8 is slower than its fp32 is listed per device.
+
+Prints a table and, as its last stdout line, one JSON object (also saved to
+benchmarks/results/precision_latency.json); every figure carries the device's fingerprint id.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from autocomp.compress import quantize
+from autocomp.data import load_dataset
+from autocomp.evaluate import EvalSettings, calibration_batches, pruned_model
+from autocomp.export import to_onnx
+from autocomp.measure import get_device
+from autocomp.measure.fingerprint import fingerprint_id
+from autocomp.space import get_space
+
+RESULTS = Path(__file__).parent / "results" / "precision_latency.json"
+VARIANTS = ("fp32", "fp16", "int8", "int8-fused")
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def predict(device_name: str, path: Path, x: np.ndarray) -> np.ndarray:
+    """Top-1 of the exported model on ``x`` run by the device's runtime."""
+    backend = get_device(device_name).backend
+    if backend == "openvino":
+        from autocomp.measure import openvino
+
+        return openvino.run(path, x).argmax(1)
+    from autocomp.measure.onnxruntime import session
+
+    sess = session(path)
+    return sess.run(None, {sess.get_inputs()[0].name: x})[0].argmax(1)
+
+
+def network_exports(space_name: str, data, out: Path) -> dict[str, Path]:
+    """The largest member of the space at each uniform precision, exported (trained weights)."""
+    space = get_space(space_name)
+    settings = EvalSettings()
+    calib = calibration_batches(data, settings)
+    base = pruned_model(space.largest("fp32"), space, data, settings)
+    paths = {}
+    for variant in VARIANTS:
+        prec = variant.split("-")[0]
+        cand = space.largest(prec)
+        model = quantize.apply(copy.deepcopy(base), cand, calib if prec == "int8" else None,
+                               quantize_outputs=variant == "int8-fused")
+        paths[variant] = to_onnx(model, out / f"largest-{variant}.onnx", data.input_shape)
+    return paths
+
+
+class _Stack(nn.Module):
+    def __init__(self, layers: list[nn.Module], flatten: bool = False):
+        super().__init__()
+        self.flatten = flatten
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x.flatten(1) if self.flatten else x)
+
+
+def layer_models() -> dict[str, tuple[nn.Module, tuple[int, int, int]]]:
+    """Six identical layers of one type each (conv + BN + ReLU; the fully connected one with ReLU)."""
+    torch.manual_seed(0)
+
+    def conv(cin: int, cout: int, k: int, groups: int = 1) -> nn.Sequential:
+        return nn.Sequential(nn.Conv2d(cin, cout, k, padding=k // 2, groups=groups, bias=False), nn.BatchNorm2d(cout), nn.ReLU())
+
+    return {
+        "conv1x1": (_Stack([conv(64, 64, 1) for _ in range(6)]), (64, 14, 14)),
+        "dw3x3": (_Stack([conv(64, 64, 3, groups=64) for _ in range(6)]), (64, 14, 14)),
+        "conv3x3": (_Stack([conv(32, 32, 3) for _ in range(6)]), (32, 14, 14)),
+        "linear": (_Stack([nn.Sequential(nn.Linear(256, 256), nn.ReLU()) for _ in range(6)], flatten=True), (256, 1, 1)),
+    }
+
+
+def layer_exports(out: Path) -> dict[str, dict[str, Path]]:
+    paths: dict[str, dict[str, Path]] = {}
+    for name, (model, shape) in layer_models().items():
+        model.eval()
+        calib = [torch.randn(16, *shape) for _ in range(2)]
+        for prec in ("fp32", "fp16", "int8"):
+            m = copy.deepcopy(model)
+            if prec == "int8":
+                m = quantize.quantize_model(m, calib)
+            elif prec == "fp16":
+                m.layers = nn.Sequential(*[quantize.Half(layer) for layer in m.layers])
+            paths.setdefault(name, {})[prec] = to_onnx(m, out / f"{name}-{prec}.onnx", shape)
+    return paths
+
+
+def measure(device_name: str, path: Path, precision: str) -> dict:
+    m = get_device(device_name).measure(path, precision)
+    notes = json.loads(m.notes)
+    return {"median_ms": round(m.median_ms, 5), "cv": round(m.cv, 4), "flagged": m.flagged, "statistic": m.statistic,
+            "fingerprint_id": m.fingerprint_id,
+            "runtime_precision": notes.get("runtime_precision"), "precision_problems": notes.get("precision_problems")}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--devices", nargs="+", default=["cpu-ort", "cpu-openvino"])
+    ap.add_argument("--space", default="mnist-mbv2")
+    ap.add_argument("--images", type=int, default=2000, help="MNIST test images for the top-1 agreement")
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    args = ap.parse_args()
+    data = load_dataset("mnist")
+    test = data.test.subset(args.images, seed=0)
+    xs = [x.numpy() for x, _ in data.batches(test, 500)]
+    result: dict = {"space": args.space, "images": args.images, "devices": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        log("exporting the largest member at fp32 / fp16 / int8 / int8-fused")
+        nets = network_exports(args.space, data, tmp)
+        layers = layer_exports(tmp)
+        for dev in args.devices:
+            fp = get_device(dev).fingerprint()
+            entry: dict = {"fingerprint_id": fingerprint_id(fp), "fingerprint": fp, "network": {}, "layers": {}}
+            ref = np.concatenate([predict(dev, nets["fp32"], x) for x in xs])
+            for variant, path in nets.items():
+                log(f"{dev}: largest {variant}")
+                r = measure(dev, path, variant.split("-")[0])
+                top1 = np.concatenate([predict(dev, path, x) for x in xs])
+                r["top1_agreement_vs_fp32"] = round(float((top1 == ref).mean()), 5)
+                entry["network"][variant] = r
+            for name, by_prec in layers.items():
+                for prec, path in by_prec.items():
+                    log(f"{dev}: {name} {prec}")
+                    entry["layers"].setdefault(name, {})[prec] = measure(dev, path, prec)
+            net = entry["network"]
+            entry["summary"] = {
+                "int8_over_fp32": round(net["int8"]["median_ms"] / net["fp32"]["median_ms"], 3),
+                "int8_fused_over_fp32": round(net["int8-fused"]["median_ms"] / net["fp32"]["median_ms"], 3),
+                "int8_over_int8_fused": round(net["int8"]["median_ms"] / net["int8-fused"]["median_ms"], 3),
+                "fp16_over_fp32": round(net["fp16"]["median_ms"] / net["fp32"]["median_ms"], 3),
+                "int8_slower_than_fp32": sorted(n for n, v in entry["layers"].items() if v["int8"]["median_ms"] > v["fp32"]["median_ms"]),
+            }
+            result["devices"][dev] = entry
+    print(f"{'device':14} {'model':12} " + " ".join(f"{p:>11}" for p in VARIANTS))
+    for dev, entry in result["devices"].items():
+        net = entry["network"]
+        print(f"{dev:14} {'largest':12} " + " ".join(f"{net[v]['median_ms']:>8.3f} ms" for v in VARIANTS))
+        print(f"{'':14} {'top-1 agr.':12} " + " ".join(f"{net[v]['top1_agreement_vs_fp32']:>11.4f}" for v in VARIANTS))
+        for name, v in entry["layers"].items():
+            print(f"{'':14} {name:12} " + " ".join(f"{v[p]['median_ms']:>8.3f} ms" if p in v else f"{'':>11}" for p in VARIANTS))
+        print(f"{'':14} {entry['fingerprint_id']}: {entry['summary']}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1))
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
