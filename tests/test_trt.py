@@ -308,7 +308,8 @@ def test_trtexec_backend_on_tensorrt_10_times_and_fallback(tmp_path):
 def test_trtexec_backend_on_tensorrt_8_weak_typing_and_summary(tmp_path):
     """TensorRT 8.4 (real log): weak typing; no --exportTimes file, so the summary line is read."""
     log = (FIX / "trt8.4.0_jetson_xavier_summary.log").read_text()
-    fake = _fake_trtexec(tmp_path, log, log, (FIX / "trt_layerinfo_fp16_yolo_excerpt.json").read_text(), None)
+    banner = next(ln for ln in log.splitlines() if "[TensorRT v8400]" in ln)  # trtexec prints it first
+    fake = _fake_trtexec(tmp_path, banner + "\n", log, (FIX / "trt_layerinfo_fp16_yolo_excerpt.json").read_text(), None)
     dev = Device("fake-xavier", "trtexec", ("fp16", "int8"), {"trtexec": str(fake), "warmup_ms": 100, "iterations": 50})
     m = dev.measure(tmp_path / "model.onnx", "fp16")  # no ONNX at hand: the aggregate check
     argv = json.loads((fake.parent / "argv.json").read_text())
