@@ -126,6 +126,7 @@ def sensitivity(
     from autocomp.compress.prune import IMPORTANCES
     from autocomp.data import load_dataset
     from autocomp.evaluate import train
+    from autocomp.models import load_weights
     from autocomp.models.mbv2 import build
     from autocomp.space import get_space
 
@@ -140,11 +141,9 @@ def sensitivity(
     torch.manual_seed(seed)
     model = build(cand, sp, ds.num_classes)
     if checkpoint is not None:
-        if not checkpoint.is_file():
-            raise UserError("--checkpoint", f"no such file {str(checkpoint)!r}", "a state dict saved with torch.save")
+        sd = load_weights(checkpoint, "--checkpoint", "a state dict saved with torch.save")
+        sd = sd.get("state_dict", sd) if isinstance(sd, dict) else sd
         try:
-            sd = torch.load(checkpoint, map_location="cpu", weights_only=True)
-            sd = sd.get("state_dict", sd) if isinstance(sd, dict) else sd
             model.load_state_dict(sd)
         except Exception as e:
             raise UserError("--checkpoint", f"cannot load it into the candidate's network ({type(e).__name__}: {str(e)[:160]})",

@@ -264,14 +264,10 @@ def save_checkpoint(path: str | Path, space: SearchSpace, state_dict: dict[str, 
 
 def load_checkpoint(path: str | Path) -> dict:
     """Load and validate a supernet checkpoint (``torch.load(weights_only=True)``)."""
+    from autocomp.models import load_weights
+
     path = Path(path)
-    if not path.is_file():
-        raise UserError("supernet", f"no such checkpoint {str(path)!r}", "a .pt file written by `autocomp supernet train`")
-    try:
-        ck = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure means a corrupt / unsafe file
-        raise UserError("supernet", f"cannot load {str(path)!r} ({type(e).__name__}: {str(e)[:120]})",
-                        "a checkpoint loadable with torch.load(weights_only=True)") from None
+    ck = load_weights(path, "supernet", "a .pt checkpoint written by `autocomp supernet train`")
     if not isinstance(ck, dict) or "state_dict" not in ck:
         raise UserError("supernet", f"{str(path)!r} is not a supernet checkpoint", "a dict with schema_version, space, state_dict")
     if ck.get("schema_version") != SCHEMA_VERSION:

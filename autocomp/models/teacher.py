@@ -27,19 +27,14 @@ import torch
 from torch import nn
 
 from autocomp.errors import UserError
+from autocomp.models import load_weights
 
 SPEC_HELP = "None (the supernet's largest subnet), 'module:factory' or 'torchvision:NAME' with --teacher-weights"
 
 
 def _load_state(weights: str | Path) -> dict:
     p = Path(weights)
-    if not p.is_file():
-        raise UserError("--teacher-weights", f"no such file {str(p)!r}", "a state_dict saved with torch.save")
-    try:
-        sd = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - unsafe or corrupt file
-        raise UserError("--teacher-weights", f"cannot load {str(p)!r} with weights_only=True ({type(e).__name__})",
-                        "a state_dict of tensors (not a pickled model)") from None
+    sd = load_weights(p, "--teacher-weights", "a state_dict of tensors saved with torch.save (not a pickled model)")
     if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
         sd = sd["state_dict"]
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
