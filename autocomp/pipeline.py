@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -53,10 +54,10 @@ def _latency_model(device: Device, space, model_dir: Path, resume: bool, k: int,
     from autocomp.measure import DEVICES
 
     same_backend = [d for d, dev in DEVICES.items() if dev.backend == device.backend and d != device.name]
-    lm = latency_model(device, space, fp, k=k, say=lambda m: console.print(f"[yellow]latency model:[/] {m}"),
+    lm = latency_model(device, space, fp, k=k, say=lambda m: console.print(f"[yellow]latency model:[/] {escape(m)}"),
                        source_devices=same_backend)
     if lm.notice:
-        console.print(f"[yellow]notice:[/] {lm.notice}")
+        console.print(f"[yellow]notice:[/] {escape(lm.notice)}")  # fingerprints hold [lists]: not markup
     elif lm.predictor is not None:
         console.print(f"latency model: {lm.how} predictor of {lm.predictor.fingerprint_id}"
                       + (f" ({lm.calibration.get('method')}, {lm.calibration.get('n_fit')} measurements)" if lm.calibration else ""))

@@ -1,4 +1,5 @@
-"""Shared fixtures. One local Ray instance for the whole session (ray.init costs ~5 s and ~1 GB)."""
+"""Shared fixtures. One local Ray instance for the whole session (ray.init costs ~5 s and ~1 GB); a
+user cache per test module for the searches, which calibrate into it."""
 
 from __future__ import annotations
 
@@ -27,3 +28,17 @@ def mnist():
     from autocomp.data import load_dataset
 
     return load_dataset("mnist")
+
+
+@pytest.fixture(scope="module")
+def user_cache(tmp_path_factory):
+    """A fresh user cache ($AUTOCOMP_CACHE) for searches, whose calibrations and recorded
+    measurements must not land in the real one; it shares the real cache's MNIST and the reference
+    model's nominal latency. The tests set AUTOCOMP_CACHE to it where they search."""
+    from autocomp.resources import cache_dir
+
+    cache = tmp_path_factory.mktemp("user-cache")
+    for name in ("mnist", "reference"):
+        if (cache_dir() / name).is_dir():
+            (cache / name).symlink_to((cache_dir() / name).resolve(), target_is_directory=True)
+    return cache

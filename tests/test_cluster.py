@@ -102,7 +102,7 @@ def cluster():
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def test_search_through_the_cluster_measures_on_the_device_node(cluster, tmp_path):
+def test_search_through_the_cluster_measures_on_the_device_node(cluster, tmp_path, user_cache):
     nodes = cluster["nodes"]
     device_nodes = [n["id"] for n in nodes if n["resources"].get(DEVICE_RESOURCE)]
     assert len(device_nodes) == 1, "exactly one node (the worker) holds the device"
@@ -113,8 +113,9 @@ def test_search_through_the_cluster_measures_on_the_device_node(cluster, tmp_pat
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "autocomp.cli", "search", "--budget", "5ms", "--trials", "2", "--seed", "0",
            "--out", str(out), "--space", str(space), "--train-steps", "1", "--val-size", "100", "--top-k", "0",
-           "--address", cluster["address"]]
-    done = subprocess.run(cmd, env=cluster["env"], capture_output=True, text=True, timeout=400)
+           "--no-calibrate", "--address", cluster["address"]]  # no predictor covers the tiny space
+    env = {**cluster["env"], "AUTOCOMP_CACHE": str(user_cache)}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
     from autocomp.rundir import read_results
@@ -124,4 +125,11 @@ def test_search_through_the_cluster_measures_on_the_device_node(cluster, tmp_pat
     assert {r["measure_node"] for r in rows} == {device_nodes[0]}
     assert head_id not in {r["measure_node"] for r in rows}
     assert all(int(r["measure_pid"]) > 0 for r in rows)
+    # the fingerprint was probed, and every measurement made, on the device node (this machine here)
+    from autocomp.measure import get_device
+    from autocomp.measure.fingerprint import fingerprint_id
+
+    fid = fingerprint_id(get_device("cpu-ort").fingerprint())
+    assert {r["fingerprint_id"] for r in rows} == {fid}
+    assert json.loads((out / "summary.json").read_text())["latency_model"]["fingerprint_id"] == fid
     assert json.loads((out / "summary.json").read_text())["evaluated"] == 2

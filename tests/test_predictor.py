@@ -1,5 +1,5 @@
 """Latency predictor: analytic features agree with the built models, train/save/load/eval round trip
-on a real measurement table, no pickle, host check, transfer calibration."""
+on a real measurement table (per device fingerprint), no pickle, fingerprint matching, transfer calibration."""
 
 from __future__ import annotations
 
@@ -13,14 +13,14 @@ import pandas as pd
 import pytest
 
 from autocomp.errors import UserError
-from autocomp.predictor.campaign import read_table, table_path
-from autocomp.predictor import check_host, load_predictor
+from autocomp.predictor.campaign import read_table, table_path, tables
+from autocomp.predictor import find_predictor, load_predictor, predictor_dir, predictor_dirs
 from autocomp.predictor.features import analyse, group_features, network_feature_names, network_features
 from autocomp.predictor.model import META_NAME, MODEL_NAME, Predictor, candidates_of, fit, metrics
 from autocomp.space import get_space
 
 SPACE = get_space("mnist-mbv2")
-SHIPPED = table_path("cpu-ort")
+SHIPPED = next(iter(tables("cpu-ort")), table_path("cpu-ort", "none"))  # the shipped table (one per fingerprint)
 
 
 def test_features_match_the_compressed_model():
@@ -102,13 +102,17 @@ def test_selection_prefers_the_cheaper_model_within_the_tie():
 
 def test_train_save_load_eval_round_trip(tmp_path, monkeypatch):
     df = _small_table()
+    fid = SHIPPED.parent.name  # the table's folder is its fingerprint id
+    assert set(df["fingerprint_id"]) == {fid}
     pred, report = fit(df, kinds=("sum", "sum+gbm"), max_train=60, folds=3, rounds=60)
     assert report["kind"] in ("sum", "sum+gbm") and set(report["selection"]) == {"sum", "sum+gbm@60"}
     assert pred.meta["n_train"] <= 60 and pred.meta["backend"] == "onnxruntime" and pred.meta["cpu_model"]
-    out = tmp_path / "cpu-ort"
+    assert pred.fingerprint_id == fid and pred.fingerprint["backend"] == "onnxruntime"
+    out = predictor_dir("cpu-ort", fid, tmp_path)
+    assert out == tmp_path / "cpu-ort" / fid
     pred.save(out)
     meta = json.loads((out / META_NAME).read_text())
-    assert meta["schema_version"] == 1 and meta["meta"]["backend_version"]
+    assert meta["schema_version"] == 1 and meta["meta"]["backend_version"] and meta["meta"]["fingerprint_id"] == fid
     if pred.booster is not None:
         assert (out / MODEL_NAME).read_text().startswith("tree")  # LightGBM text format
 
@@ -117,8 +121,11 @@ def test_train_save_load_eval_round_trip(tmp_path, monkeypatch):
 
     monkeypatch.setattr(pickle, "load", no_pickle)
     monkeypatch.setattr(pickle, "loads", no_pickle)
-    loaded = load_predictor("cpu-ort", tmp_path)
-    assert isinstance(loaded, Predictor)
+    loaded = load_predictor("cpu-ort", root=tmp_path)  # the only fingerprint there
+    assert isinstance(loaded, Predictor) and loaded.fingerprint_id == fid
+    assert load_predictor("cpu-ort", fid, tmp_path).fingerprint_id == fid
+    assert load_predictor("cpu-ort", "another-fingerprint-00000000", tmp_path) is None
+    assert find_predictor("cpu-ort", pred.fingerprint, [tmp_path]).fingerprint_id == fid
     cands = candidates_of(df)
     np.testing.assert_allclose(loaded.predict(cands), pred.predict(cands), rtol=1e-9)
     p = loaded.predict(cands)
@@ -128,27 +135,38 @@ def test_train_save_load_eval_round_trip(tmp_path, monkeypatch):
 
     from autocomp.predictor.cli import app
 
-    (tmp_path / "cpu-ort" / "measurements.parquet").write_bytes(SHIPPED.read_bytes())
+    table_path("cpu-ort", fid, tmp_path).write_bytes(SHIPPED.read_bytes())
     r = CliRunner().invoke(app, ["train", "--root", str(tmp_path), "--max-train", "60", "--kind", "sum"])
     assert r.exit_code == 0, r.output
-    r = CliRunner().invoke(app, ["eval", "--root", str(tmp_path), "--json"])
+    assert json.loads((out / META_NAME).read_text())["kind"] == "sum"  # saved beside its table
+    r = CliRunner().invoke(app, ["eval", "--root", str(tmp_path), "--json", "--fingerprint", fid])
     assert r.exit_code == 0, r.output
     res = json.loads(r.output.strip().splitlines()[-1])
     for k in ("within_10pct", "spearman", "rmspe", "n_test", "kendall", "within_5pct"):
         assert k in res
-    assert res["n_test"] > 0
+    assert res["n_test"] > 0 and res["kind"] == "sum"
+    # two fingerprints measured: the default is this machine's, and an unknown one is a UserError
+    table_path("cpu-ort", "other-host-11111111", tmp_path).parent.mkdir()
+    table_path("cpu-ort", "other-host-11111111", tmp_path).write_bytes(SHIPPED.read_bytes())
+    r = CliRunner().invoke(app, ["eval", "--root", str(tmp_path), "--json", "--fingerprint", "nope-22222222"])
+    assert isinstance(r.exception, UserError) and "--fingerprint" in str(r.exception) and fid in str(r.exception)
+    (tmp_path / "cpu-ort" / "other-host-11111111" / META_NAME).write_text((out / META_NAME).read_text())
+    with pytest.raises(UserError, match="--fingerprint"):  # several predictors: which one must be said
+        load_predictor("cpu-ort", root=tmp_path)
 
 
 def test_no_predictor_and_corrupt_artifacts(tmp_path):
-    assert load_predictor("no-such-device", tmp_path) is None
-    d = tmp_path / "broken"
-    d.mkdir()
+    assert load_predictor("no-such-device", root=tmp_path) is None
+    assert load_predictor("no-such-device", "some-fingerprint-00000000", tmp_path) is None
+    d = predictor_dir("broken", "some-fingerprint-00000000", tmp_path)
+    d.mkdir(parents=True)
     (d / META_NAME).write_text("{not json")
+    assert predictor_dirs("broken", [tmp_path]) == [d]
     with pytest.raises(UserError, match="predictor.json"):
-        load_predictor("broken", tmp_path)
+        load_predictor("broken", root=tmp_path)
     (d / META_NAME).write_text(json.dumps({"schema_version": 99}))
     with pytest.raises(UserError, match="schema_version"):
-        load_predictor("broken", tmp_path)
+        load_predictor("broken", "some-fingerprint-00000000", tmp_path)
 
 
 def test_shipped_predictor_loads_and_scores_fast():
@@ -165,22 +183,39 @@ def test_shipped_predictor_loads_and_scores_fast():
     assert small < large
 
 
-def test_check_host(monkeypatch):
-    import onnxruntime
+def test_shipped_predictor_sits_in_its_fingerprint_folder():
+    dirs = predictor_dirs("cpu-ort", [SHIPPED.parents[2]])
+    if not dirs:
+        pytest.skip("no shipped cpu-ort predictor")
+    from autocomp.measure.fingerprint import KEYS, fingerprint_id
 
-    from autocomp.predictor import campaign
+    for d in dirs:
+        pred = Predictor.load(d)
+        assert pred.fingerprint_id == d.name == fingerprint_id(pred.fingerprint)
+        assert all(pred.fingerprint.get(k) is not None for k in KEYS["onnxruntime"])  # a complete fingerprint
+        assert (d / "measurements.parquet").exists()  # beside the table it was fit on
 
-    pred = Predictor("sum", SPACE, {"backend": "onnxruntime", "cpu_model": campaign.cpu_model(),
-                                    "backend_version": onnxruntime.__version__, "device": "cpu-ort"},
-                     coef=np.zeros(len(group_features([SPACE.smallest()], SPACE)[0])))
-    assert check_host(pred) is None
-    pred.meta["cpu_model"] = "Some Other CPU"
-    msg = check_host(pred)
-    assert msg and "Some Other CPU" in msg and "--calibrate" in msg
-    pred.meta.update(cpu_model=campaign.cpu_model(), backend_version="0.0.1")
-    assert "ONNX Runtime" in check_host(pred)
-    pred.meta["backend"] = "trtexec"  # remote device: nothing to compare here
-    assert check_host(pred) is None
+
+def test_a_predictor_is_found_only_for_its_own_fingerprint(tmp_path):
+    """What replaced the host check: a predictor is used only on exactly the fingerprint it was
+    measured on (CPU, ISA, runtime version, threads, batch); anything else is another device."""
+    from autocomp.measure import get_device
+    from autocomp.measure.fingerprint import differences, fingerprint_id
+
+    here = get_device("cpu-ort").fingerprint()
+    pred = Predictor("sum", SPACE, {"device": "cpu-ort", "fingerprint": here, "fingerprint_id": fingerprint_id(here)},
+                     coef=np.ones(len(group_features([SPACE.smallest()], SPACE)[0])))
+    pred.save(predictor_dir("cpu-ort", fingerprint_id(here), tmp_path))
+    assert find_predictor("cpu-ort", here, [tmp_path]).fingerprint_id == fingerprint_id(here)
+    assert find_predictor("cpu-ort-b8", here, [tmp_path]) is None  # another device's folder
+    for change in ({"cpu_model": "Some Other CPU"}, {"backend_version": "0.0.1"}, {"threads": 4}, {"batch": 8},
+                   {"isa": ["avx2", "fma"]}):
+        other = {**here, **change}
+        assert find_predictor("cpu-ort", other, [tmp_path]) is None, change
+        diff = differences(other, here)
+        assert len(diff) == 1 and diff[0].startswith(next(iter(change)) + ":"), diff
+    assert "Some Other CPU" in differences({**here, "cpu_model": "Some Other CPU"}, here)[0]
+    assert differences(here, dict(here)) == []
 
 
 def test_transfer_recalibration_recovers_a_new_device():
@@ -201,8 +236,8 @@ def test_transfer_recalibration_recovers_a_new_device():
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
-        adapted.save(Path(tmp) / "b")
-        again = load_predictor("b", tmp)
+        adapted.save(predictor_dir("b", "fp-b-00000000", tmp))
+        again = load_predictor("b", root=tmp)
         np.testing.assert_allclose(again.predict(cands), adapted.predict(cands))
 
 

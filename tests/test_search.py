@@ -268,19 +268,21 @@ def space_file(tmp_path: Path) -> Path:
 
 
 def _search_cmd(out: Path, space: Path, address: str, *extra: str) -> list[str]:
+    # --no-calibrate: no predictor covers the tiny space, so nothing filters (as before calibration
+    # existed); calibration and its replay on resume are tested in test_calibrate.py
     return [sys.executable, "-m", "autocomp.cli", "search", "--budget", "5ms", "--trials", "3", "--seed", "3",
             "--out", str(out), "--space", str(space), "--controller", "evolution", "--train-steps", "1",
-            "--val-size", "100", "--top-k", "0", "--address", address, *extra]
+            "--val-size", "100", "--top-k", "0", "--no-calibrate", "--address", address, *extra]
 
 
-def test_resume_after_sigkill_neither_loses_nor_repeats(ray_local, tmp_path):
+def test_resume_after_sigkill_neither_loses_nor_repeats(ray_local, tmp_path, user_cache):
     """SIGKILL the driver after a result, run again with --resume: 3 trials, each exactly once, the rows
     written before the kill untouched, and the candidates those of the seed (random phase of evolution)."""
     from autocomp.rundir import read_results
 
     address = ray_local.get_runtime_context().gcs_address
     sp, out = space_file(tmp_path), tmp_path / "run"
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "AUTOCOMP_CACHE": str(user_cache)}
     proc = subprocess.Popen(_search_cmd(out, sp, address), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     results = out / "results.csv"
     deadline = time.time() + 240
@@ -313,6 +315,10 @@ def test_resume_after_sigkill_neither_loses_nor_repeats(ray_local, tmp_path):
 
     summary = json.loads((out / "summary.json").read_text())
     assert summary["resumed"] and summary["evaluated"] == 3 and summary["replayed"] >= 1
+    assert summary["latency_model"]["how"] == "off" and summary["skipped_infeasible"] == 0 and "skip_audit" not in summary
+    said = " ".join(done.stdout.split())  # the console wraps lines
+    assert "--no-calibrate: candidates are not filtered by the budget" in said  # said
+    assert not (out / "latency_model").exists()
 
 
 def test_searcher_rebuilds_from_results_and_tune_held_trials(tmp_path):

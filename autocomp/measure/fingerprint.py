@@ -118,8 +118,11 @@ def parse_nvpmodel(text: str) -> str | None:
 
 
 def parse_jetson_clocks(text: str) -> bool | None:
-    """``jetson_clocks --show``: locked when every CPU and the GPU run at MinFreq == MaxFreq == CurrentFreq."""
-    rows = re.findall(r"MinFreq=(\d+)\s+MaxFreq=(\d+)\s+CurrentFreq=(\d+)", text or "")
+    """``jetson_clocks --show``: locked when every CPU and the GPU run at MinFreq == MaxFreq == CurrentFreq.
+    Only the ``cpuN:`` and ``GPU`` lines count: jetson_clocks pins EMC (and the DLA/PVA clocks) by an
+    override, so their MinFreq stays below MaxFreq when locked (``EMC MinFreq=204000000
+    MaxFreq=1600000000 CurrentFreq=1600000000 FreqOverride=1``)."""
+    rows = re.findall(r"^\s*(?:cpu\d+:.*?|GPU\s+)MinFreq=(\d+)\s+MaxFreq=(\d+)\s+CurrentFreq=(\d+)", text or "", re.M)
     if not rows:
         return None
     return all(lo == hi == cur for lo, hi, cur in rows)

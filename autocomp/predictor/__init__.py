@@ -32,9 +32,11 @@ def predictor_dir(device_name: str, fp_id: str, root: Path | str | None = None) 
 
 
 def predictor_dirs(device_name: str, roots: list[Path] | None = None) -> list[Path]:
-    """Every fingerprint folder of ``device_name`` holding a predictor, the user's cache first."""
+    """Every fingerprint folder of ``device_name`` holding a predictor, the user's cache first (not
+    the ``<id>.corrupt-<time>`` folders a refused calibration was set aside in)."""
     roots = roots if roots is not None else [user_predictors_dir(), predictors_dir()]
-    return [d for r in roots for d in sorted((Path(r) / device_name).glob("*")) if (d / META_NAME).exists()]
+    return [d for r in roots for d in sorted((Path(r) / device_name).glob("*"))
+            if (d / META_NAME).exists() and ".corrupt-" not in d.name]
 
 
 def load_predictor(device_name: str, fp_id: str | None = None, root: Path | str | None = None) -> Predictor | None:

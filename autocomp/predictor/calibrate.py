@@ -46,6 +46,9 @@ from autocomp.space import Candidate, SearchSpace
 
 DEFAULT_K = 20
 REFIT_MIN = 50
+# without a source predictor a calibration is a fit, which holds one measurement in five out and
+# needs 10 to train on: 20 leave enough (with 10, 1 - 0.8^10 = 89 % of draws had fewer than 10)
+FIT_MIN_K = 20
 POOL_PER_POINT = 50  # the spread is chosen from a seeded pool of k * POOL_PER_POINT samples
 CALIBRATION_SEED = 7919
 METHOD = "ridge"  # see transfer.METHODS; the best of them at k = 20 on the cross-host benchmark
@@ -113,9 +116,9 @@ def latency_model(device: Device, space: SearchSpace, fingerprint: dict[str, Any
     if k <= 0:
         return LatencyModel(None, "off", fingerprint, notice=f"{why}, not on this device's fingerprint {fid}; "
                             "--no-calibrate: candidates are not filtered by the budget")
-    if source is None and k < 10:
+    if source is None and k < FIT_MIN_K:
         return LatencyModel(None, "unavailable", fingerprint, notice=f"{why}; {k} calibration measurements cannot fit one "
-                            "(use --calibrate 10 or more): candidates are not filtered by the budget")
+                            f"(use --calibrate {FIT_MIN_K} or more): candidates are not filtered by the budget")
     say(f"{why}; calibrating on {fid}: {k} measurements spread over the latency range")
     pred, info = calibrate(device, space, fingerprint, source, k, seed, progress=progress)
     return LatencyModel(pred, info["how"], fingerprint, calibration=info)
@@ -148,7 +151,8 @@ def calibrate(device: Device, space: SearchSpace, fingerprint: dict, source: Pre
     run_campaign(space, device, k, root, seed, progress=progress, candidates=chosen,
                  label=f"calibrating {device.name} on this fingerprint")
     table = read_table(table_path(device.name, fid, root))
-    table = table[table["fingerprint_id"] == fid]
+    # the fingerprint's table also holds the runs of other spaces (record_measurements): only this space's rows
+    table = table[(table["fingerprint_id"] == fid) & (table["space"] == space.name)].reset_index(drop=True)
     info: dict[str, Any] = {"k": k, "seed": seed, "fingerprint_id": fid, "n_table": int(len(table)),
                             "source_fingerprint_id": source.fingerprint_id if source else None,
                             "source_device": source.meta.get("device") if source else None,
@@ -161,24 +165,27 @@ def calibrate(device: Device, space: SearchSpace, fingerprint: dict, source: Pre
             info["held_out"] = report["test"]
     else:
         rows = table[table["id"].isin({c.id for c in chosen})]
-        pred = adapt(source, candidates_of(rows), rows["median_ms"].to_numpy(float), method, device=device.name)
+        # the source's model on this fingerprint's features (its NCHWc block), fit and used alike
+        pred = adapt(source, candidates_of(rows), rows["median_ms"].to_numpy(float), method, device=device.name,
+                     fingerprint=fingerprint)
         pred.meta.update(host_info(rows))
         info.update(how="calibrated", method=method, n_fit=int(len(rows)),
-                    loo=leave_one_out(source, rows, method) if len(rows) >= 5 else None)
+                    loo=leave_one_out(source, rows, method, fingerprint) if len(rows) >= 5 else None)
     pred.meta["calibration"] = info
     pred.save(predictor_dir(device.name, fid, root))
     return pred, info
 
 
-def leave_one_out(source: Predictor, rows, method: str) -> dict[str, float]:
-    """Leave-one-out error of adapting ``source`` on ``rows``: the calibration's own error estimate."""
+def leave_one_out(source: Predictor, rows, method: str, fingerprint: dict | None = None) -> dict[str, float]:
+    """Leave-one-out error of adapting ``source`` on ``rows`` (measured on ``fingerprint``): the
+    calibration's own error estimate."""
     from autocomp.predictor.transfer import adapt
 
     cands, y = candidates_of(rows), rows["median_ms"].to_numpy(float)
     pred = np.empty(len(y))
     for i in range(len(y)):
         keep = np.arange(len(y)) != i
-        p = adapt(source, [c for c, m in zip(cands, keep) if m], y[keep], method)
+        p = adapt(source, [c for c, m in zip(cands, keep) if m], y[keep], method, fingerprint=fingerprint)
         p.meta.update(host_info(rows))
         pred[i] = p.predict([cands[i]])[0]
     return {k: round(v, 4) for k, v in metrics(pred, y).items() if isinstance(v, float)}
@@ -221,12 +228,14 @@ class OnlineLatency:
 
     ``predict`` = the base prediction times ``exp(a + (b - 1) * log(base))``, where (a, b) is a
     log-linear fit of measured on predicted latency over the run's measurements, ridge-pulled
-    toward (0, 1) with the weight of ``PRIOR`` pseudo-measurements, so a few noisy ones move it
-    little. ``margin`` is the filter's tolerance: the 90th percentile of |relative error| of the
-    predictions made before each measurement (``MIN_MARGIN`` to ``MAX_MARGIN``; the calibration's
+    toward (0, 1) with the weight of ``PRIOR`` pseudo-measurements at the measurements' mean log
+    latency (the correction there, and the slope), so a single noisy one moves it by at most half
+    its error while a consistent bias is corrected within a few measurements. ``margin`` is the
+    filter's tolerance: the 90th percentile of |relative error| of the predictions made before
+    each measurement (``MIN_MARGIN`` to ``MAX_MARGIN``; the calibration's
     leave-one-out error before the first measurement)."""
 
-    PRIOR = 8.0
+    PRIOR = 1.0
 
     def __init__(self, base: Predictor, margin: float = 0.1):
         self.base = base
@@ -271,13 +280,15 @@ class OnlineLatency:
         self.points.append((float(np.log(base)), float(np.log(measured_ms))))
         self._margin = None
         x, y = np.array(self.points).T
-        # ridge toward (a, b) = (0, 1): minimise sum (y - a - b x)^2 + PRIOR * (a^2 + xbar^2 (b - 1)^2)
+        # ridge toward (a, b) = (0, 1), centred on the data: minimise
+        # sum (y - a - b x)^2 + PRIOR * ((a + (b - 1) xbar)^2 + (b - 1)^2), i.e. the correction at the
+        # mean log latency and the slope. (A penalty on a itself, the correction at 1 ms, far from
+        # the data, tilted the fit: a constant factor 2 was never learnt, b stayed ~0.88.)
         xm = float(np.mean(x))
-        design = np.stack([np.ones_like(x), x], 1)
-        reg = self.PRIOR * np.diag([1.0, max(xm * xm, 1.0)])
-        lhs = design.T @ design + reg
-        rhs = design.T @ y + reg @ np.array([0.0, 1.0])
-        self.a, self.b = (float(v) for v in np.linalg.solve(lhs, rhs))
+        w = np.sqrt(self.PRIOR)
+        design = np.vstack([np.stack([np.ones_like(x), x], 1), [[w, w * xm], [0.0, w]]])
+        target = np.concatenate([y, [w * xm, w]])
+        self.a, self.b = (float(v) for v in np.linalg.lstsq(design, target, rcond=None)[0])
 
 
 def initial_margin(model: LatencyModel) -> float:

@@ -226,7 +226,8 @@ def run_campaign(space: SearchSpace | str, device: Device | str, n: int, out_dir
         from autocomp.cluster import init_ray
 
         init_ray(address, device)
-    fp = probe_fingerprint(device, overrides)
+    # on the device's node when measuring through Ray, else here (a Device need not be registered to measure here)
+    fp = probe_fingerprint(device, overrides) if use_ray else device.fingerprint(**overrides)
     path = table_path(device.name, fingerprint_id(fp), out_dir)
     table = read_table(path)
     done = set(table["id"])

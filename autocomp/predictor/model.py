@@ -191,6 +191,7 @@ class Predictor:
     def to_json(self) -> dict[str, Any]:
         return {
             "schema_version": SCHEMA_VERSION, "kind": self.kind, "space": self.space.name,
+            "space_def": self.space.model_dump(mode="json"),  # a space from a YAML path has no name to look up
             "group_features": group_feature_names(), "network_features": network_feature_names(self.space),
             "coef": None if self.coef is None else [float(v) for v in self.coef],
             "calibration": self.calibration, "model_file": MODEL_NAME if self.booster is not None else None,
@@ -222,7 +223,13 @@ class Predictor:
             raise UserError(str(path), f"schema_version {got!r}", f"schema_version {SCHEMA_VERSION} (retrain with `autocomp predictor train`)")
         if d.get("kind") not in KINDS:
             raise UserError(str(path), f"kind {d.get('kind')!r}", f"one of {KINDS}")
-        space = get_space(d["space"])
+        if d.get("space_def") is not None:  # the space it was fit on (one given by path is not in search_spaces/)
+            try:
+                space = SearchSpace.model_validate(d["space_def"])
+            except Exception as e:
+                raise UserError(str(path), f"unreadable space_def ({type(e).__name__})", "a predictor.json written by this autocomp version") from None
+        else:
+            space = get_space(d["space"])
         if d.get("network_features") not in (None, network_feature_names(space)):
             raise UserError(str(path), "feature set differs from this autocomp version", "a predictor retrained with this version")
         booster = None
