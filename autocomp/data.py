@@ -20,7 +20,6 @@ teacher sees exactly this, so it must have been trained on inputs normalised the
 from __future__ import annotations
 
 import gzip
-import os
 import struct
 import subprocess
 import sys

@@ -33,7 +33,7 @@ from autocomp.predictor.calibrate import (
 from autocomp.cluster import init_ray
 from autocomp.rundir import budget_verdict, read_results, write_json
 from autocomp.runner import ControllerFactory, run_tune
-from autocomp.search import get_controller
+from autocomp.search import check_controller
 from autocomp.search.pareto import pareto_front
 from autocomp.space import get_space
 
@@ -80,7 +80,7 @@ def run_search(cfg: SearchConfig, train_steps: int = 100, console: Console | Non
     console = console or Console()
     device = get_device(cfg.device)
     space = get_space(cfg.space).restrict_precisions(list(device.precisions))
-    get_controller(cfg.controller, space, cfg.seed)  # unknown controller: fail before anything starts
+    check_controller(cfg.controller, controller_options)  # unknown controller or option: fail before anything starts
     settings = EvalSettings(weights=cfg.weights, train_steps=train_steps, seed=cfg.seed, **({"val_size": val_size} if val_size else {}))
     config = {"schema_version": SCHEMA_VERSION, **json.loads(cfg.model_dump_json()), "eval": settings.model_dump(),
               "device_protocol": device.options, "controller_options": controller_options or {}}

@@ -63,6 +63,7 @@ def main() -> None:
     ap.add_argument("--draws", type=int, default=10)
     ap.add_argument("--test", type=int, default=60, help="at least this many test rows")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args()
 
     source = load_predictor(args.source_device, args.source_fp)
@@ -115,9 +116,9 @@ def main() -> None:
         "n_test": len(test), "pool": len(pool), "draws": args.draws, "results": results, "wall_s": round(time.time() - t0, 1),
         "command": " ".join(sys.argv),
     }
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps(out, indent=1, default=str))
-    print(f"saved {OUT}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(out, indent=1, default=str))
+    print(f"saved {args.out}")
 
 
 if __name__ == "__main__":

@@ -42,6 +42,7 @@ bugs\t\t: sysret_ss_attrs null_seg spectre_v1 spectre_v2 spec_store_bypass retbl
 bogomips\t: 4499.99
 """
 
+AVX2_HOST = "amd-epyc-avx2-onnxruntime1.32.0-t1b1-31c78365"  # the shipped cpu-ort predictor of the first host
 CPUINFO_AMX = """processor\t: 0
 vendor_id\t: GenuineIntel
 cpu family\t: 6
@@ -306,7 +307,7 @@ def test_devices_command_says_whether_this_machine_matches(tmp_path, monkeypatch
     from autocomp.predictor import load_predictor, predictor_dir
     from autocomp.resources import predictors_dir
 
-    shipped = load_predictor("cpu-ort")
+    shipped = load_predictor("cpu-ort", AVX2_HOST)
     if shipped is None:
         pytest.skip("no shipped cpu-ort predictor")
     monkeypatch.setenv("AUTOCOMP_CACHE", str(tmp_path / "cache"))

@@ -91,10 +91,13 @@ def test_reference_protocol_measures_in_the_normal_phase(tmp_path, monkeypatch):
     for batch in (1, 8):
         out = session(ref).run(None, {"input": np.zeros((batch, 1, 28, 28), np.float32)})[0]
         assert out.shape == (batch, 10)
-    nominal = reference.nominal_ms(1, 1, "thread_cpu", probes=20)
+    def timer():
+        return run_timer(session(ref), 1, "thread_cpu")
+
+    nominal = reference.nominal_ms(timer, 1, 1, "thread_cpu", probes=20)
     cached = list((tmp_path / "cache" / "reference").glob("nominal-*.json"))
     assert len(cached) == 1 and nominal > 0
-    assert reference.nominal_ms(1, 1, "thread_cpu", probes=20) == nominal  # from the cache, not re-measured
+    assert reference.nominal_ms(timer, 1, 1, "thread_cpu", probes=20) == nominal  # from the cache, not re-measured
     # the reference itself measured with the protocol lands near its nominal latency
     m = measure(ref, device="t", precision="fp32", threads=1, warmup=5, repeats=40, min_time_s=0.2,
                 clock="thread_cpu", reference=True, blocks=2)

@@ -6,21 +6,22 @@ from __future__ import annotations
 import json
 import pickle
 import random
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from autocomp.errors import UserError
-from autocomp.predictor.campaign import read_table, table_path, tables
+from autocomp.predictor.campaign import read_table, table_path
 from autocomp.predictor import find_predictor, load_predictor, predictor_dir, predictor_dirs
 from autocomp.predictor.features import analyse, group_features, network_feature_names, network_features
 from autocomp.predictor.model import META_NAME, MODEL_NAME, Predictor, candidates_of, fit, metrics
 from autocomp.space import get_space
 
 SPACE = get_space("mnist-mbv2")
-SHIPPED = next(iter(tables("cpu-ort")), table_path("cpu-ort", "none"))  # the shipped table (one per fingerprint)
+# the shipped table and predictor of the AVX2 host the project started on (one folder per fingerprint)
+AVX2_HOST = "amd-epyc-avx2-onnxruntime1.32.0-t1b1-31c78365"
+SHIPPED = table_path("cpu-ort", AVX2_HOST)
 
 
 def test_features_match_the_compressed_model():
@@ -170,7 +171,7 @@ def test_no_predictor_and_corrupt_artifacts(tmp_path):
 
 
 def test_shipped_predictor_loads_and_scores_fast():
-    pred = load_predictor("cpu-ort")
+    pred = load_predictor("cpu-ort", AVX2_HOST)
     if pred is None:
         pytest.skip("no shipped cpu-ort predictor")
     for k in ("host", "cpu_model", "backend_version", "n_train"):

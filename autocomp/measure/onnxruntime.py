@@ -25,7 +25,6 @@ from autocomp.measure import fingerprint as fingerprint_mod
 from autocomp.measure.base import Measurement
 
 CV_THRESHOLD = 0.15
-RESCALE_NORMAL = False
 # ONNX Runtime's QDQ fusion turns DQ -> Conv -> Q (an int8 conv feeding an int8 conv directly, e.g. the
 # two halves of a low-rank pair) into an integer QLinearConv whose u8s8 kernels saturate their int16
 # intermediate sums on x86 CPUs without VNNI: with full-range int8 weights the outputs moved by up
@@ -100,13 +99,26 @@ def measure(onnx_path: Path, *, device: str, precision: str, threads: int = 1, b
     if reference:
         from autocomp.measure import reference as reference_model
 
-        nominal = reference_model.nominal_ms(threads, batch, clock)
-        ref = run_timer(session(reference_model.model_path(), threads), batch, clock)
+        def ref_timer() -> Callable[[], float]:
+            return run_timer(session(reference_model.model_path(), threads), batch, clock)
+
+        nominal = reference_model.nominal_ms(ref_timer, threads, batch, clock)
+        ref = ref_timer()
     notes = json.dumps({"clock": clock, "min_time_s": min_time_s, "retries": retries, "cv_threshold": cv_threshold,
                         **({"reference": f"v{reference_model.VERSION}", "reference_nominal_ms": round(nominal, 5),
                             "blocks": blocks} if ref else {})})
     protocol = dict(device=device, backend="onnxruntime", backend_version=ort.__version__, precision=precision,
                     batch=batch, threads=threads, warmup=warmup, notes=notes)
+    return sample(timed, ref, nominal, protocol, warmup=warmup, repeats=repeats, min_time_s=min_time_s, retries=retries,
+                  cv_threshold=cv_threshold, blocks=blocks, max_time_s=max_time_s)
+
+
+def sample(timed: Callable[[], float], ref: Callable[[], float] | None, nominal: float | None, protocol: dict, *,
+           warmup: int, repeats: int, min_time_s: float, retries: int, cv_threshold: float, blocks: int,
+           max_time_s: float) -> Measurement:
+    """The timing loop of a CPU backend (see :func:`measure`): warm-up, then plain samples or, with a
+    reference timer, normal-phase blocks; re-measured while the CV is above ``cv_threshold``; the
+    best attempt is kept and flagged if still above it."""
     best: Measurement | None = None
     for _ in range(retries + 1):
         for _ in range(warmup):
@@ -151,13 +163,12 @@ def _normal_phase(timed: Callable[[], float], ref: Callable[[], float], nominal:
         while len(own) < per_block or time.perf_counter() - t0 < min_time_s / blocks:
             own.append(timed())
         after = frame()
-        factor = 2 * nominal / (before + after)
         if max(before, after) <= FAST_TOLERANCE * nominal:
-            normal += (np.asarray(own) * factor).tolist() if RESCALE_NORMAL else own
+            normal += own
             n_normal += 1
             if n_normal >= blocks:
                 break
-        scaled += (np.asarray(own) * factor).tolist()
+        scaled += (np.asarray(own) * (2 * nominal / (before + after))).tolist()
     if n_normal >= max(blocks // 2, 1):
         m = Measurement.from_samples(normal, **protocol)
         return Measurement(**{**m.to_dict(), "statistic": "median_normal_phase"})

@@ -164,7 +164,7 @@ def measure(onnx_path: Path, *, device: str, precision: str, threads: int = 1, b
             clock: str = "wall", reference: bool = False, blocks: int = 4, max_time_s: float = 8.0) -> Measurement:
     """Time ``onnx_path`` compiled by OpenVINO; the options and their meaning are those of
     :func:`autocomp.measure.onnxruntime.measure` (``reference``: the normal-phase protocol)."""
-    from autocomp.measure.onnxruntime import _normal_phase
+    from autocomp.measure.onnxruntime import sample
     from autocomp.measure.trtexec import onnx_policy
 
     if clock == "thread_cpu" and threads != 1:
@@ -177,8 +177,11 @@ def measure(onnx_path: Path, *, device: str, precision: str, threads: int = 1, b
         from autocomp.measure import onnxruntime as ort_backend
         from autocomp.measure import reference as reference_model
 
-        nominal = reference_model.nominal_ms(threads, batch, clock)
-        ref = ort_backend.run_timer(ort_backend.session(reference_model.model_path(), threads), batch, clock)
+        def ref_timer():
+            return ort_backend.run_timer(ort_backend.session(reference_model.model_path(), threads), batch, clock)
+
+        nominal = reference_model.nominal_ms(ref_timer, threads, batch, clock)
+        ref = ref_timer()
     notes = {"clock": clock, "min_time_s": min_time_s, "retries": retries, "cv_threshold": cv_threshold,
              "config": config(threads), "runtime_precision": check["counts"], "fp16_as_fp32": check["fp16_as_fp32"],
              "precision_problems": check["problems"], "precision_fallbacks": check["fallbacks"][:20],
@@ -188,26 +191,9 @@ def measure(onnx_path: Path, *, device: str, precision: str, threads: int = 1, b
                      reference_nominal_ms=round(nominal, 5), blocks=blocks)
     protocol = dict(device=device, backend="openvino", backend_version=version(), precision=precision, batch=batch,
                     threads=threads, warmup=warmup, notes=json.dumps(notes))
-    best: Measurement | None = None
-    for _ in range(retries + 1):
-        for _ in range(warmup):
-            timed()
-            if ref:
-                ref()
-        if ref is None:
-            samples: list[float] = []
-            start = time.perf_counter()
-            while len(samples) < repeats or time.perf_counter() - start < min_time_s:
-                samples.append(timed())
-            m = Measurement.from_samples(samples, **protocol)
-        else:
-            m = _normal_phase(timed, ref, nominal, repeats, min_time_s, blocks, max_time_s, protocol)
-        if best is None or (m.flagged, m.cv) < (best.flagged, best.cv):
-            best = m
-        if (m.cv <= cv_threshold and not m.flagged) or m.statistic == "median_ref_scaled":
-            break
-    assert best is not None
-    if (best.cv > cv_threshold or check["problems"]) and not best.flagged:
+    best = sample(timed, ref, nominal, protocol, warmup=warmup, repeats=repeats, min_time_s=min_time_s, retries=retries,
+                  cv_threshold=cv_threshold, blocks=blocks, max_time_s=max_time_s)
+    if check["problems"] and not best.flagged:
         best = Measurement(**{**best.to_dict(), "flagged": True})
     return best
 

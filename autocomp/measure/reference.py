@@ -28,6 +28,7 @@ import os
 import platform
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -99,18 +100,17 @@ def _key(threads: int, batch: int, clock: str) -> str:
     return hashlib.sha1(ident.encode()).hexdigest()[:12]
 
 
-def nominal_ms(threads: int = 1, batch: int = 1, clock: str = "wall", probes: int = 200, runs: int = 10,
-               refresh: bool = False) -> float:
+def nominal_ms(timer: Callable[[], Callable[[], float]], threads: int = 1, batch: int = 1, clock: str = "wall",
+               probes: int = 200, runs: int = 10, refresh: bool = False) -> float:
     """The reference's normal-phase latency on this host: the 10th percentile of the medians of
     ``probes`` back-to-back short measurements (``runs`` runs each; slow phases lift many of them,
-    a lone minimum would be luck). Cached; ``refresh`` measures again."""
-    from autocomp.measure.onnxruntime import run_timer, session
-
+    a lone minimum would be luck). ``timer()`` makes the callable that runs the reference once and
+    returns its time in ms (the ONNX Runtime backend owns the sessions). Cached; ``refresh``
+    measures again."""
     cache = _cache() / f"nominal-{_key(threads, batch, clock)}.json"
     if cache.exists() and not refresh:
         return float(json.loads(cache.read_text())["nominal_ms"])
-    sess = session(model_path(), threads)
-    timed = run_timer(sess, batch, clock)
+    timed = timer()
     for _ in range(20):
         timed()
     medians = []

@@ -31,7 +31,6 @@ import random
 import shutil
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np

@@ -133,16 +133,25 @@ def _onehot(prec: np.ndarray) -> np.ndarray:
 
 
 def _unblocked(c_in: np.ndarray, c_out: np.ndarray, block: int) -> np.ndarray:
-    """1.0 where a dense float conv c_in -> c_out cannot use ONNX Runtime's blocked (NCHWc) kernels:
-    ORT's NchwcTransformer takes a dense conv whose input channels are fewer than the block (it reads
-    the NCHW input directly) or a multiple of it, and pads any output channel count up to the block."""
-    del c_out  # padded: any count works
-    return 1.0 - np.maximum(_blocked(c_in, block), (c_in < block).astype(float))
+    """1.0 where a dense float conv c_in -> c_out cannot use ONNX Runtime's blocked (NCHWc) kernels.
+
+    Which convs ONNX Runtime 1.32's NchwcTransformer takes was measured on each host (a one-conv
+    ONNX model per channel count, optimised, its nodes read back): with AVX-512 (block 16) a dense
+    conv whose input channels are fewer than 16 or a multiple of 4, whatever its output channels; with
+    AVX2 (block 8) the developers found input and output channels both multiples of 8."""
+    if block >= 16:
+        return 1.0 - np.maximum(_multiple(c_in, 4), (c_in < block).astype(float))
+    return 1.0 - _multiple(c_in, block) * _multiple(c_out, block)
 
 
-def _blocked(c: np.ndarray, block: int) -> np.ndarray:
-    """1.0 where the (integral) channel count ``c`` is a multiple of ``block`` (no float modulo: it is slow)."""
-    q = c * (1.0 / block)
+def _dw_blocked(c: np.ndarray, block: int) -> np.ndarray:
+    """1.0 where a depthwise conv of ``c`` channels runs blocked (AVX-512: multiples of 4; AVX2: of 8)."""
+    return _multiple(c, 4 if block >= 16 else block)
+
+
+def _multiple(c: np.ndarray, m: int) -> np.ndarray:
+    """1.0 where the (integral) channel count ``c`` is a multiple of ``m`` (no float modulo: it is slow)."""
+    q = c * (1.0 / m)
     return (q == np.floor(q)).astype(float)
 
 
@@ -240,7 +249,7 @@ def _slot_terms(cin, cout, k, e, keep, rank, prec, active, geo: _Geometry, block
     for j, kk in enumerate(DW_KERNELS):
         put("dw_macs_k", dw_macs * flt * (k == kk), j)
         put("dw_macs_k", dw_macs * (1 - flt) * (k == kk), len(DW_KERNELS) + j)
-    dw_plain = flt * af * (1.0 - _blocked(hid, block))
+    dw_plain = flt * af * (1.0 - _dw_blocked(hid, block))
     put("nchw_macs", dw_plain * dw_macs, 1)
     put("nchw_groups", dw_plain)
     put("nchw_traffic", dw_plain * hid * (in_hw + out_hw))
