@@ -410,3 +410,28 @@ def test_skip_audit_of_a_pessimistic_predictor_finds_candidates_that_fit(env, de
     for r in audit["rows"]:
         assert r["measured_ms"] > 0 and r["fits"] == (r["measured_ms"] <= budget) and r["fingerprint_id"] == env["fid"]
     assert audit["fit_budget"] == sum(r["fits"] for r in audit["rows"]) >= 1  # wrongly skipped, found
+
+
+def test_a_cached_calibration_is_refit_once_runs_have_measured_enough(env, device, measured, tiny, monkeypatch):
+    """Runs append their measurements to the fingerprint's table; once it has grown by REFIT_MIN / 2
+    past what the cached calibration saw (and holds REFIT_MIN), the next search refits on all of
+    them, without measuring anything new."""
+    monkeypatch.setattr(calibrate_mod, "REFIT_MIN", 12)
+    here, fid = env["here"], env["fid"]
+    assert latency_model(device, tiny, here, k=K, say=lambda m: None, progress=False).how == "calibrated"
+    _, table = measured
+    run = [{"status": "ok", "id": r["id"], "policy": r["candidate"], "trial": i, "device": device.name,
+            "backend": r["backend"], "backend_version": r["backend_version"], "host": r["host"], "fingerprint": r["fingerprint"],
+            "fingerprint_id": fid, "batch": 1, "threads": 1, "warmup": 2, "repeats": 20, "latency_ms": float(r["median_ms"]),
+            "latency_p90_ms": float(r["p90_ms"]), "latency_cv": float(r["cv"]), "latency_flagged": "False",
+            "params": int(r["params"]), "onnx_bytes": int(r["onnx_bytes"])} for i, r in table.iterrows()]
+    added = record_measurements(device.name, here, tiny, run)
+    before = read_table(table_path(device.name, fid, env["user"]))
+    assert added >= 6 and len(before) >= 12
+    said: list[str] = []
+    lm = latency_model(device, tiny, here, k=K, say=said.append, progress=False)
+    assert lm.how == "refit" and len(said) == 1 and "refitting" in said[0]
+    assert lm.calibration["n_table"] == len(before) and lm.predictor.fingerprint_id == fid
+    assert len(read_table(table_path(device.name, fid, env["user"]))) == len(before)  # nothing new measured
+    # and it is what the next search loads, without refitting again
+    assert latency_model(device, tiny, here, k=K, say=said.append, progress=False).how == "cached" and len(said) == 1

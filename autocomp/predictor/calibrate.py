@@ -102,7 +102,14 @@ def latency_model(device: Device, space: SearchSpace, fingerprint: dict[str, Any
     fid = fingerprint_id(fingerprint)
     cached = _load_cached(device.name, fingerprint, say)
     if cached is not None and cached.space.name == space.name:
-        return LatencyModel(cached, "cached", fingerprint, calibration=dict(cached.meta.get("calibration") or {}))
+        info = dict(cached.meta.get("calibration") or {})
+        rows = _table_rows(device.name, fid, space)
+        if rows < REFIT_MIN or rows < int(info.get("n_table", 0)) + REFIT_MIN // 2:
+            return LatencyModel(cached, "cached", fingerprint, calibration=info)
+        # earlier runs added their measurements to the fingerprint's table: refit on all of them
+        say(f"{rows} measurements of {fid} since its calibration on {info.get('n_table')}: refitting its latency model")
+        pred, info = calibrate(device, space, fingerprint, None, 0, seed, progress=progress)  # no new measurement
+        return LatencyModel(pred, info["how"], fingerprint, calibration=info)
     shipped = find_predictor(device.name, fingerprint, [predictors_dir()])
     if shipped is not None and shipped.space.name == space.name:
         return LatencyModel(shipped, "matched", fingerprint)
@@ -121,6 +128,14 @@ def latency_model(device: Device, space: SearchSpace, fingerprint: dict[str, Any
     say(f"{why}; calibrating on {fid}: {k} measurements spread over the latency range")
     pred, info = calibrate(device, space, fingerprint, source, k, seed, progress=progress)
     return LatencyModel(pred, info["how"], fingerprint, calibration=info)
+
+
+def _table_rows(device: str, fid: str, space: SearchSpace) -> int:
+    """Rows of ``space`` in the fingerprint's table in the user's cache."""
+    from autocomp.predictor.campaign import read_table, table_path
+
+    table = read_table(table_path(device, fid, user_predictors_dir()))
+    return int((table["space"] == space.name).sum()) if len(table) else 0
 
 
 def spread(space: SearchSpace, k: int, seed: int, source: Predictor | None) -> list[Candidate]:
