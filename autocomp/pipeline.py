@@ -51,11 +51,14 @@ def _latency_model(device: Device, space, model_dir: Path, resume: bool, k: int,
         saved = pred.meta.get("latency_model") or {}
         return LatencyModel(pred, "resumed", saved.get("fingerprint") or pred.fingerprint, calibration=saved.get("calibration") or {})
     fp = probe_fingerprint(device)
-    from autocomp.measure import DEVICES
+    if resume and (model_dir.parent / "config.json").exists():  # it filtered with nothing: so does its replay
+        lm = LatencyModel(None, "off", fp, notice="the interrupted run had no latency model: candidates are not filtered")
+    else:
+        from autocomp.measure import DEVICES
 
-    same_backend = [d for d, dev in DEVICES.items() if dev.backend == device.backend and d != device.name]
-    lm = latency_model(device, space, fp, k=k, say=lambda m: console.print(f"[yellow]latency model:[/] {escape(m)}"),
-                       source_devices=same_backend)
+        same_backend = [d for d, dev in DEVICES.items() if dev.backend == device.backend and d != device.name]
+        lm = latency_model(device, space, fp, k=k, say=lambda m: console.print(f"[yellow]latency model:[/] {escape(m)}"),
+                           source_devices=same_backend)
     if lm.notice:
         console.print(f"[yellow]notice:[/] {escape(lm.notice)}")  # fingerprints hold [lists]: not markup
     elif lm.predictor is not None:
