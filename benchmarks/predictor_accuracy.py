@@ -28,7 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from autocomp.measure import get_device
-from autocomp.predictor.campaign import cpu_model, export_candidate, noise_floor, read_table, table_path
+from autocomp.measure.fingerprint import cpu_model, fingerprint_id
+from autocomp.predictor.campaign import export_candidate, noise_floor, read_table, table_path
 from autocomp.predictor import predictor_dir
 from autocomp.predictor.model import candidates_of, fit, split_table
 from autocomp.space import get_space
@@ -85,14 +86,16 @@ def search_models(pred, space, device, n: int, seed: int = 1) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--device", default="cpu-ort")
+    ap.add_argument("--fingerprint", default=None, help="fingerprint id of the table (default: this machine's)")
     ap.add_argument("--max-train", type=int, default=300)
     ap.add_argument("--noise", type=int, default=5, help="repeats of one model for the noise floor (0: skip)")
     ap.add_argument("--remeasure", type=int, default=6, help="held-out models re-measured now (0: skip)")
     ap.add_argument("--search-models", type=int, default=0, help="candidates exported with supernet weights and measured (0: skip)")
-    ap.add_argument("--save", action="store_true", help="write the fitted predictor to predictors/<device>/")
+    ap.add_argument("--save", action="store_true", help="write the fitted predictor to predictors/<device>/<fingerprint id>/")
     args = ap.parse_args()
 
-    df = read_table(table_path(args.device))
+    fid = args.fingerprint or fingerprint_id(get_device(args.device).fingerprint())
+    df = read_table(table_path(args.device, fid))
     space = get_space(str(df["space"].iloc[0]))
     device = get_device(args.device)
     t0 = time.perf_counter()
@@ -129,8 +132,8 @@ def main() -> None:
     print(f"scoring throughput: {tp:,.0f} candidates/s")
     if args.save:
         pred.meta["benchmark"] = {k: res[k] for k in ("rmspe", "within_5pct", "within_10pct", "spearman", "kendall", "n_test") if k in res}
-        pred.save(predictor_dir(args.device))
-        print(f"saved to {predictor_dir(args.device)}")
+        pred.save(predictor_dir(args.device, fid))
+        print(f"saved to {predictor_dir(args.device, fid)}")
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / f"predictor_accuracy_{args.device}.json").write_text(json.dumps(res, indent=1))
     print(json.dumps(res))

@@ -11,30 +11,20 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def latency_model(device: str = "cpu-ort", space_name: str = "mnist-mbv2"):
-    """``(predictor, description)``: the device's saved predictor; else one fit in memory on the device's
-    measurement table (predictors/<device>/measurements.parquet) when it has enough rows; else (None, why)."""
-    from autocomp.search.constraint import load_latency_predictor
+    """``(predictor, description)``: the device's predictor of this machine's fingerprint (a shipped one
+    or a calibration in the user's cache), else (None, why): a benchmark never filters with a
+    predictor measured on another machine."""
+    from autocomp.measure import get_device
+    from autocomp.measure.fingerprint import fingerprint_id
+    from autocomp.predictor.calibrate import load_model
+    from autocomp.space import get_space
 
-    pred, notice = load_latency_predictor(device, space_name)
-    if pred is not None:
-        return pred, f"saved predictor of {device} ({pred.kind}, fit on {pred.meta.get('n_train', '?')} measurements)"
-    try:
-        import pandas as pd
-
-        from autocomp.predictor import fit
-        from autocomp.predictor.model import split_table  # noqa: F401  (present in the predictor module)
-        from autocomp.resources import data_dir
-
-        table_path = data_dir("predictors") / device / "measurements.parquet"
-        table = pd.read_parquet(table_path)
-        table = table[table["space"] == space_name]
-        if len(table) < 30:
-            return None, f"{notice}; only {len(table)} measurements in {table_path}"
-        pred, report = fit(table)
-        return pred, (f"PROVISIONAL predictor fit in memory on {len(table)} real {device} measurements "
-                      f"({pred.kind}); no saved predictor yet")
-    except Exception as e:  # noqa: BLE001 - any failure here just means: no predictor
-        return None, f"{notice}; no provisional fit ({type(e).__name__}: {e})"
+    fp = get_device(device).fingerprint()
+    pred = load_model(device, get_space(space_name), fp)
+    if pred is None:
+        return None, (f"no latency predictor of {device} for this machine ({fingerprint_id(fp)}): run a search once "
+                      "(it calibrates one) or `autocomp measure` + `autocomp predictor train`")
+    return pred, f"predictor of {device} on {pred.fingerprint_id} ({pred.kind}, fit on {pred.meta.get('n_train', '?')} measurements)"
 
 
 def save(name: str, payload: dict) -> Path:

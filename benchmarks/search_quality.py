@@ -118,7 +118,7 @@ def sequential(space, seed, ev: Evaluator, n: int) -> None:
     from dataclasses import replace
 
     from autocomp.search.pareto import pareto_front
-    from autocomp.space import Block, Stage
+    from autocomp.space import Stage
 
     rng = random.Random(seed)
     c = space.compression

@@ -19,7 +19,7 @@ engines fuse into int8 convs with int8 outputs (TensorRT; ONNX Runtime's QLinear
 default: on the 2-core AVX2 machine without VNNI used here (ONNX Runtime 1.32, 1 thread) the
 integer kernels were ~2x slower than fp32 for these small convs, and their u8s8 int16 accumulation
 saturates with full-range weights (ORT accuracy fell ~16 points). autocomp's ONNX Runtime sessions
-therefore switch that fusion off (``autocomp.measure.onnxruntime.DISABLED_OPTIMIZERS``): ORT runs
+therefore switch that fusion off on hosts without VNNI/AMX (``autocomp.measure.onnxruntime.qdq_fusion``): ORT runs
 DequantizeLinear + float ops, which agrees with PyTorch fake-quant to float rounding; TensorRT
 fuses the same explicit Q/DQ graph into int8 kernels on its own.
 
