@@ -4,6 +4,7 @@ user cache per test module for the searches, which calibrate into it."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -42,3 +43,11 @@ def user_cache(tmp_path_factory):
         if (cache_dir() / name).is_dir():
             (cache / name).symlink_to((cache_dir() / name).resolve(), target_is_directory=True)
     return cache
+
+
+@pytest.fixture(scope="session")
+def tiny_yaml():
+    """``name -> YAML``: the 8x8 one-stage space of the measurement tests (tests/fixtures/tiny-8x8.yaml)
+    under ``name``, so each module's tables and predictors keep a space of their own."""
+    text = (Path(__file__).parent / "fixtures" / "tiny-8x8.yaml").read_text()
+    return lambda name: text.replace("name: tiny-8x8", f"name: {name}", 1)

@@ -38,16 +38,6 @@ from autocomp.predictor.features import group_features, nchwc_block
 from autocomp.predictor.model import Predictor, candidates_of, fit
 from autocomp.space import Candidate, get_space
 
-TINY = """schema_version: 1
-name: tiny-calibrate
-input: {channels: 1, height: 8, width: 8}
-num_classes: 10
-stem: {width: [4, 8]}
-stages:
-  - {stride: 2, depth: [1, 2], width: [8, 16], kernel: [3], expand: [1, 2]}
-head: {width: [16]}
-compression: {keep_ratio: [1.0, 0.5], rank_ratio: [1.0], precision: [fp32, int8]}
-"""
 DEVICE = Device("cpu-ort-tiny", "onnxruntime", ("fp32", "int8"), {"threads": 1, "warmup": 2, "repeats": 20, "min_time_s": 0.05})
 K = 6  # calibration measurements
 AVX2 = ["avx", "avx2", "f16c", "fma", "sse4_1"]
@@ -74,9 +64,9 @@ def device():
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
+def tiny(tmp_path_factory, tiny_yaml):
     path = tmp_path_factory.mktemp("space") / "tiny.yaml"
-    path.write_text(TINY)
+    path.write_text(tiny_yaml("tiny-calibrate"))
     return get_space(path)
 
 

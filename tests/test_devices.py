@@ -72,16 +72,6 @@ def test_registry_lookup_and_the_jetsons_added_by_files():
     assert sorted(p.name for p in pkg.glob("*.yaml")) == sorted(p.name for p in (pkg.parents[2] / "devices").glob("*.yaml"))
 
 
-TINY = """schema_version: 1
-name: tiny-measure
-input: {channels: 1, height: 8, width: 8}
-num_classes: 10
-stem: {width: [4, 8]}
-stages:
-  - {stride: 2, depth: [1, 2], width: [8, 16], kernel: [3], expand: [1, 2]}
-head: {width: [16]}
-compression: {keep_ratio: [1.0, 0.5], rank_ratio: [1.0], precision: [fp32, int8]}
-"""
 
 LAB_CPU = """# a device added by this file alone
 name: lab-cpu
@@ -99,7 +89,7 @@ options:
 """
 
 
-def test_a_device_added_by_yaml_alone_runs_a_campaign(user_devices, tmp_path):
+def test_a_device_added_by_yaml_alone_runs_a_campaign(user_devices, tmp_path, tiny_yaml):
     from autocomp.predictor.campaign import read_table, tables
     from autocomp.space import get_space
 
@@ -108,7 +98,7 @@ def test_a_device_added_by_yaml_alone_runs_a_campaign(user_devices, tmp_path):
     dev = get_device("lab-cpu")
     assert dev.precisions == ("fp32", "int8") and dev.resource == "lab-cpu-node"
     assert Path(dev.source) == user_devices / "lab-cpu.yaml"
-    (tmp_path / "tiny.yaml").write_text(TINY)
+    (tmp_path / "tiny.yaml").write_text(tiny_yaml("tiny-measure"))
     from autocomp.predictor.campaign import run_campaign
 
     df = run_campaign(get_space(tmp_path / "tiny.yaml"), "lab-cpu", 2, tmp_path / "out", seed=0, progress=False, use_ray=False)

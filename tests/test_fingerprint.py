@@ -248,19 +248,9 @@ def test_this_host_fingerprint_and_the_int8_fusion_choice():
 
 # --------------------------------------------------------------------------- measurements and tables
 
-TINY = """schema_version: 1
-name: tiny-fingerprint
-input: {channels: 1, height: 8, width: 8}
-num_classes: 10
-stem: {width: [4, 8]}
-stages:
-  - {stride: 2, depth: [1, 2], width: [8, 16], kernel: [3], expand: [1, 2]}
-head: {width: [16]}
-compression: {keep_ratio: [1.0, 0.5], rank_ratio: [1.0], precision: [fp32, int8]}
-"""
 
 
-def test_the_campaign_table_records_the_fingerprint(tmp_path):
+def test_the_campaign_table_records_the_fingerprint(tmp_path, tiny_yaml):
     """Every measurement carries the fingerprint that measured it; a table holds one fingerprint
     (another thread count is another table), and a table mixing two is refused."""
     import pandas as pd
@@ -271,7 +261,7 @@ def test_the_campaign_table_records_the_fingerprint(tmp_path):
     from autocomp.predictor.model import host_info
     from autocomp.space import get_space
 
-    (tmp_path / "tiny.yaml").write_text(TINY)
+    (tmp_path / "tiny.yaml").write_text(tiny_yaml("tiny-fingerprint"))
     space = get_space(tmp_path / "tiny.yaml")
     dev = Device("cpu-ort-fp-test", "onnxruntime", ("fp32", "int8"), {"threads": 1, "warmup": 2, "repeats": 20, "min_time_s": 0.05})
     fp = dev.fingerprint()

@@ -17,24 +17,14 @@ from autocomp.measure.base import Device
 # --------------------------------------------------------------------------- a tiny real campaign
 
 
-TINY = """schema_version: 1
-name: tiny-measure
-input: {channels: 1, height: 8, width: 8}
-num_classes: 10
-stem: {width: [4, 8]}
-stages:
-  - {stride: 2, depth: [1, 2], width: [8, 16], kernel: [3], expand: [1, 2]}
-head: {width: [16]}
-compression: {keep_ratio: [1.0, 0.5], rank_ratio: [1.0], precision: [fp32, int8]}
-"""
 
 
-def test_campaign_resume_no_duplicates(tmp_path):
+def test_campaign_resume_no_duplicates(tmp_path, tiny_yaml):
     from autocomp.measure.fingerprint import fingerprint_id
     from autocomp.predictor.campaign import SCHEMA_VERSION, read_table, run_campaign, table_path, tables, write_table
     from autocomp.space import get_space
 
-    (tmp_path / "tiny.yaml").write_text(TINY)
+    (tmp_path / "tiny.yaml").write_text(tiny_yaml("tiny-measure"))
     space = get_space(tmp_path / "tiny.yaml")
     dev = Device("cpu-ort-test", "onnxruntime", ("fp32", "int8"),
                  {"threads": 1, "warmup": 2, "repeats": 10, "min_time_s": 0.0, "retries": 0, "clock": "thread_cpu"})
