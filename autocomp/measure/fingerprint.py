@@ -92,6 +92,11 @@ def _this_cpu() -> tuple[str, str, tuple[str, ...]]:
     return cpu_model(), platform.machine(), tuple(cpu_flags())
 
 
+def this_cpu_flags() -> list[str]:
+    """:func:`cpu_flags` of this machine, read once per process."""
+    return list(_this_cpu()[2])
+
+
 def cpu(backend: str, backend_version: str, threads: int, batch: int, **extra: Any) -> dict[str, Any]:
     """The fingerprint of a CPU runtime on this machine."""
     model, arch, isa = _this_cpu()

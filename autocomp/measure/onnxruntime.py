@@ -37,7 +37,7 @@ QDQ_FUSION = "QDQSelectorActionTransformer"
 
 def qdq_fusion() -> bool:
     """Whether autocomp's sessions keep ONNX Runtime's QDQ integer fusion on this host (see above)."""
-    return fingerprint_mod.has_int8_dot(fingerprint_mod.cpu_flags())
+    return fingerprint_mod.has_int8_dot(fingerprint_mod.this_cpu_flags())
 
 
 def disabled_optimizers() -> list[str]:

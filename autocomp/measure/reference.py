@@ -94,9 +94,9 @@ def model_path() -> Path:
 def _key(threads: int, batch: int, clock: str) -> str:
     import onnxruntime as ort
 
-    from autocomp.measure.fingerprint import cpu_flags, cpu_model
+    from autocomp.measure.fingerprint import cpu_model, this_cpu_flags
 
-    ident = json.dumps([VERSION, platform.node(), cpu_model(), cpu_flags(), ort.__version__, threads, batch, clock])
+    ident = json.dumps([VERSION, platform.node(), cpu_model(), this_cpu_flags(), ort.__version__, threads, batch, clock])
     return hashlib.sha1(ident.encode()).hexdigest()[:12]
 
 

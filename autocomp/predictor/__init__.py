@@ -58,9 +58,10 @@ def load_predictor(device_name: str, fp_id: str | None = None, root: Path | str 
 def find_predictor(device_name: str, fingerprint: dict, roots: list[Path] | None = None) -> Predictor | None:
     """The predictor measured on exactly this fingerprint (the user's cache first, then shipped), or None."""
     fid = fingerprint_id(fingerprint)
-    for d in predictor_dirs(device_name, roots):
-        if d.name == fid:
-            return Predictor.load(d)
+    for root in roots if roots is not None else [user_predictors_dir(), predictors_dir()]:
+        pred = load_predictor(device_name, fid, root)
+        if pred is not None:
+            return pred
     return None
 
 

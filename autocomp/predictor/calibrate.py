@@ -163,7 +163,7 @@ def calibrate(device: Device, space: SearchSpace, fingerprint: dict, source: Pre
     chosen = spread(space, k, seed, source)
     t0 = time.time()
     run_campaign(space, device, k, root, seed, progress=progress, candidates=chosen,
-                 label=f"calibrating {device.name} on this fingerprint")
+                 label=f"calibrating {device.name} on this fingerprint", fingerprint=fingerprint)
     table = read_table(table_path(device.name, fid, root))
     # the fingerprint's table also holds the runs of other spaces (record_measurements): only this space's rows
     table = table[(table["fingerprint_id"] == fid) & (table["space"] == space.name)].reset_index(drop=True)
@@ -190,7 +190,7 @@ def calibrate(device: Device, space: SearchSpace, fingerprint: dict, source: Pre
     return pred, info
 
 
-def leave_one_out(source: Predictor, rows, method: str, fingerprint: dict | None = None) -> dict[str, float]:
+def leave_one_out(source: Predictor, rows, method: str, fingerprint: dict) -> dict[str, float]:
     """Leave-one-out error of adapting ``source`` on ``rows`` (measured on ``fingerprint``): the
     calibration's own error estimate."""
     from autocomp.predictor.transfer import adapt
@@ -200,7 +200,6 @@ def leave_one_out(source: Predictor, rows, method: str, fingerprint: dict | None
     for i in range(len(y)):
         keep = np.arange(len(y)) != i
         p = adapt(source, [c for c, m in zip(cands, keep) if m], y[keep], method, fingerprint=fingerprint)
-        p.meta.update(host_info(rows))
         pred[i] = p.predict([cands[i]])[0]
     return {k: round(v, 4) for k, v in metrics(pred, y).items() if isinstance(v, float)}
 
@@ -306,10 +305,10 @@ class OnlineLatency:
 
 
 def initial_margin(model: LatencyModel) -> float:
-    """The filter's tolerance before the run has measured anything: the calibration's leave-one-out
-    90th-percentile error when known, else 10 %."""
+    """The filter's tolerance before the run has measured anything: twice the calibration's
+    leave-one-out mean |error| (a stand-in for its 90th percentile) when known, else 10 %."""
     loo = (model.calibration or {}).get("loo") or {}
-    if loo.get("within_10pct") is not None and loo.get("mape") is not None:
+    if loo.get("mape") is not None:
         return float(np.clip(2.0 * loo["mape"], MIN_MARGIN, MAX_MARGIN))
     return 0.1
 

@@ -200,7 +200,8 @@ def _remote_measure(space: SearchSpace, device: Device, overrides: dict[str, Any
 def run_campaign(space: SearchSpace | str, device: Device | str, n: int, out_dir: Path | str | None = None, seed: int = 0,
                  progress: bool = True, address: str | None = None, use_ray: bool | None = None,
                  on_row: Callable[[dict], Any] | None = None, overrides: dict[str, Any] | None = None,
-                 candidates: Sequence[Candidate] | None = None, label: str | None = None) -> pd.DataFrame:
+                 candidates: Sequence[Candidate] | None = None, label: str | None = None,
+                 fingerprint: dict[str, Any] | None = None) -> pd.DataFrame:
     """Measure the first ``n`` candidates of the seeded campaign (or the given ``candidates``) on
     ``device``, skipping ids already in the table of the device's fingerprint
     (``<out_dir>/<device>/<fingerprint id>/measurements.parquet``); returns that whole table.
@@ -208,6 +209,7 @@ def run_campaign(space: SearchSpace | str, device: Device | str, n: int, out_dir
     ``use_ray`` (default: when ``address`` is given or Ray is initialised) probes the fingerprint and
     runs each measurement as a Ray task on the node advertising ``device:<name>``. ``overrides``
     replace device options (e.g. ``{"repeats": 50, "retries": 1}``); the recorded protocol reflects them.
+    ``fingerprint``: the device's, when the caller has just probed it (else it is probed here).
     """
     overrides = dict(overrides or {})
     device = get_device(device) if isinstance(device, str) else device
@@ -227,7 +229,8 @@ def run_campaign(space: SearchSpace | str, device: Device | str, n: int, out_dir
 
         init_ray(address, device)
     # on the device's node when measuring through Ray, else here (a Device need not be registered to measure here)
-    fp = probe_fingerprint(device, overrides) if use_ray else device.fingerprint(**overrides)
+    fp = fingerprint if fingerprint is not None else (
+        probe_fingerprint(device, overrides) if use_ray else device.fingerprint(**overrides))
     path = table_path(device.name, fingerprint_id(fp), out_dir)
     table = read_table(path)
     done = set(table["id"])
