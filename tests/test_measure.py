@@ -102,6 +102,30 @@ def test_reference_protocol_measures_in_the_normal_phase(tmp_path, monkeypatch):
     assert 0.5 * plain < m.median_ms < 2.0 * plain
 
 
+def test_a_nominal_measured_in_a_slow_phase_is_lowered_by_later_frames(tmp_path, monkeypatch):
+    """A nominal latency cached while the host was busy (here: 3x the real one, written by hand)
+    would let slow blocks pass as normal forever. A measurement's frames run the reference faster
+    than that, so the cache is lowered toward the real latency and remembers what it replaced; a
+    nominal that is right is left alone."""
+    from autocomp.measure import reference
+    from autocomp.measure.onnxruntime import measure, run_timer, session
+
+    monkeypatch.setenv("AUTOCOMP_CACHE", str(tmp_path / "cache"))
+    ref = reference.model_path()
+    real = reference.nominal_ms(lambda: run_timer(session(ref), 1, "thread_cpu"), 1, 1, "thread_cpu", probes=20)
+    (cache,) = (tmp_path / "cache" / "reference").glob("nominal-*.json")
+    record = json.loads(cache.read_text())
+    cache.write_text(json.dumps({**record, "nominal_ms": 3 * real}))
+    measure(ref, device="t", precision="fp32", warmup=2, repeats=20, min_time_s=0.1, clock="thread_cpu",
+            reference=True, blocks=4)
+    lowered = json.loads(cache.read_text())
+    assert lowered["nominal_ms"] < 3 * real / reference.LOWER_MARGIN
+    assert lowered["lowered_from"][-1]["nominal_ms"] == pytest.approx(3 * real)
+    # frames at the real speed do not lower a nominal that matches them (their quartile is not 8 % below)
+    assert reference.lower_nominal(1, 1, "thread_cpu", [lowered["nominal_ms"]] * 10) is None
+    assert reference.lower_nominal(1, 1, "thread_cpu", [lowered["nominal_ms"] / 2] * 3) is None  # too few frames
+
+
 def test_forward_fill_of_precision_over_inactive_slots():
     import numpy as np
 

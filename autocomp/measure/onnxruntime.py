@@ -22,6 +22,7 @@ import numpy as np
 import onnxruntime as ort
 
 from autocomp.measure import fingerprint as fingerprint_mod
+from autocomp.measure import reference as reference_model
 from autocomp.measure.base import Measurement
 
 CV_THRESHOLD = 0.15
@@ -95,25 +96,24 @@ def measure(onnx_path: Path, *, device: str, precision: str, threads: int = 1, b
     if clock == "thread_cpu" and threads != 1:
         raise ValueError("clock='thread_cpu' measures the calling thread only; it needs threads=1")
     timed = run_timer(session(onnx_path, threads), batch, clock)
-    ref = nominal = None
-    if reference:
-        from autocomp.measure import reference as reference_model
-
-        def ref_timer() -> Callable[[], float]:
-            return run_timer(session(reference_model.model_path(), threads), batch, clock)
-
-        nominal = reference_model.nominal_ms(ref_timer, threads, batch, clock)
-        ref = ref_timer()
+    ref = reference_timer(threads, batch, clock) if reference else None
     notes = json.dumps({"clock": clock, "min_time_s": min_time_s, "retries": retries, "cv_threshold": cv_threshold,
-                        **({"reference": f"v{reference_model.VERSION}", "reference_nominal_ms": round(nominal, 5),
+                        **({"reference": f"v{reference_model.VERSION}", "reference_nominal_ms": round(ref.nominal, 5),
                             "blocks": blocks} if ref else {})})
     protocol = dict(device=device, backend="onnxruntime", backend_version=ort.__version__, precision=precision,
                     batch=batch, threads=threads, warmup=warmup, notes=notes)
-    return sample(timed, ref, nominal, protocol, warmup=warmup, repeats=repeats, min_time_s=min_time_s, retries=retries,
+    return sample(timed, ref, protocol, warmup=warmup, repeats=repeats, min_time_s=min_time_s, retries=retries,
                   cv_threshold=cv_threshold, blocks=blocks, max_time_s=max_time_s)
 
 
-def sample(timed: Callable[[], float], ref: Callable[[], float] | None, nominal: float | None, protocol: dict, *,
+def reference_timer(threads: int, batch: int, clock: str) -> reference_model.Reference:
+    """The reference model of the normal-phase protocol, run by ONNX Runtime (every CPU backend
+    frames its blocks with it, so one nominal latency per host serves them all)."""
+    return reference_model.Reference(lambda: run_timer(session(reference_model.model_path(), threads), batch, clock),
+                                     threads, batch, clock)
+
+
+def sample(timed: Callable[[], float], ref: reference_model.Reference | None, protocol: dict, *,
            warmup: int, repeats: int, min_time_s: float, retries: int, cv_threshold: float, blocks: int,
            max_time_s: float) -> Measurement:
     """The timing loop of a CPU backend (see :func:`measure`): warm-up, then plain samples or, with a
@@ -124,7 +124,7 @@ def sample(timed: Callable[[], float], ref: Callable[[], float] | None, nominal:
         for _ in range(warmup):
             timed()
             if ref:
-                ref()
+                ref.timed()
         if ref is None:
             samples: list[float] = []
             start = time.perf_counter()
@@ -132,7 +132,7 @@ def sample(timed: Callable[[], float], ref: Callable[[], float] | None, nominal:
                 samples.append(timed())
             m = Measurement.from_samples(samples, **protocol)
         else:
-            m = _normal_phase(timed, ref, nominal, repeats, min_time_s, blocks, max_time_s, protocol)
+            m = _normal_phase(timed, ref, repeats, min_time_s, blocks, max_time_s, protocol)
         if best is None or (m.flagged, m.cv) < (best.flagged, best.cv):
             best = m
         if (m.cv <= cv_threshold and not m.flagged) or m.statistic == "median_ref_scaled":
@@ -143,13 +143,16 @@ def sample(timed: Callable[[], float], ref: Callable[[], float] | None, nominal:
     return best
 
 
-def _normal_phase(timed: Callable[[], float], ref: Callable[[], float], nominal: float, repeats: int,
+def _normal_phase(timed: Callable[[], float], ref: reference_model.Reference, repeats: int,
                   min_time_s: float, blocks: int, max_time_s: float, protocol: dict) -> Measurement:
-    """Blocks of candidate runs framed by reference runs; see :func:`measure`."""
-    from autocomp.measure.reference import FAST_TOLERANCE
+    """Blocks of candidate runs framed by reference runs; see :func:`measure`. The frames go back to
+    ``ref``, which lowers a nominal latency that was measured in a slow phase."""
+    nominal = ref.nominal
+    frames: list[float] = []
 
     def frame() -> float:
-        return float(np.median([ref() for _ in range(max(3, int(0.004 / max(nominal / 1e3, 1e-6))))]))
+        frames.append(float(np.median([ref.timed() for _ in range(max(3, int(0.004 / max(nominal / 1e3, 1e-6))))])))
+        return frames[-1]
 
     normal: list[float] = []
     scaled: list[float] = []
@@ -163,12 +166,13 @@ def _normal_phase(timed: Callable[[], float], ref: Callable[[], float], nominal:
         while len(own) < per_block or time.perf_counter() - t0 < min_time_s / blocks:
             own.append(timed())
         after = frame()
-        if max(before, after) <= FAST_TOLERANCE * nominal:
+        if max(before, after) <= reference_model.FAST_TOLERANCE * nominal:
             normal += own
             n_normal += 1
             if n_normal >= blocks:
                 break
         scaled += (np.asarray(own) * (2 * nominal / (before + after))).tolist()
+    ref.observe(frames)
     if n_normal >= max(blocks // 2, 1):
         m = Measurement.from_samples(normal, **protocol)
         return Measurement(**{**m.to_dict(), "statistic": "median_normal_phase"})

@@ -164,7 +164,8 @@ def measure(onnx_path: Path, *, device: str, precision: str, threads: int = 1, b
             clock: str = "wall", reference: bool = False, blocks: int = 4, max_time_s: float = 8.0) -> Measurement:
     """Time ``onnx_path`` compiled by OpenVINO; the options and their meaning are those of
     :func:`autocomp.measure.onnxruntime.measure` (``reference``: the normal-phase protocol)."""
-    from autocomp.measure.onnxruntime import sample
+    from autocomp.measure import reference as reference_model
+    from autocomp.measure.onnxruntime import reference_timer, sample
     from autocomp.measure.trtexec import onnx_policy
 
     if clock == "thread_cpu" and threads != 1:
@@ -172,26 +173,17 @@ def measure(onnx_path: Path, *, device: str, precision: str, threads: int = 1, b
     compiled = compile_model(onnx_path, threads, batch)
     check = check_runtime_precision(runtime_layers(compiled), onnx_policy(onnx_path))
     timed = run_timer(compiled, batch, clock)
-    ref = nominal = None
-    if reference:
-        from autocomp.measure import onnxruntime as ort_backend
-        from autocomp.measure import reference as reference_model
-
-        def ref_timer():
-            return ort_backend.run_timer(ort_backend.session(reference_model.model_path(), threads), batch, clock)
-
-        nominal = reference_model.nominal_ms(ref_timer, threads, batch, clock)
-        ref = ref_timer()
+    ref = reference_timer(threads, batch, clock) if reference else None
     notes = {"clock": clock, "min_time_s": min_time_s, "retries": retries, "cv_threshold": cv_threshold,
              "config": config(threads), "runtime_precision": check["counts"], "fp16_as_fp32": check["fp16_as_fp32"],
              "precision_problems": check["problems"], "precision_fallbacks": check["fallbacks"][:20],
              "policy_nodes_unmatched": check["unmatched"][:20]}
     if ref is not None:
         notes.update(reference=f"v{reference_model.VERSION}", reference_runtime="onnxruntime",
-                     reference_nominal_ms=round(nominal, 5), blocks=blocks)
+                     reference_nominal_ms=round(ref.nominal, 5), blocks=blocks)
     protocol = dict(device=device, backend="openvino", backend_version=version(), precision=precision, batch=batch,
                     threads=threads, warmup=warmup, notes=json.dumps(notes))
-    best = sample(timed, ref, nominal, protocol, warmup=warmup, repeats=repeats, min_time_s=min_time_s, retries=retries,
+    best = sample(timed, ref, protocol, warmup=warmup, repeats=repeats, min_time_s=min_time_s, retries=retries,
                   cv_threshold=cv_threshold, blocks=blocks, max_time_s=max_time_s)
     if check["problems"] and not best.flagged:
         best = Measurement(**{**best.to_dict(), "flagged": True})

@@ -15,6 +15,13 @@ of the block`` instead and the measurement is flagged. ``nominal_ms`` — the re
 this host in its normal phase — is the 10th percentile of many short measurements, cached
 per host, ONNX Runtime version, threads, batch and clock under ``$AUTOCOMP_CACHE/reference/``.
 
+A nominal latency measured while the host was busy (other tenants, or one's own test suite) is too
+high, and would otherwise be trusted forever: slow blocks then pass as normal, and every later
+measurement on this host is inflated by the same factor. Each measurement therefore reports its
+frames back (:meth:`Reference.observe`): when a quarter of them ran the reference more than
+``LOWER_MARGIN`` faster than the cached nominal, the cache is lowered to that quartile and says so
+(``lowered_from``). The nominal only ever moves down this way; ``refresh`` re-measures it.
+
 The reference is built from ONNX operators directly (no torch, seeded weights): conv 3x3 1->16,
 conv 3x3 16->32, conv 3x3 s2 32->64, depthwise 3x3, global pool, dense 64->10, ReLUs between —
 about 8 M MACs on a 1x28x28 input (~1 ms on one core), roughly the middle of the default space.
@@ -34,6 +41,8 @@ import numpy as np
 
 VERSION = 2
 FAST_TOLERANCE = 1.12  # a block counts as normal-phase when its reference median <= 1.12 x nominal
+LOWER_MARGIN = 1.08  # frames whose lower quartile is this much faster than nominal lower the nominal
+MIN_FRAMES = 8  # frames a measurement needs before it may lower the nominal
 
 
 def _cache() -> Path:
@@ -100,6 +109,10 @@ def _key(threads: int, batch: int, clock: str) -> str:
     return hashlib.sha1(ident.encode()).hexdigest()[:12]
 
 
+def _nominal_path(threads: int, batch: int, clock: str) -> Path:
+    return _cache() / f"nominal-{_key(threads, batch, clock)}.json"
+
+
 def nominal_ms(timer: Callable[[], Callable[[], float]], threads: int = 1, batch: int = 1, clock: str = "wall",
                probes: int = 200, runs: int = 10, refresh: bool = False) -> float:
     """The reference's normal-phase latency on this host: the 10th percentile of the medians of
@@ -107,7 +120,7 @@ def nominal_ms(timer: Callable[[], Callable[[], float]], threads: int = 1, batch
     a lone minimum would be luck). ``timer()`` makes the callable that runs the reference once and
     returns its time in ms (the ONNX Runtime backend owns the sessions). Cached; ``refresh``
     measures again."""
-    cache = _cache() / f"nominal-{_key(threads, batch, clock)}.json"
+    cache = _nominal_path(threads, batch, clock)
     if cache.exists() and not refresh:
         return float(json.loads(cache.read_text())["nominal_ms"])
     timed = timer()
@@ -123,3 +136,38 @@ def nominal_ms(timer: Callable[[], Callable[[], float]], threads: int = 1, batch
                                "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}))
     os.replace(tmp, cache)
     return value
+
+
+def lower_nominal(threads: int, batch: int, clock: str, frames: list[float]) -> float | None:
+    """Lower the cached nominal latency when ``frames`` (the reference medians framing the blocks of
+    one measurement) show the host runs the reference faster than it: their lower quartile, when it
+    is more than ``LOWER_MARGIN`` below the nominal. Returns the new nominal, or None if unchanged."""
+    cache = _nominal_path(threads, batch, clock)
+    if len(frames) < MIN_FRAMES or not cache.exists():
+        return None
+    record = json.loads(cache.read_text())
+    low = float(np.percentile(frames, 25))
+    if low * LOWER_MARGIN >= float(record["nominal_ms"]):
+        return None
+    record.setdefault("lowered_from", []).append({"nominal_ms": record["nominal_ms"], "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    record["nominal_ms"] = low
+    tmp = cache.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record))
+    os.replace(tmp, cache)
+    return low
+
+
+class Reference:
+    """The reference timer of one measurement and this host's nominal latency for it: ``timer()``
+    makes the callable that runs the reference model once (the backend owns the session)."""
+
+    def __init__(self, timer: Callable[[], Callable[[], float]], threads: int = 1, batch: int = 1, clock: str = "wall"):
+        self.threads, self.batch, self.clock = threads, batch, clock
+        self.nominal = nominal_ms(timer, threads, batch, clock)
+        self.timed = timer()
+
+    def observe(self, frames: list[float]) -> None:
+        """The frames one measurement took; they may lower the cached nominal (see the module doc)."""
+        lowered = lower_nominal(self.threads, self.batch, self.clock, frames)
+        if lowered is not None:
+            self.nominal = lowered
