@@ -28,6 +28,7 @@ from autocomp.evaluate import EvalSettings, calibration_batches, pruned_model
 from autocomp.export import OPSET, check_onnx, compare_outputs, to_onnx, trtexec_script
 from autocomp.measure import Device
 from autocomp.measure.onnxruntime import accuracy as ort_accuracy
+from autocomp.measure.trtexec import onnx_policy
 from autocomp.models.mbv2 import count_macs, count_params
 from autocomp.rundir import load_context, positive_ms, under_budget
 from autocomp.space import Candidate, SearchSpace
@@ -92,7 +93,7 @@ def export_winner(
     x, _ = next(data.batches(data.test, 256))
     diff, agreement = compare_outputs(model, onnx_path, x)
     precision = candidate.precision
-    (out_dir / "trtexec.sh").write_text(trtexec_script("model.onnx", "fp32" if precision == "fp32" else ("fp16" if precision == "fp16" else "int8")))
+    (out_dir / "trtexec.sh").write_text(trtexec_script("model.onnx", precision, onnx_policy(onnx_path)))
     (out_dir / "trtexec.sh").chmod(0o755)
     engine = _maybe_build_engine(onnx_path, precision, out_dir)
     measured = device.measure(onnx_path, precision).to_dict()

@@ -87,19 +87,35 @@ def compare_outputs(model: nn.Module, onnx_path: Path, x: torch.Tensor) -> tuple
     return float(abs(ref - got).max()), float((ref.argmax(1) == got.argmax(1)).mean())
 
 
-def trtexec_script(onnx_name: str, precision: str) -> str:
-    """A shell script that builds and times the engine on a Jetson the way the predictor's data was taken."""
+def trtexec_script(onnx_name: str, precision: str, policy: dict[str, str] | None = None) -> str:
+    """A shell script that builds and times the engine on a Jetson the way the predictor's data was
+    taken. The TensorRT version is read from the target's trtexec banner when the script runs: from
+    TensorRT 10 on (or when the banner says nothing) a strongly typed build; before 10 the weak-typing
+    flags with the ONNX's per-layer precisions obeyed (``policy``: {node: precision}, from
+    :func:`autocomp.measure.trtexec.onnx_policy`), since ``--stronglyTyped`` does not exist there."""
     import shlex
 
     from autocomp.measure.trtexec import build_command
 
-    cmd = build_command(onnx_name, precision, layer_info="layers.json", save_engine="model.engine")
+    def line(version: str | None) -> str:
+        cmd = build_command(onnx_name, precision, trt_version=version, policy=policy, layer_info="layers.json",
+                            save_engine="model.engine")
+        return " ".join(shlex.quote(c) for c in cmd) + " | tee trtexec.log"
+
     return "\n".join([
         "#!/usr/bin/env bash",
         "# Build and time the TensorRT engine on the target (Jetson: lock clocks first).",
         "set -euo pipefail",
         'cd "$(dirname "$0")"',
         "if command -v nvpmodel >/dev/null; then sudo nvpmodel -m 0 && sudo jetson_clocks; fi",
-        " ".join(shlex.quote(c) for c in cmd) + " | tee trtexec.log",
+        "# trtexec's banner: [TensorRT v100300] is 10.3.0, [TensorRT v8601] is 8.6.1",
+        "v=$(trtexec --help 2>&1 | sed -n 's/.*\\[TensorRT v\\([0-9]*\\)\\].*/\\1/p' | head -n 1 || true)",
+        'if [ -n "$v" ] && [ "${#v}" -lt 6 ]; then',
+        "  # TensorRT < 10: weak typing, every fp32/fp16 layer constrained to its precision",
+        "  " + line("8"),
+        "else",
+        "  # TensorRT >= 10: strongly typed, the ONNX's types and Q/DQ decide every layer's precision",
+        "  " + line(None),
+        "fi",
         "",
     ])

@@ -340,3 +340,35 @@ def test_missing_tensorrt_and_trtexec(tmp_path):
     missing = Device("no-trtexec", "trtexec", ("fp16",), {"trtexec": str(tmp_path / "absent-trtexec")})
     with pytest.raises(RuntimeError, match="not found"):
         missing.measure(tmp_path / "m.onnx", "fp16")
+
+
+@pytest.mark.parametrize("banner, strong", [("[TensorRT v8601]", False), ("[TensorRT v100300]", True),
+                                            ("[TensorRT v110000]", True), ("no banner", True)])
+def test_the_deploy_script_types_the_build_for_the_targets_tensorrt(tmp_path, banner, strong):
+    """trtexec.sh reads the target's TensorRT version from the trtexec banner when it runs: TensorRT 8
+    has no --stronglyTyped, so there it builds with weak-typing flags and the per-layer precisions
+    obeyed; 10 and 11 (or an unknown version) build strongly typed. A stand-in ``trtexec`` on PATH
+    prints the banner and records the arguments it was given (TensorRT itself cannot run here)."""
+    import os
+    import subprocess
+
+    from autocomp.export import trtexec_script
+
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "trtexec").write_text(f'#!/bin/sh\nif [ "$1" = "--help" ]; then echo "&&&& RUNNING TensorRT.trtexec {banner}"; '
+                                    'exit 1; fi\necho "$@" > "$(dirname "$0")/args"\n')
+    (bindir / "trtexec").chmod(0o755)
+    policy = {"/conv_a/Conv": "fp16", "/conv_b/Conv": "int8", "/conv_c/Conv": "fp32"}
+    script = tmp_path / "trtexec.sh"
+    script.write_text(trtexec_script("model.onnx", "mixed", policy))
+    proc = subprocess.run(["bash", str(script)], env={**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}"},
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    args = (bindir / "args").read_text().split()
+    assert "--onnx=model.onnx" in args and "--saveEngine=model.engine" in args
+    if strong:
+        assert "--stronglyTyped" in args and not {"--fp16", "--int8"} & set(args)
+    else:
+        assert "--stronglyTyped" not in args and {"--fp16", "--int8", "--precisionConstraints=obey"} <= set(args)
+        assert "--layerPrecisions=/conv_a/Conv:fp16,/conv_c/Conv:fp32" in args
