@@ -23,6 +23,8 @@ weight, random calibration). A layer type whose int8 is slower than its fp32 is 
 
 Prints a table and, as its last stdout line, one JSON object (also saved to
 benchmarks/results/precision_latency.json); every figure carries the device's fingerprint id.
+``--save-facts`` also writes each device's summary as ``precision.json`` beside its predictor
+(``predictors/<device>/<fingerprint id>/``), where ``autocomp devices`` and the report read it.
 """
 
 from __future__ import annotations
@@ -138,6 +140,7 @@ def main() -> None:
     ap.add_argument("--space", default="mnist-mbv2")
     ap.add_argument("--images", type=int, default=2000, help="MNIST test images for the top-1 agreement")
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--save-facts", action="store_true", help="write precision.json beside each device's predictor")
     args = ap.parse_args()
     data = load_dataset("mnist")
     test = data.test.subset(args.images, seed=0)
@@ -181,6 +184,14 @@ def main() -> None:
         print(f"{'':14} {entry['fingerprint_id']}: {entry['summary']}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))
+    if args.save_facts:
+        from autocomp.predictor import PRECISION_NAME, predictor_dir
+
+        for dev, entry in result["devices"].items():
+            folder = predictor_dir(dev, entry["fingerprint_id"])
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / PRECISION_NAME).write_text(json.dumps({**entry["summary"], "source": "benchmarks/precision_latency.py",
+                                                             "space": args.space}, indent=1))
     print(json.dumps(result))
 
 

@@ -24,7 +24,10 @@ from autocomp.measure.fingerprint import fingerprint_id, similarity
 from autocomp.predictor.model import META_NAME, Predictor, fit, metrics
 from autocomp.resources import predictors_dir, user_predictors_dir
 
-__all__ = ["Predictor", "find_predictor", "fit", "load_predictor", "metrics", "predictor_dir", "predictor_dirs"]
+__all__ = ["Predictor", "find_predictor", "fit", "load_predictor", "metrics", "precision_facts", "predictor_dir",
+           "predictor_dirs"]
+
+PRECISION_NAME = "precision.json"  # what each precision costs on the fingerprint (benchmarks/precision_latency.py)
 
 
 def predictor_dir(device_name: str, fp_id: str, root: Path | str | None = None) -> Path:
@@ -79,3 +82,34 @@ def nearest_predictor(device_name: str, fingerprint: dict, devices: list[str] | 
         if best is not None:
             break
     return best
+
+
+def precision_facts(device_name: str, fp_id: str) -> dict | None:
+    """What each precision is worth on this fingerprint, as measured by
+    ``benchmarks/precision_latency.py`` (``precision.json`` beside the predictor: whole-network
+    latency ratios and the layer types whose int8 is slower than fp32), or None if never measured."""
+    import json
+
+    for root in (user_predictors_dir(), predictors_dir()):
+        path = predictor_dir(device_name, fp_id, root) / PRECISION_NAME
+        if path.is_file():
+            try:
+                facts = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                return None
+            return facts if isinstance(facts, dict) else None
+    return None
+
+
+def int8_warning(facts: dict | None) -> str | None:
+    """One line saying where int8 is slower than fp32 on a fingerprint, or None."""
+    if not facts:
+        return None
+    slow = [str(t) for t in facts.get("int8_slower_than_fp32") or []]
+    ratio = facts.get("int8_over_fp32")
+    parts = []
+    if isinstance(ratio, (int, float)) and ratio > 1:
+        parts.append(f"int8 networks run {ratio:.1f}x slower than fp32")
+    if slow:
+        parts.append("int8 is slower than fp32 for " + ", ".join(slow))
+    return "; ".join(parts) or None
