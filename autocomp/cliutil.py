@@ -40,7 +40,7 @@ def run_app(typer_app: typer.Typer) -> None:
         fail(f"{where}{e.format_message()}")
     except cx.ClickException as e:
         fail(e.format_message())
-    except cx.Abort:
+    except typer.Abort:
         sys.stderr.write("aborted\n")
         sys.exit(130)
     sys.exit(code if isinstance(code, int) else 0)
