@@ -134,8 +134,12 @@ def distill(
 ) -> None:
     """Distil the top-k candidates under budget from the teacher, export them and verify them on the device."""
     from autocomp.deploy import deploy_run
+    from autocomp.rundir import RUN_EXPECTED, run_lock
 
-    deploy_run(run, top_k, _kd_config(kd, steps), teacher, teacher_weights, console=console)
+    if not run.is_dir():
+        raise UserError("RUN", f"{str(run)!r} is not a directory", RUN_EXPECTED)
+    with run_lock(run, "RUN"):  # one command at a time on a run directory
+        deploy_run(run, top_k, _kd_config(kd, steps), teacher, teacher_weights, console=console)
 
 
 @app.command("export")
@@ -154,7 +158,12 @@ def export_cmd(
         cand = load_policy(policy)
         m = export_policy(cand, out or Path("exports") / cand.id, device_name=device, console=console)
     elif run is not None and cand_id is not None:
-        m = reexport(run, cand_id, _kd_config("logits", kd_steps) if kd_steps else None, console=console)
+        from autocomp.rundir import RUN_EXPECTED, run_lock
+
+        if not run.is_dir():
+            raise UserError("RUN", f"{str(run)!r} is not a directory", RUN_EXPECTED)
+        with run_lock(run, "RUN"):
+            m = reexport(run, cand_id, _kd_config("logits", kd_steps) if kd_steps else None, console=console)
     else:
         raise UserError("export", "needs RUN and ID, or --policy", "`autocomp export RUN ID` or `autocomp export --policy policy.json`")
     console.print(f"exported {m['id']}: test accuracy {m['accuracy_test']:.4f}, measured {m['measured_latency_ms']:.3f} ms, "
