@@ -11,6 +11,7 @@ resource (``device:<name>``); :func:`on_device` runs a function there (or here, 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import socket
@@ -55,8 +56,10 @@ def init_ray(address: str | None, device: Device, num_cpus: int | None = None) -
     address = address or os.environ.get("RAY_ADDRESS")
     env = {"env_vars": {"PYTHONWARNINGS": "ignore"}}
     if address:  # the cluster's (or the submitted job's) runtime environment applies
+        m = _HOST_PORT.match(address)
         try:
-            ray.init(address=address, log_to_driver=False)
+            with _loopback_node_ip(bool(m) and _is_loopback(m.group(1).strip("[]"))):
+                ray.init(address=address, log_to_driver=False)
         except (ConnectionError, TimeoutError, ValueError) as e:
             msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise UserError("--address", f"cannot join the Ray cluster at {address!r} ({msg})", ADDRESS_EXPECTED) from None
@@ -71,16 +74,37 @@ def _init_local(num_cpus: int | None, device: Device, env: dict) -> None:
     RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER sets) is off; it is turned off for this call only, and with a
     loopback node address every server binds to loopback."""
     import ray
+
+    with _loopback_node_ip():
+        ray.init(address="local", num_cpus=num_cpus, resources={device.resource: 1}, include_dashboard=False,
+                 dashboard_host="127.0.0.1", runtime_env=env, log_to_driver=False, _node_ip_address="127.0.0.1")
+    _start_reaper(ray._private.worker._global_node.get_session_dir_path())
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@contextlib.contextmanager
+def _loopback_node_ip(on: bool = True):
+    """While on: this driver's node address is loopback (Ray's "no cluster" switch, see _init_local),
+    for a local instance or for joining one on 127.0.0.1 (else Ray dials the routable address)."""
     from ray._private import ray_constants
 
     before = getattr(ray_constants, "ENABLE_RAY_CLUSTER", True)
-    ray_constants.ENABLE_RAY_CLUSTER = False
+    if on:
+        ray_constants.ENABLE_RAY_CLUSTER = False
     try:
-        ray.init(address="local", num_cpus=num_cpus, resources={device.resource: 1}, include_dashboard=False,
-                 dashboard_host="127.0.0.1", runtime_env=env, log_to_driver=False, _node_ip_address="127.0.0.1")
+        yield
     finally:
         ray_constants.ENABLE_RAY_CLUSTER = before
-    _start_reaper(ray._private.worker._global_node.get_session_dir_path())
 
 
 # Ends every process that holds a file of the session directory open, once the driver is gone (its
