@@ -35,7 +35,6 @@ from autocomp.cluster import check_address, init_ray
 from autocomp.rundir import (
     budget_verdict,
     check_out_dir,
-    LOCK_NAME,
     holds_run,
     make_dirs,
     read_json,
@@ -129,7 +128,7 @@ def run_search(cfg: SearchConfig, train_steps: int = 100, console: Console | Non
         console.print(f"report: {escape(str(write_report(cfg.out)))}")
     except BaseException:
         if not (cfg.out / "config.json").exists():  # a failed start leaves nothing behind (the lock is still ours)
-            remove_dirs(made) if made else (cfg.out / LOCK_NAME).unlink(missing_ok=True)
+            remove_dirs(made)
         raise
     finally:
         lock.__exit__(None, None, None)

@@ -7,7 +7,7 @@
     <run>/summary.json      the search's summary, once it finished
     <run>/latency_model/    the run's latency model (see autocomp.predictor.calibrate)
     <run>/models/<id>/      the winners, distilled, exported and measured (autocomp.deploy)
-    <run>/.lock             held (flock) by the one command working on the run (:func:`run_lock`)
+    <run>/.lock             while a command works on the run: its lock (flock; :func:`run_lock`)
     <run>/results.csv.torn  rows cut short by a crash, set aside on resume (:func:`set_aside_torn`)
 
 results.csv is the one source of truth of a run: a run is resumed from it (and config.json) alone;
@@ -101,7 +101,9 @@ def run_lock(run_dir: Path, field: str = "RUN") -> Iterator[Path]:
     """Hold ``<run_dir>/.lock`` (an exclusive, non-blocking flock) while the block runs: a second
     command on the same directory (search, report, distill) is refused with one line. Re-entrant in
     one process (a search writes its report under its own lock); the kernel drops the lock when the
-    process dies, so a killed run never leaves it held. The directory must exist."""
+    process dies, so a killed run never leaves it held, and the file is removed on release (a
+    waiting command checks that the file it locked is still the one at the path). The directory
+    must exist."""
     key = str(Path(run_dir).resolve())
     if key in _held:
         _held[key][1] += 1
@@ -111,17 +113,26 @@ def run_lock(run_dir: Path, field: str = "RUN") -> Iterator[Path]:
             _held[key][1] -= 1
         return
     path = Path(run_dir) / LOCK_NAME
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    except OSError as e:
-        raise UserError(field, f"cannot lock {str(run_dir)!r} ({e.strerror or type(e).__name__})", "a writable run directory") from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip()
+    for _ in range(10):
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as e:
+            raise UserError(field, f"cannot lock {str(run_dir)!r} ({e.strerror or type(e).__name__})", "a writable run directory") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip()
+            os.close(fd)
+            raise UserError(field, f"{str(run_dir)!r} is in use by another autocomp command"
+                            + (f" (pid {clip(holder, 20)})" if holder else ""), "one command at a time on a run directory") from None
+        try:  # the holder before us removes the file as it lets go: ours must still be the one at the path
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                break
+        except FileNotFoundError:
+            pass
         os.close(fd)
-        raise UserError(field, f"{str(run_dir)!r} is in use by another autocomp command"
-                        + (f" (pid {clip(holder, 20)})" if holder else ""), "one command at a time on a run directory") from None
+    else:
+        raise UserError(field, f"cannot lock {str(run_dir)!r} (its lock file keeps changing)", "one command at a time on a run directory")
     os.ftruncate(fd, 0)
     os.pwrite(fd, str(os.getpid()).encode(), 0)
     _held[key] = [fd, 1]
@@ -129,6 +140,10 @@ def run_lock(run_dir: Path, field: str = "RUN") -> Iterator[Path]:
         yield Path(run_dir)
     finally:
         del _held[key]
+        try:
+            path.unlink()  # while still holding it: a command leaves no lock file behind
+        except OSError:
+            pass
         os.close(fd)  # releases the flock
 
 

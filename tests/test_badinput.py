@@ -200,7 +200,8 @@ def _snapshot(root: Path) -> dict[str, tuple]:
             p = Path(dirpath) / name
             st = p.lstat()
             digest = hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() and not p.is_symlink() else ""
-            snap[str(p.relative_to(root))] = (p.is_dir(), st.st_size if not p.is_dir() else 0, st.st_mtime_ns, digest)
+            # a directory by its entries (which are listed too): a lock file made and removed is no change
+            snap[str(p.relative_to(root))] = (True,) if p.is_dir() else (False, st.st_size, st.st_mtime_ns, digest)
     return snap
 
 
