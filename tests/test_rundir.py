@@ -165,3 +165,24 @@ def test_one_command_at_a_time_on_a_run_directory(tmp_path):
             assert (tmp_path / LOCK_NAME).read_text() == str(os.getpid())
         assert (tmp_path / LOCK_NAME).exists()
     assert not (tmp_path / LOCK_NAME).exists()
+
+
+def test_a_row_that_cannot_be_written_stops_the_search(tmp_path):
+    """results.csv turning unwritable mid-run: the row is not silently lost; the searcher suggests
+    no new trial and the callback holds the failure run_tune reports (one line, exit 2)."""
+    from autocomp.runner import ControllerFactory, ControllerSearcher, ResultsCallback
+
+    space = get_space("mnist-mbv2")
+    path = tmp_path / "results.csv"
+    ResultsTable(path).close()
+    searcher = ControllerSearcher(ControllerFactory("random", space, 0), 4, path)
+    seen = []
+    cb = ResultsCallback(path, seen.append, searcher)
+    rows = _rows()
+    cb._append(rows[0])
+    assert [r["trial"] for r in read_results(path)] == [0] and len(seen) == 1
+    path.unlink()
+    path.mkdir()  # no longer a file this process can append to (even as root)
+    cb._append(rows[1])
+    assert cb.failed and "trial 1 could not be recorded" in cb.failed and len(seen) == 1
+    assert searcher.suggest("t") == "FINISHED"
