@@ -20,39 +20,101 @@ app = typer.Typer(
 console = Console()
 
 
+# search's options that a run's configuration holds: option -> (config.json key, where in it)
+_RUN_OPTIONS = {
+    "budget": ("budget_ms", None), "trials": ("trials", None), "seed": ("seed", None), "out": ("out", None),
+    "space": ("space", None), "device": ("device", None), "data": ("data", None), "controller": ("controller", None),
+    "address": ("address", None), "concurrency": ("concurrency", None), "weights": ("weights", None),
+    "train_steps": ("train_steps", "eval"), "val_size": ("val_size", "eval"),
+}
+
+
 @app.command()
 def search(
-    budget: str = typer.Option(..., help="Latency budget on the device, e.g. 10ms, 0.5 ms, 2e-3s, 1500us."),
+    ctx: typer.Context,
+    budget: Optional[str] = typer.Option(None, help="Latency budget on the device, e.g. 10ms, 0.5 ms, 2e-3s, 1500us (required unless --config or --resume gives it)."),
     trials: int = typer.Option(16, min=1, help="Number of candidates evaluated."),
-    seed: int = typer.Option(0, help="Seed: same seed, same candidates."),
+    seed: int = typer.Option(0, min=0, help="Seed: same seed, same candidates."),
     out: Optional[Path] = typer.Option(None, help="Run directory (default reports/<timestamp>)."),
     space: str = typer.Option("mnist-mbv2", help="Search space name (search_spaces/) or YAML path."),
     device: str = typer.Option("cpu-ort", help="Target device (see `autocomp devices`)."),
     data: str = typer.Option("mnist", help="'mnist' or 'imagefolder:PATH'."),
     controller: str = typer.Option("random", help=f"Search strategy: {', '.join(list_controllers())} (autocomp.search registry)."),
-    address: Optional[str] = typer.Option(None, help="Ray cluster: 'auto' or 'ray://host:port' (default: local Ray)."),
+    address: Optional[str] = typer.Option(None, help="Ray cluster: 'auto', HOST:PORT or 'ray://host:port' (default: a private local Ray on loopback)."),
     concurrency: Optional[int] = typer.Option(None, min=1, help="Evaluations in flight (default: the cluster's CPUs)."),
     weights: str = typer.Option("auto", help="Candidate weights: auto (the space's supernet if trained, else scratch), supernet, scratch, or a supernet .pt."),
     train_steps: int = typer.Option(100, min=0, help="Training steps per candidate when weights come from scratch."),
     top_k: int = typer.Option(1, min=0, help="Winners under budget to export and verify on the device at the end (0: none)."),
     distill_steps: int = typer.Option(0, min=0, help="Distillation steps per exported winner (0: export as searched; see `autocomp distill`)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the interrupted run in --out (same options): finished evaluations are kept, not repeated."),
+    config: Optional[Path] = typer.Option(None, "--config", help="Take the run's configuration from this YAML or JSON file (the fields of a run's config.json); a flag that contradicts it is refused."),
+    resume: Optional[Path] = typer.Option(None, "--resume", metavar="RUN_DIR", help="Continue the interrupted run in RUN_DIR with its stored configuration: finished evaluations are kept, not repeated."),
     val_size: Optional[int] = typer.Option(None, min=1, help="Validation images that score a candidate (default 5000)."),
     calibrate: int = typer.Option(20, min=1, help="Measurements that calibrate the latency model when the device's fingerprint has no predictor (cached per fingerprint)."),
     no_calibrate: bool = typer.Option(False, "--no-calibrate", help="Never calibrate: without a predictor of this fingerprint, candidates are not filtered by the budget."),
 ) -> None:
     """Search the space for the most accurate candidates under the latency budget."""
-    from autocomp.config import SearchConfig, default_run_dir, parse_budget
+    from autocomp.config import default_run_dir, parse_budget, read_run_file, search_config
     from autocomp.pipeline import run_search
 
-    cfg = SearchConfig(
-        budget_ms=parse_budget(budget), trials=trials, seed=seed, space=space, device=device, data=data,
-        out=out or default_run_dir(), controller=controller, address=address, concurrency=concurrency, weights=weights,
-    )
-    if resume and out is None:
-        raise UserError("--resume", "needs the run directory to continue", "--out DIR of the interrupted run")
-    run_search(cfg, train_steps=train_steps, console=console, resume=resume, val_size=val_size,
+    given = {name for name in _RUN_OPTIONS if _given(ctx, name)}
+    flags = {"budget": budget, "trials": trials, "seed": seed, "out": out, "space": space, "device": device, "data": data,
+             "controller": controller, "address": address, "concurrency": concurrency, "weights": weights,
+             "train_steps": train_steps, "val_size": val_size}
+    if config is not None and resume is not None:
+        raise UserError("--config", "given with --resume", "one of them: --resume RUN_DIR continues with the run's stored configuration")
+    stored, source = {}, None
+    if resume is not None:
+        from autocomp.rundir import read_json
+
+        if not (resume / "config.json").is_file():
+            raise UserError("--resume", f"{str(resume)!r} holds no run to resume (no config.json)", "the directory of an interrupted run")
+        stored, source = read_json(resume / "config.json", "run configuration"), f"the run in {resume}"
+        stored["out"] = str(resume)
+    elif config is not None:
+        stored, source = read_run_file(config), str(config)
+    if source is not None:
+        for name in sorted(given):
+            key, section = _RUN_OPTIONS[name]
+            have = (stored.get(section) or {}) if section else stored
+            if key not in have:
+                continue
+            mine = parse_budget(flags[name]) if name == "budget" else str(flags[name]) if name == "out" else flags[name]
+            theirs = str(have[key]) if name == "out" else have[key]
+            if mine != theirs and name not in _overridable(resume):
+                raise UserError(f"--{name.replace('_', '-')}", f"{str(flags[name]) if name == 'out' else flags[name]!r} contradicts {theirs!r} in {source}",
+                                f"no --{name.replace('_', '-')} (the stored value applies) or the same value")
+    fields = {key: stored[key] for _, (key, section) in _RUN_OPTIONS.items() if section is None and key in stored}
+    for name in given:  # flags the user typed fill what the file leaves open (or --out of a new run)
+        key, section = _RUN_OPTIONS[name]
+        if section is None and (key not in stored or name in _overridable(resume)):
+            fields[key] = parse_budget(flags[name]) if name == "budget" else flags[name]
+    for name, (key, section) in _RUN_OPTIONS.items():  # the defaults for the rest
+        if section is None and key not in fields and name != "budget":
+            fields[key] = flags[name]
+    if "budget_ms" not in fields:
+        if budget is None:
+            raise UserError("--budget", "missing", "a latency budget such as 10ms (or --config FILE / --resume RUN_DIR)")
+        fields["budget_ms"] = parse_budget(budget)
+    fields["out"] = fields.get("out") or default_run_dir()
+    ev = stored.get("eval") or {}
+    steps = ev.get("train_steps", train_steps) if not _given(ctx, "train_steps") else train_steps
+    vsize = ev.get("val_size", val_size) if not _given(ctx, "val_size") else val_size
+    cfg = search_config(fields, str(config) if config is not None else "search")
+    run_search(cfg, train_steps=steps, console=console, resume=resume is not None, val_size=vsize,
+               controller_options=stored.get("controller_options") or None,
                top_k=top_k, distill_steps=distill_steps, calibrate=0 if no_calibrate else calibrate)
+
+
+def _overridable(resume: Optional[Path]) -> set[str]:
+    """Options that may differ from the stored configuration: where the run executes, not what it
+    searches; and with --config, --out (it names the new run)."""
+    return {"address", "concurrency"} | ({"out"} if resume is None else set())
+
+
+def _given(ctx: typer.Context, name: str) -> bool:
+    """Whether the user typed option ``name`` (not its default)."""
+    src = ctx.get_parameter_source(name)
+    return src is not None and src.name not in ("DEFAULT", "DEFAULT_MAP")
 
 
 def _kd_config(kd: str, steps: int, seed: int = 0):
@@ -72,8 +134,12 @@ def distill(
 ) -> None:
     """Distil the top-k candidates under budget from the teacher, export them and verify them on the device."""
     from autocomp.deploy import deploy_run
+    from autocomp.rundir import RUN_EXPECTED, run_lock
 
-    deploy_run(run, top_k, _kd_config(kd, steps), teacher, teacher_weights, console=console)
+    if not run.is_dir():
+        raise UserError("RUN", f"{str(run)!r} is not a directory", RUN_EXPECTED)
+    with run_lock(run, "RUN"):  # one command at a time on a run directory
+        deploy_run(run, top_k, _kd_config(kd, steps), teacher, teacher_weights, console=console)
 
 
 @app.command("export")
@@ -92,7 +158,12 @@ def export_cmd(
         cand = load_policy(policy)
         m = export_policy(cand, out or Path("exports") / cand.id, device_name=device, console=console)
     elif run is not None and cand_id is not None:
-        m = reexport(run, cand_id, _kd_config("logits", kd_steps) if kd_steps else None, console=console)
+        from autocomp.rundir import RUN_EXPECTED, run_lock
+
+        if not run.is_dir():
+            raise UserError("RUN", f"{str(run)!r} is not a directory", RUN_EXPECTED)
+        with run_lock(run, "RUN"):
+            m = reexport(run, cand_id, _kd_config("logits", kd_steps) if kd_steps else None, console=console)
     else:
         raise UserError("export", "needs RUN and ID, or --policy", "`autocomp export RUN ID` or `autocomp export --policy policy.json`")
     console.print(f"exported {m['id']}: test accuracy {m['accuracy_test']:.4f}, measured {m['measured_latency_ms']:.3f} ms, "

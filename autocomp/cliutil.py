@@ -7,17 +7,40 @@ from __future__ import annotations
 import sys
 
 import typer
-from rich.console import Console
 
-from autocomp.errors import UserError
+from autocomp.errors import UserError, clip
 
-err_console = Console(stderr=True)
+MAX_LINE = 600  # an error line never grows past this, whatever the user's value was
+
+
+def fail(message: str) -> None:
+    """Print ``message`` as one literal line on stderr (no markup, no wrapping) and exit 2."""
+    sys.stderr.write(clip(f"error: {message}", MAX_LINE) + "\n")
+    sys.stderr.flush()
+    sys.exit(2)
 
 
 def run_app(typer_app: typer.Typer) -> None:
-    """Run a Typer app; a UserError becomes one line on stderr and exit code 2."""
+    """Run a Typer app; a UserError or a usage error (unknown flag, bad value) becomes one line on stderr
+    and exit code 2."""
+    try:  # Typer >= 0.22 vendors click as typer._click; before, it is click itself
+        from typer._click import exceptions as cx
+    except ImportError:  # pragma: no cover
+        from click import exceptions as cx
+
     try:
-        typer_app()
+        code = typer_app(standalone_mode=False)
     except UserError as e:
-        err_console.print(f"error: {e}", markup=False, highlight=False, soft_wrap=True)
+        fail(str(e))
+    except cx.NoArgsIsHelpError as e:  # a bare command group: its help
+        sys.stderr.write(e.format_message() + "\n")
         sys.exit(2)
+    except cx.UsageError as e:  # a bad flag or value: one line too, with the command it was for
+        where = f"{e.ctx.command_path}: " if e.ctx is not None else ""
+        fail(f"{where}{e.format_message()}")
+    except cx.ClickException as e:
+        fail(e.format_message())
+    except typer.Abort:
+        sys.stderr.write("aborted\n")
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -1,20 +1,54 @@
 """Ray start-up: join a cluster or start a private local one whose node holds the device.
 
+A local instance is bound to loopback: GCS, raylet, workers and agents listen on 127.0.0.1 only,
+and the dashboard is off. Should the driver be killed, a small reaper process ends that instance's
+agents at once (Ray leaves them running for a minute or more). Joining a cluster (``--address``) is
+checked first: the address must be well formed and answer.
+
 Measurements that must run on the device's machine are Ray tasks that need the device's custom
 resource (``device:<name>``); :func:`on_device` runs a function there (or here, without Ray).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
+import socket
+import subprocess
+import sys
 from typing import Any, Callable
 
+from autocomp.errors import UserError
 from autocomp.measure import Device
+
+ADDRESS_EXPECTED = "'auto', HOST:PORT of a Ray head (GCS) or ray://HOST:PORT of its client server"
+_HOST_PORT = re.compile(r"^(?:ray://)?(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9._-]{1,253}):([0-9]{1,5})$", re.ASCII)
+
+
+def check_address(address: str | None, timeout_s: float = 5.0) -> None:
+    """``address`` (or RAY_ADDRESS) names a Ray cluster that answers: 'auto', HOST:PORT or
+    ray://HOST:PORT (a TCP connection is tried). UserError otherwise; None (a local Ray) passes."""
+    field = "--address" if address else "RAY_ADDRESS"
+    address = address or os.environ.get("RAY_ADDRESS")
+    if not address or address == "auto":
+        return
+    if address.startswith(("http://", "https://")):  # a dashboard address: what `ray job submit` takes
+        raise UserError(field, f"{address[:100]!r} is a dashboard (job submission) address", ADDRESS_EXPECTED)
+    m = _HOST_PORT.match(address)
+    if not m or not 0 < int(m.group(2)) < 65536:
+        raise UserError(field, f"{address[:100]!r} is not an address", ADDRESS_EXPECTED)
+    host, port = m.group(1).strip("[]"), int(m.group(2))
+    try:
+        socket.create_connection((host, port), timeout=timeout_s).close()
+    except OSError as e:
+        why = e.strerror or type(e).__name__
+        raise UserError(field, f"nothing answers at {address!r} ({why})", "a running Ray cluster at " + ADDRESS_EXPECTED) from None
 
 
 def init_ray(address: str | None, device: Device, num_cpus: int | None = None) -> None:
     """Join ``address`` ('auto', 'ray://host:port', or RAY_ADDRESS from `ray job submit`) or start a
-    local Ray whose single node holds the device. Dashboard and ports stay on loopback."""
+    local Ray whose single node holds the device, on loopback only."""
     import ray
 
     if ray.is_initialized():
@@ -22,11 +56,101 @@ def init_ray(address: str | None, device: Device, num_cpus: int | None = None) -
     address = address or os.environ.get("RAY_ADDRESS")
     env = {"env_vars": {"PYTHONWARNINGS": "ignore"}}
     if address:  # the cluster's (or the submitted job's) runtime environment applies
-        ray.init(address=address, log_to_driver=False)
-    else:
-        # "local": always a private instance, never whatever cluster /tmp/ray/ray_current_cluster names
+        m = _HOST_PORT.match(address)
+        try:
+            with _loopback_node_ip(bool(m) and _is_loopback(m.group(1).strip("[]"))):
+                ray.init(address=address, log_to_driver=False)
+        except (ConnectionError, TimeoutError, ValueError) as e:
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise UserError("--address", f"cannot join the Ray cluster at {address!r} ({msg})", ADDRESS_EXPECTED) from None
+        return
+    _init_local(num_cpus, device, env)
+
+
+def _init_local(num_cpus: int | None, device: Device, env: dict) -> None:
+    """A private local instance ("local": never whatever cluster /tmp/ray/ray_current_cluster names)
+    bound to 127.0.0.1. Ray 2.60 replaces a loopback ``_node_ip_address`` with the machine's routable
+    address unless its "no cluster" switch (ray_constants.ENABLE_RAY_CLUSTER, the one that
+    RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER sets) is off; it is turned off for this call only, and with a
+    loopback node address every server binds to loopback."""
+    import ray
+
+    with _loopback_node_ip():
         ray.init(address="local", num_cpus=num_cpus, resources={device.resource: 1}, include_dashboard=False,
-                 dashboard_host="127.0.0.1", runtime_env=env, log_to_driver=False)
+                 dashboard_host="127.0.0.1", runtime_env=env, log_to_driver=False, _node_ip_address="127.0.0.1")
+    _start_reaper(ray._private.worker._global_node.get_session_dir_path())
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@contextlib.contextmanager
+def _loopback_node_ip(on: bool = True):
+    """While on: this driver's node address is loopback (Ray's "no cluster" switch, see _init_local),
+    for a local instance or for joining one on 127.0.0.1 (else Ray dials the routable address)."""
+    from ray._private import ray_constants
+
+    before = getattr(ray_constants, "ENABLE_RAY_CLUSTER", True)
+    if on:
+        ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = before
+
+
+# Ends every process that holds a file of the session directory open, once the driver is gone (its
+# stdin, a pipe from the driver, closes). It runs from the standard library only.
+_REAPER = r"""
+import os, signal, sys, time
+sys.stdin.buffer.read()  # returns when the driver exits, however it exits
+session = sys.argv[1]
+me = os.getpid()
+
+def holders():
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        if int(pid) == me:
+            continue
+        try:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                if os.readlink(f"/proc/{pid}/fd/{fd}").startswith(session + "/"):
+                    found.append(int(pid))
+                    break
+        except OSError:
+            continue
+    return found
+
+time.sleep(0.5)  # a clean ray.shutdown() is already ending them
+for sig in (signal.SIGTERM, signal.SIGKILL):
+    pids = holders()
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except OSError:
+            pass
+    for _ in range(30):
+        if not pids or not holders():
+            sys.exit(0)
+        time.sleep(0.1)
+"""
+_reaper: subprocess.Popen | None = None
+
+
+def _start_reaper(session_dir: str) -> None:
+    global _reaper
+    if not sys.platform.startswith("linux") or not os.path.isdir("/proc"):
+        return
+    _reaper = subprocess.Popen([sys.executable, "-c", _REAPER, session_dir], stdin=subprocess.PIPE,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True)
 
 
 def on_device(device: Device, fn: Callable[..., Any], *args: Any) -> Any:

@@ -148,12 +148,9 @@ def _maybe_build_engine(onnx_path: Path, precision: str, out_dir: Path) -> str |
 
 def load_policy(path: Path) -> Candidate:
     """A candidate from policy.json (ours) or a bare candidate JSON."""
-    try:
-        raw = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise UserError("--policy", f"no such file {str(path)!r}", "a policy.json written by autocomp") from None
-    except json.JSONDecodeError as e:
-        raise UserError("--policy", f"{path} is not valid JSON ({e.msg} at line {e.lineno})", "a policy.json written by autocomp") from None
+    from autocomp.config import read_json_file
+
+    raw = read_json_file(Path(path), "--policy", "a policy.json written by autocomp")
     if isinstance(raw, dict) and "candidate" in raw:
         if raw.get("schema_version") != SCHEMA_VERSION:
             raise UserError("--policy", f"schema_version {raw.get('schema_version')!r}", f"schema_version {SCHEMA_VERSION}")

@@ -1,7 +1,8 @@
 """One search run, end to end: validate inputs, evaluate candidates on Ray, report the front.
 
 Everything that can be wrong with the user's input is checked before Ray starts or anything is
-written; the run directory is never overwritten.
+written; the run directory is never overwritten, one command at a time holds it (its lock), and its
+config.json is written only once every check passed.
 """
 
 from __future__ import annotations
@@ -30,8 +31,18 @@ from autocomp.predictor.calibrate import (
     record_measurements,
     skip_audit,
 )
-from autocomp.cluster import init_ray
-from autocomp.rundir import budget_verdict, read_results, write_json
+from autocomp.cluster import check_address, init_ray
+from autocomp.rundir import (
+    budget_verdict,
+    check_out_dir,
+    holds_run,
+    make_dirs,
+    read_json,
+    read_results,
+    remove_dirs,
+    run_lock,
+    write_json,
+)
 from autocomp.runner import ControllerFactory, run_tune
 from autocomp.search import check_controller
 from autocomp.search.pareto import pareto_front
@@ -87,38 +98,85 @@ def run_search(cfg: SearchConfig, train_steps: int = 100, console: Console | Non
     settings = EvalSettings(weights=cfg.weights, train_steps=train_steps, seed=cfg.seed, **({"val_size": val_size} if val_size else {}))
     config = {"schema_version": SCHEMA_VERSION, **json.loads(cfg.model_dump_json()), "eval": settings.model_dump(),
               "device_protocol": device.options, "controller_options": controller_options or {}}
+    check_out_dir(cfg.out, "--resume" if resume else "--out")
     _check_run_dir(cfg, config, resume)
+    _check_weights(space, settings)
+    check_address(cfg.address)
     data = load_dataset(cfg.data, (space.input.channels, space.input.height, space.input.width))
     if data.num_classes != space.num_classes:
         console.print(f"[yellow]dataset has {data.num_classes} classes; the space's classifier is sized to match[/]")
+    made = make_dirs(cfg.out)
+    try:
+        lock = run_lock(cfg.out, "--resume" if resume else "--out")
+        lock.__enter__()
+    except BaseException:  # another command holds it: leave its directory alone
+        remove_dirs(made, lock_file=False)
+        raise
+    try:
+        _check_run_dir(cfg, config, resume)  # again, holding the lock: another search may have just written it
+        summary = _run_locked(cfg, config, device, space, settings, data, console, resume, controller_options,
+                              predictor, calibrate)
+        if top_k and summary["best_under_budget"]:
+            from autocomp.deploy import deploy_run
+            from autocomp.distill import KDConfig
+
+            kd = KDConfig(steps=distill_steps, seed=cfg.seed) if distill_steps else None
+            console.print(f"[bold]exporting the top {top_k} under budget[/] ({'distilled ' + str(distill_steps) + ' steps' if kd else 'no distillation; `autocomp distill RUN` distils'})")
+            deploy_run(cfg.out, top_k, kd, console=console)
+        from autocomp.report import write_report
+
+        console.print(f"report: {escape(str(write_report(cfg.out)))}")
+    except BaseException:
+        if not (cfg.out / "config.json").exists():  # a failed start leaves nothing behind (the lock is still ours)
+            remove_dirs(made)
+        raise
+    finally:
+        lock.__exit__(None, None, None)
+    return summary
+
+
+def _check_weights(space, settings: EvalSettings) -> None:
+    """The candidates' weights load (weights_only) and fit the space: checked once, before any trial."""
+    from autocomp.evaluate import supernet_path
+    from autocomp.models.supernet import as_supernet
+
+    try:
+        ckpt = supernet_path(space, settings.weights)
+        if ckpt is not None:
+            as_supernet(space, ckpt)
+    except UserError as e:
+        raise UserError("--weights", e.problem, e.expected) from None
+
+
+def _run_locked(cfg: SearchConfig, config: dict, device: Device, space, settings: EvalSettings, data, console: Console,
+                resume: bool, controller_options: dict | None, predictor, calibrate: int) -> dict:
+    """The search itself, in its locked run directory: Ray, the latency model, config.json, Tune."""
     model_dir = cfg.out / MODEL_DIR
     lm = None
     if predictor is None:
         if cfg.address or os.environ.get("RAY_ADDRESS"):
             init_ray(cfg.address, device)  # the device's node probes its fingerprint and measures
         lm = _latency_model(device, space, model_dir, resume, calibrate, console)
-    # The factory loads the run's latency model itself, so Tune's saved experiment holds no model.
+    # The factory loads the run's latency model itself.
     factory = ControllerFactory(cfg.controller, space, cfg.seed, budget_ms=cfg.budget_ms, predictor=predictor,
                                 options=controller_options or {},
                                 model_dir=str(model_dir) if lm is not None and lm.predictor is not None else None,
                                 margin=initial_margin(lm) if lm is not None else 0.1)
-
-    cfg.out.mkdir(parents=True, exist_ok=True)
-    if not (cfg.out / "config.json").exists():
+    init_ray(cfg.address, device)
+    if not (cfg.out / "config.json").exists():  # every check passed: from here on the directory holds a run
         write_json(cfg.out / "config.json", config)
     if lm is not None and lm.predictor is not None and lm.how != "resumed":
         lm.predictor.meta["latency_model"] = lm.describe()
         lm.predictor.save(model_dir)
-    init_ray(cfg.address, device)
     import ray
 
     cluster = ray.cluster_resources()
     if not cluster.get(device.resource):
-        console.print(f"[yellow]no node of the cluster holds {device.resource}: measurements will wait for one[/]")
+        console.print(f"[yellow]no node of the cluster holds {escape(device.resource)}: measurements will wait for one[/]")
     concurrency = cfg.concurrency or max(1, int(cluster.get("CPU", 1)))
-    console.print(f"[bold]autocomp search[/] budget {cfg.budget_ms:g} ms on {device.name} ({device.description}); "
-                  f"space {space.name}, controller {cfg.controller}, {cfg.trials} trials, up to {concurrency} in flight "
-                  f"(Ray Tune), run dir {cfg.out}{' (resumed)' if resume else ''}")
+    console.print(f"[bold]autocomp search[/] budget {cfg.budget_ms:g} ms on {escape(device.name)} ({escape(device.description)}); "
+                  f"space {escape(space.name)}, controller {escape(cfg.controller)}, {cfg.trials} trials, up to {concurrency} in flight "
+                  f"(Ray Tune), run dir {escape(str(cfg.out))}{' (resumed)' if resume else ''}")
     t0 = time.time()
     with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=console, transient=False) as progress:
@@ -129,12 +187,12 @@ def run_search(cfg: SearchConfig, train_steps: int = 100, console: Console | Non
             progress.advance(task)
             if row["status"] == "ok":
                 progress.console.print(f"  #{row['trial']} {row['id']} acc {float(row['accuracy']):.4f}  "
-                                       f"{float(row['latency_ms']):.3f} ms  {row['summary']}")
+                                       f"{float(row['latency_ms']):.3f} ms  {escape(str(row['summary']))}")
             else:
-                progress.console.print(f"  #{row['trial']} {row['id']} [red]error[/] {row['error']}")
+                progress.console.print(f"  #{row['trial']} {row['id']} [red]error[/] {escape(str(row['error']))}")
 
         rows, searcher = run_tune(factory, space, data, device, settings, cfg.trials, cfg.out,
-                                  concurrency=cfg.concurrency, resume=resume, on_row=on_row)
+                                  concurrency=cfg.concurrency, on_row=on_row)
     summary = summarise(rows, cfg.budget_ms)
     filtered = predictor is not None or (lm is not None and lm.predictor is not None)
     summary.update(controller=cfg.controller, skipped_infeasible=searcher.skipped, predictor=filtered,
@@ -150,32 +208,20 @@ def run_search(cfg: SearchConfig, train_steps: int = 100, console: Console | Non
     summary["wall_s"] = round(time.time() - t0, 1)
     write_json(cfg.out / "summary.json", summary)
     print_summary(summary, cfg.budget_ms, console)
-    if top_k and summary["best_under_budget"]:
-        from autocomp.deploy import deploy_run
-        from autocomp.distill import KDConfig
-
-        kd = KDConfig(steps=distill_steps, seed=cfg.seed) if distill_steps else None
-        console.print(f"[bold]exporting the top {top_k} under budget[/] ({'distilled ' + str(distill_steps) + ' steps' if kd else 'no distillation; `autocomp distill RUN` distils'})")
-        deploy_run(cfg.out, top_k, kd, console=console)
-    from autocomp.report import write_report
-
-    console.print(f"report: {write_report(cfg.out)}")
     return summary
 
 
 def _check_run_dir(cfg: SearchConfig, config: dict, resume: bool) -> None:
+    """A new run goes to a directory that holds none; a resumed one to a run with this configuration
+    whose results.csv reads (read-only: nothing is written here)."""
     out = cfg.out
-    has_run = (out / "results.csv").exists() or (out / "config.json").exists()
     if not resume:
-        if has_run:
-            raise UserError("--out", f"{out} already holds a run", "a new run directory, or --resume to continue it")
+        if holds_run(out):
+            raise UserError("--out", f"{out} already holds a run", f"a new run directory, or `--resume {out}` to continue it")
         return
-    if not has_run:
-        raise UserError("--resume", f"{out} holds no run to resume (no config.json)", "the --out of an interrupted run")
-    try:
-        old = json.loads((out / "config.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        raise UserError(str(out / "config.json"), "unreadable", "the config.json written by `autocomp search`") from None
+    if not (out / "config.json").is_file():
+        raise UserError("--resume", f"{out} holds no run to resume (no config.json)", "the directory of an interrupted run")
+    old = read_json(out / "config.json", "run configuration")
     keys = ("space", "device", "data", "controller", "seed", "budget_ms", "trials", "eval", "controller_options")
     def same(a, b) -> bool:  # settings added since the run was written do not count as changes
         if isinstance(a, dict) and isinstance(b, dict):
@@ -187,6 +233,7 @@ def _check_run_dir(cfg: SearchConfig, config: dict, resume: bool) -> None:
         k = diff[0]
         raise UserError(f"--{k.replace('_', '-')}", f"the run in {out} used {old.get(k)!r}, this command {config.get(k)!r}",
                         "the same options as the interrupted run when resuming")
+    read_results(out / "results.csv")  # every complete row reads (a torn last one is set aside when the run starts)
 
 
 def summarise(rows: list[dict], budget_ms: float) -> dict:
@@ -215,15 +262,15 @@ def print_summary(summary: dict, budget_ms: float, console: Console) -> None:
         t.add_column(col)
     for r in summary["pareto_front"]:
         t.add_row(r["id"], f"{r['accuracy']:.4f}", f"{r['latency_ms']:.3f}", f"{r['latency_p90_ms']:.3f}", f"{r['params']:,}",
-                  "yes" if r["latency_ms"] <= budget_ms else "[red]no[/]", r["summary"])
+                  "yes" if r["latency_ms"] <= budget_ms else "[red]no[/]", escape(str(r["summary"])))
     console.print(t)
     best = summary["best_under_budget"]
     if best:
         console.print(f"[bold green]best under {budget_ms:g} ms:[/] {best['id']} accuracy {best['accuracy']:.4f}, "
-                      f"{best['latency_ms']:.3f} ms, {best['params']:,} params — {best['summary']}")
+                      f"{best['latency_ms']:.3f} ms, {best['params']:,} params — {escape(str(best['summary']))}")
     else:
         console.print(f"[bold red]no evaluated candidate fits {budget_ms:g} ms[/]")
-    console.print(summary["verdict"])
+    console.print(escape(summary["verdict"]))
     if summary.get("skipped_infeasible"):
         console.print(f"{summary['skipped_infeasible']} candidate(s) predicted over the budget were skipped (never evaluated)")
     elif not summary.get("predictor"):

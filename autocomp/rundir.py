@@ -7,9 +7,11 @@
     <run>/summary.json      the search's summary, once it finished
     <run>/latency_model/    the run's latency model (see autocomp.predictor.calibrate)
     <run>/models/<id>/      the winners, distilled, exported and measured (autocomp.deploy)
-    <run>/tune/             Ray Tune's experiment state (autocomp.runner)
+    <run>/.lock             while a command works on the run: its lock (flock; :func:`run_lock`)
+    <run>/results.csv.torn  rows cut short by a crash, set aside on resume (:func:`set_aside_torn`)
 
-results.csv is the one source of truth of a run. The one rule for "best under the budget" is here
+results.csv is the one source of truth of a run: a run is resumed from it (and config.json) alone;
+nothing else in a run directory is trusted, and nothing in it is ever unpickled. The one rule for "best under the budget" is here
 too (:func:`under_budget`, :func:`best_under_budget`, :func:`budget_verdict`): the summary, the
 report and the deployment of winners all pick by it.
 """
@@ -17,15 +19,18 @@ report and the deployment of winners all pick by it.
 from __future__ import annotations
 
 import csv
+import fcntl
+import io
 import json
 import math
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
-from autocomp.errors import UserError
+from autocomp.errors import UserError, clip
 
 if TYPE_CHECKING:  # for annotations only
     import pandas as pd
@@ -69,7 +74,8 @@ class ResultsTable:
         os.fsync(self._f.fileno())
 
     def append(self, row: dict) -> None:
-        self._w.writerow(row)
+        # one row, one line: a crash mid-write leaves a last line without its end (see set_aside_torn)
+        self._w.writerow({k: " ".join(v.splitlines()) if isinstance(v, str) else v for k, v in row.items()})
         self._flush()
 
     def close(self) -> None:
@@ -81,6 +87,112 @@ def write_json(path: Path, obj: Any) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(obj, indent=2, default=str))
     tmp.replace(path)
+
+
+# --------------------------------------------------------------------------- one writer
+
+
+LOCK_NAME = ".lock"
+_held: dict[str, list[int]] = {}  # resolved run directory -> [fd, depth] of the locks this process holds
+
+
+@contextmanager
+def run_lock(run_dir: Path, field: str = "RUN") -> Iterator[Path]:
+    """Hold ``<run_dir>/.lock`` (an exclusive, non-blocking flock) while the block runs: a second
+    command on the same directory (search, report, distill) is refused with one line. Re-entrant in
+    one process (a search writes its report under its own lock); the kernel drops the lock when the
+    process dies, so a killed run never leaves it held, and the file is removed on release (a
+    waiting command checks that the file it locked is still the one at the path). The directory
+    must exist."""
+    key = str(Path(run_dir).resolve())
+    if key in _held:
+        _held[key][1] += 1
+        try:
+            yield Path(run_dir)
+        finally:
+            _held[key][1] -= 1
+        return
+    path = Path(run_dir) / LOCK_NAME
+    for _ in range(10):
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as e:
+            raise UserError(field, f"cannot lock {str(run_dir)!r} ({e.strerror or type(e).__name__})", "a writable run directory") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip()
+            os.close(fd)
+            raise UserError(field, f"{str(run_dir)!r} is in use by another autocomp command"
+                            + (f" (pid {clip(holder, 20)})" if holder else ""), "one command at a time on a run directory") from None
+        try:  # the holder before us removes the file as it lets go: ours must still be the one at the path
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    else:
+        raise UserError(field, f"cannot lock {str(run_dir)!r} (its lock file keeps changing)", "one command at a time on a run directory")
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    _held[key] = [fd, 1]
+    try:
+        yield Path(run_dir)
+    finally:
+        del _held[key]
+        try:
+            path.unlink()  # while still holding it: a command leaves no lock file behind
+        except OSError:
+            pass
+        os.close(fd)  # releases the flock
+
+
+def holds_run(path: Path) -> bool:
+    """Whether ``path`` holds a run (config.json or results.csv)."""
+    return (Path(path) / "config.json").exists() or (Path(path) / "results.csv").exists()
+
+
+def check_out_dir(out: Path, field: str = "--out") -> None:
+    """``out`` can become (or is) a directory this user may write: not a file, its nearest existing
+    ancestor a writable directory. Checks only; writes nothing."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(field, f"{str(out)!r} is a file", "a directory (new, or the run's own)")
+    probe = out
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UserError(field, f"{str(probe)!r} in {str(out)!r} is a file", "a path whose parents are directories")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise UserError(field, f"{str(probe)!r} is not writable", "a directory this user can write")
+
+
+def make_dirs(path: Path) -> list[Path]:
+    """``mkdir -p path``; returns the directories it created (outermost first), for :func:`remove_dirs`."""
+    path, made = Path(path), []
+    probe = path
+    while not probe.exists():
+        made.append(probe)
+        probe = probe.parent
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        remove_dirs(made[::-1], lock_file=False)
+        raise UserError("--out", f"cannot create {str(path)!r} ({e.strerror or type(e).__name__})", "a directory this user can write") from None
+    return made[::-1]
+
+
+def remove_dirs(made: list[Path], lock_file: bool = True) -> None:
+    """Undo :func:`make_dirs`: only directories still empty (but for our own lock file, with ``lock_file``)."""
+    for d in reversed(made):
+        try:
+            if lock_file:
+                (d / LOCK_NAME).unlink(missing_ok=True)
+            d.rmdir()
+        except OSError:
+            return
 
 
 # --------------------------------------------------------------------------- reading
@@ -127,10 +239,10 @@ def _read(path: Path, check: bool) -> tuple[list[str], list[dict]]:
             raise UserError("RUN", f"{str(path.parent)!r} holds no results.csv", RUN_EXPECTED)
         return [], []
     try:
-        with path.open(newline="", encoding="utf-8") as f:
-            reader = csv.reader(f)
-            header = next(reader, None)
-            raw = list(reader)
+        text = _complete_lines(path.read_bytes()).decode("utf-8")
+        reader = csv.reader(io.StringIO(text, newline=""))
+        header = next(reader, None)
+        raw = list(reader)
     except (csv.Error, UnicodeDecodeError, OSError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(str(path), f"not a readable CSV table ({first})", "the results.csv written by `autocomp search`") from None
@@ -157,6 +269,37 @@ def _read(path: Path, check: bool) -> tuple[list[str], list[dict]]:
                 raise UserError(f"{path}, column trial", f"trial {r['trial']} appears twice", "one row per trial")
             seen.add(r["trial"])
     return header, rows
+
+
+def _complete_lines(data: bytes) -> bytes:
+    """``data`` up to its last line end: a last line without one is a row a crash cut short."""
+    return data if data.endswith(b"\n") or not data else data[: data.rfind(b"\n") + 1]
+
+
+def torn_tail(path: Path) -> bytes:
+    """The bytes after the last complete line of ``path`` (a row cut short by a crash), or b""."""
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        return b""
+    return data[len(_complete_lines(data)):]
+
+
+def set_aside_torn(path: Path) -> bytes:
+    """Move a torn last row of results table ``path`` into ``<path>.torn`` (appended, fsynced) and cut
+    it from the table, so the next row starts on a line of its own; its trial runs again. Returns
+    what was set aside (b"" when the table ends with a complete row)."""
+    tail = torn_tail(path)
+    if tail:
+        with open(str(path) + ".torn", "ab") as f:
+            f.write(tail + b"\n")
+            f.flush()
+            os.fsync(f.fileno())
+        with open(path, "r+b") as f:
+            f.truncate(Path(path).stat().st_size - len(tail))
+            f.flush()
+            os.fsync(f.fileno())
+    return tail
 
 
 def _check_row(r: dict, where: str) -> None:

@@ -1,13 +1,14 @@
 """The Tune glue: a search runs as a Ray Tune experiment.
 
-The controller runs inside Tune as a Searcher (suggest / on_trial_complete / save / restore); each
-trial scores one candidate (1 CPU, anywhere: weights -> compress -> export -> accuracy) and has its
-exported ONNX timed on a node that holds the device (``autocomp.cluster.on_device``: the
-``device:<name>`` resource, one measurement at a time per device unit). Tune does the scheduling,
-the retries of trials whose process died (FailureConfig) and the experiment checkpoints that
-Tuner.restore resumes from. results.csv (:mod:`autocomp.rundir`) is the source of truth: a row is
-appended (fsynced) by a Tune Callback as each trial ends, and on resume the controller is rebuilt by
-replaying those rows in trial order (controllers are deterministic). Ray start-up is
+The controller runs inside Tune as a Searcher (suggest / on_trial_complete); each trial scores one
+candidate (1 CPU, anywhere: weights -> compress -> export -> accuracy) and has its exported ONNX
+timed on a node that holds the device (``autocomp.cluster.on_device``: the ``device:<name>``
+resource, one measurement at a time per device unit). Tune does the scheduling and the retries of
+trials whose process died (FailureConfig). results.csv (:mod:`autocomp.rundir`) is the source of
+truth: a row is appended (fsynced) by a Tune Callback as each trial ends, and a resumed run rebuilds
+its controller by replaying those rows in trial order (controllers are deterministic). Tune's own
+experiment state (pickles) lives in a temporary directory outside the run and is never restored:
+a run directory received from someone else is read as CSV and JSON only. Ray start-up is
 :mod:`autocomp.cluster`.
 """
 
@@ -15,6 +16,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -28,7 +31,7 @@ from autocomp.data import Dataset
 from autocomp.errors import UserError
 from autocomp.evaluate import EvalSettings, measure_onnx, score
 from autocomp.measure import Device, get_device
-from autocomp.rundir import RESULT_COLUMNS, ResultsTable, read_results
+from autocomp.rundir import RESULT_COLUMNS, ResultsTable, read_results, set_aside_torn
 from autocomp.search import check_controller, get_controller
 from autocomp.space import Candidate, SearchSpace
 
@@ -41,7 +44,7 @@ def _measure(onnx: bytes, device: str, precision: str) -> dict:
         return {"ok": False, "error": f"{type(e).__name__}: {e}", **where}
 
 
-TUNE_DIR, TUNE_NAME = "tune", "search"
+TUNE_NAME = "search"
 _ROW_KEYS = [c for c in RESULT_COLUMNS if c not in ("trial", "id", "summary", "policy", "precision", "predicted_latency_ms",
                                                     "latency_state")]
 
@@ -78,7 +81,8 @@ class ControllerSearcher(Searcher):
     def __init__(self, factory: ControllerFactory, n_trials: int, results_path: str | Path):
         super().__init__()  # no single metric: the controller reads whole results
         self.factory, self.n_trials, self.results_path = factory, n_trials, str(results_path)
-        self._rebuild({})
+        self.stopped: str | None = None  # set when a row could not be recorded: no new trials
+        self._rebuild()
 
     # Tune pickles the searcher with its experiment; only the recipe travels, the state is rebuilt.
     def __getstate__(self):
@@ -86,24 +90,22 @@ class ControllerSearcher(Searcher):
 
     def __setstate__(self, state):
         self.__dict__.update(state)
-        self._rebuild({})
+        self._rebuild()
 
-    def _rebuild(self, known: dict[str, int]) -> None:
-        """Replay results.csv (in trial order) into a fresh controller. ``known``: Tune trial id -> trial
-        number of trials Tune still holds (they will run or report again). Trials asked before the
-        crash that neither finished nor are held by Tune are queued to be suggested again."""
+    def _rebuild(self) -> None:
+        """Replay results.csv (in trial order) into a fresh controller. Trials asked before the
+        crash that did not finish (lost with the driver, or torn) are queued to be suggested again."""
         self.ctrl = self.factory()
-        self.trial_ids: dict[str, int] = dict(known)
+        self.trial_ids: dict[str, int] = {}
         self.queue: list[tuple[int, Candidate]] = []
         self.told: set[int] = set()
         self.cands: dict[int, Candidate] = {}  # trial -> candidate the controller proposed, until told
         done = {r["trial"]: r for r in read_results(Path(self.results_path)) if r.get("trial") is not None}
-        held = set(known.values())
-        last = max(done.keys() | held, default=-1)
+        last = max(done, default=-1)
         while self.ctrl.asked <= last:
             state = (done.get(self.ctrl.asked) or {}).get("latency_state")
             if state:  # filter this ask as the recorded run did
-                self.ctrl.set_latency_state(json.loads(state))
+                self.ctrl.set_latency_state(_json_object(state, self.ctrl.asked))
             cand = self.ctrl.ask()
             if cand is None:
                 break
@@ -114,10 +116,9 @@ class ControllerSearcher(Searcher):
                                     f"proposes {cand.id}", "the same seed, space, controller and budget as the interrupted run")
                 self.ctrl.tell(cand, done[i], trial=i)
                 self.told.add(i)
-            else:  # held by Tune, or lost with the driver: queued to be suggested again
+            else:  # lost with the driver: queued to be suggested again
                 self.cands[i] = cand
-                if i not in held:
-                    self.queue.append((i, cand))
+                self.queue.append((i, cand))
         self.replayed = len(self.told)
 
     @property
@@ -125,6 +126,8 @@ class ControllerSearcher(Searcher):
         return self.ctrl.skipped
 
     def suggest(self, trial_id: str):
+        if self.stopped:
+            return Searcher.FINISHED
         if self.queue:
             i, cand = self.queue.pop(0)
         else:
@@ -153,12 +156,21 @@ class ControllerSearcher(Searcher):
         self.ctrl.tell(cand, res, trial=i)
         self.told.add(i)
 
-    def save(self, checkpoint_path: str) -> None:
-        Path(checkpoint_path).write_text(json.dumps({"schema_version": 1, "trial_ids": self.trial_ids}))
+    def save(self, checkpoint_path: str) -> None:  # Tune's experiment checkpoint: nothing it needs
+        Path(checkpoint_path).write_text(json.dumps({"schema_version": 1}))
 
-    def restore(self, checkpoint_path: str) -> None:
-        state = json.loads(Path(checkpoint_path).read_text())
-        self._rebuild({k: int(v) for k, v in state["trial_ids"].items()})
+    def restore(self, checkpoint_path: str) -> None:  # never reads Tune's files: results.csv is the state
+        self._rebuild()
+
+
+def _json_object(text: str, trial: int) -> dict:
+    try:
+        obj = json.loads(text)
+    except (json.JSONDecodeError, RecursionError):
+        obj = None
+    if not isinstance(obj, dict):
+        raise UserError(f"results.csv, trial {trial}, column latency_state", "not a JSON object", "the state written by the search")
+    return obj
 
 
 def _row_from_trial(trial, status: str | None = None, error: str = "") -> dict:
@@ -174,31 +186,40 @@ def _row_from_trial(trial, status: str | None = None, error: str = "") -> dict:
 
 
 class ResultsCallback(tune.Callback):
-    """Appends each finished trial to results.csv (fsynced) as it arrives; replayed trials are skipped."""
+    """Appends each finished trial to results.csv (fsynced) as it arrives. A row that cannot be
+    written stops the search (no new trials) and is reported by :func:`run_tune`: a run never ends
+    "successfully" with rows missing."""
 
-    def __init__(self, results_path: str | Path, on_row: Callable[[dict], Any] | None = None):
-        self.results_path, self.on_row = str(results_path), on_row
+    def __init__(self, results_path: str | Path, on_row: Callable[[dict], Any] | None = None,
+                 searcher: "ControllerSearcher | None" = None):
+        self.results_path, self.on_row, self.searcher = str(results_path), on_row, searcher
+        self.failed: str | None = None
 
     def __getstate__(self):
-        return {"results_path": self.results_path, "on_row": None}
+        return {"results_path": self.results_path, "on_row": None, "searcher": None, "failed": self.failed}
 
     def _append(self, row: dict) -> None:
         if not hasattr(self, "_written"):
             self._written = {r["trial"] for r in read_results(Path(self.results_path))}
         if row["trial"] in self._written:  # a trial is recorded once, whatever Tune re-runs
             return
-        self._written.add(row["trial"])
-        table = ResultsTable(Path(self.results_path))
         try:
-            table.append(row)
-        finally:
-            table.close()
+            table = ResultsTable(Path(self.results_path))
+            try:
+                table.append(row)
+            finally:
+                table.close()
+        except OSError as e:
+            if self.failed is None:
+                self.failed = f"trial {row['trial']} could not be recorded ({e.strerror or type(e).__name__})"
+            if self.searcher is not None:
+                self.searcher.stopped = self.failed
+            return
+        self._written.add(row["trial"])
         if self.on_row:
             self.on_row(row)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        if (trial.last_result or {}).get("replayed"):
-            return
         if "status" not in (trial.last_result or {}):
             self._append(_row_from_trial(trial, "error", "trial ended without reporting"))
         else:
@@ -213,13 +234,8 @@ class ResultsCallback(tune.Callback):
         self._append(_row_from_trial(trial, "error", f"evaluation process failed after retries: {msg}"))
 
 
-def evaluate_trial(config: dict, space: SearchSpace, data: Dataset, settings: EvalSettings, device: str,
-                   done: dict | None = None) -> None:
+def evaluate_trial(config: dict, space: SearchSpace, data: Dataset, settings: EvalSettings, device: str) -> None:
     """One Tune trial: score the candidate here, time it on a device node, report one result."""
-    i = config["trial"]
-    if done and i in done:  # finished before the driver was interrupted: report it again, do not re-run
-        tune.report({**done[i], "replayed": True})
-        return
     cand = Candidate.from_json(config["candidate"])
     import torch
 
@@ -250,47 +266,37 @@ def evaluate_trial(config: dict, space: SearchSpace, data: Dataset, settings: Ev
 
 def run_tune(
     factory: ControllerFactory, space: SearchSpace, data: Dataset, device: Device, settings: EvalSettings,
-    n_trials: int, run_dir: Path, concurrency: int | None = None, resume: bool = False, max_failures: int = 1,
+    n_trials: int, run_dir: Path, concurrency: int | None = None, max_failures: int = 1,
     on_row: Callable[[dict], Any] | None = None,
 ) -> tuple[list[dict], ControllerSearcher]:
-    """Run (or resume) the search in Tune; returns the rows of results.csv (by trial) and the searcher."""
-    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")  # experiment state at most 1 s behind results.csv
+    """Run the search in Tune, continuing from the rows already in ``run_dir``/results.csv (a resumed
+    run: a torn last row is set aside and its trial runs again); returns the rows of results.csv (by
+    trial) and the searcher."""
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: Tune prints nothing; our progress does
     results = run_dir / "results.csv"
+    set_aside_torn(results)
     ResultsTable(results).close()  # header now: a crash before the first row still leaves a valid table
-    done = {r["trial"]: {k: v for k, v in r.items() if k in _ROW_KEYS and v is not None}
-            for r in read_results(results) if r.get("trial") is not None}
-    trainable = tune.with_parameters(evaluate_trial, space=space, data=data, settings=settings, device=device.name,
-                                     done=done)
-    storage = str((run_dir / TUNE_DIR).resolve())
-    exp_path = os.path.join(storage, TUNE_NAME)
-    searcher = None
-    if resume and tune.Tuner.can_restore(exp_path):
-        tuner = tune.Tuner.restore(exp_path, trainable=trainable, resume_unfinished=True, resume_errored=False,
-                                   restart_errored=False)
-        searcher, callbacks = _restored(tuner)
-    if searcher is None:
-        searcher = ControllerSearcher(factory, n_trials, results)
-        remaining = n_trials - searcher.replayed
-        name = TUNE_NAME if not os.path.exists(exp_path) else f"{TUNE_NAME}-{len(os.listdir(storage))}"
-        tuner = tune.Tuner(
-            trainable,
-            tune_config=tune.TuneConfig(search_alg=searcher, num_samples=max(remaining, 0) or 1,
-                                        max_concurrent_trials=concurrency, reuse_actors=True,
-                                        trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),
-            run_config=tune.RunConfig(
-                name=name, storage_path=storage, verbose=0,
-                failure_config=tune.FailureConfig(max_failures=max_failures),
-                callbacks=[ResultsCallback(results, on_row)],
-            ),
-        )
-        if remaining <= 0:
-            tuner = None
-    else:
-        for cb in callbacks:
-            cb.on_row = on_row
-    if tuner is not None:
-        tuner.fit()
+    searcher = ControllerSearcher(factory, n_trials, results)
+    remaining = n_trials - searcher.replayed
+    callback = ResultsCallback(results, on_row, searcher)
+    if remaining > 0:
+        trainable = tune.with_parameters(evaluate_trial, space=space, data=data, settings=settings, device=device.name)
+        storage = tempfile.mkdtemp(prefix="autocomp-tune-")  # Tune's state: outside the run, never restored
+        try:
+            tune.Tuner(
+                trainable,
+                tune_config=tune.TuneConfig(search_alg=searcher, num_samples=remaining, max_concurrent_trials=concurrency,
+                                            reuse_actors=True, trial_name_creator=_trial_name,
+                                            trial_dirname_creator=_trial_name),
+                run_config=tune.RunConfig(name=TUNE_NAME, storage_path=storage, verbose=0,
+                                          failure_config=tune.FailureConfig(max_failures=max_failures),
+                                          callbacks=[callback]),
+            ).fit()
+        finally:
+            shutil.rmtree(storage, ignore_errors=True)
+    if callback.failed:
+        raise UserError(str(results), callback.failed, "a writable run directory; `autocomp search --resume "
+                        f"{run_dir}` continues the run from the rows it holds")
     rows = read_results(results)
     by_trial = {}
     for r in rows:  # one row per trial (the first one recorded)
@@ -300,16 +306,3 @@ def run_tune(
 
 def _trial_name(trial) -> str:
     return f"trial_{int(trial.config.get('trial', -1)):05d}_{trial.trial_id}"
-
-
-def _restored(tuner) -> tuple[ControllerSearcher | None, list[ResultsCallback]]:
-    """The searcher and results callbacks of a Tuner made by ``Tuner.restore`` (rebuilt from its
-    experiment state). Ray Tune (2.60) has no public accessor for them: ``Tuner.restore`` takes no
-    search_alg or run_config, and only the private ``Tuner._local_tuner`` holds the restored ones.
-    This is the one place that reaches into it; (None, []) if that changes or Tune runs through
-    Ray Client (the tuner is then remote), and run_tune starts a new experiment instead."""
-    internal = getattr(tuner, "_local_tuner", None)
-    alg = getattr(getattr(internal, "_tune_config", None), "search_alg", None)
-    alg = getattr(alg, "searcher", alg)  # a ConcurrencyLimiter or SearchGenerator wraps it
-    callbacks = getattr(getattr(internal, "_run_config", None), "callbacks", None) or []
-    return (alg if isinstance(alg, ControllerSearcher) else None), [c for c in callbacks if isinstance(c, ResultsCallback)]

@@ -11,14 +11,14 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import re
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from autocomp.errors import UserError
+from autocomp.errors import UserError, clip
 from autocomp.resources import data_dir
 
 SCHEMA_VERSION = 1
@@ -104,7 +104,7 @@ class SearchSpace(_Strict):
     """A search space, validated from YAML. Look one up by name with :func:`get_space`."""
 
     schema_version: Literal[1] = 1
-    name: str = Field(min_length=1)
+    name: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # it names files: one safe path component
     input: InputSpec
     num_classes: int = Field(gt=1)
     stem: WidthSpec
@@ -377,24 +377,41 @@ DEFAULT_SPACE = "mnist-mbv2"
 
 
 def get_space(name_or_path: str | Path = DEFAULT_SPACE) -> SearchSpace:
-    """Look a space up by name (search_spaces/<name>.yaml) or load it from a YAML path."""
+    """Look a space up by name (search_spaces/<name>.yaml) or load it from a YAML path. A space file
+    that takes the name of a shipped space must be that space: the name keys its supernet,
+    predictors and tables."""
     p = Path(name_or_path)
     if not (p.suffix in (".yaml", ".yml") or p.exists()):
         p = spaces_dir() / f"{name_or_path}.yaml"
-        if not p.exists():
-            raise UserError("--space", f"unknown search space {str(name_or_path)!r}", f"a YAML path or one of {list_spaces()}")
-    return load_space(p)
+        if not p.exists() or not _SAFE_NAME.fullmatch(str(name_or_path)):
+            raise UserError("--space", f"unknown search space {clip(str(name_or_path), 80)!r}", f"a YAML path or one of {list_spaces()}")
+        return load_space(p)
+    space = load_space(p)
+    shipped = spaces_dir() / f"{space.name}.yaml"
+    if shipped.is_file() and shipped.resolve() != p.resolve():
+        if load_space(shipped).model_dump() != space.model_dump():
+            raise UserError(f"{p.name}: name", f"{space.name!r} is the name of a shipped space with other content",
+                            "a name of its own for a custom space")
+    return space
+
+
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+def safe_name(name: str, field: str) -> str:
+    """``name`` if it can become one path component (letters, digits, '.', '_', '-'; no '..'), else UserError."""
+    if not isinstance(name, str) or not _SAFE_NAME.fullmatch(name):
+        raise UserError(field, f"{clip(repr(name), 80)} cannot name a file", "letters, digits, '.', '_' or '-' (at most 100)")
+    return name
 
 
 def load_space(path: Path) -> SearchSpace:
+    from autocomp.config import read_yaml
+
+    path = Path(path)
     if not path.is_file():
-        raise UserError("--space", f"no such file {str(path)!r}", "a search-space YAML file")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        line = getattr(getattr(e, "problem_mark", None), "line", None)
-        where = f" at line {line + 1}" if line is not None else ""
-        raise UserError(str(path), f"invalid YAML{where}", "a YAML mapping") from None
+        raise UserError("--space", f"no such file {clip(str(path), 200)!r}", "a search-space YAML file")
+    raw = read_yaml(path, str(path), "a search-space YAML mapping")
     if not isinstance(raw, dict):
         raise UserError(str(path), f"top level is {type(raw).__name__}", "a YAML mapping")
     try:
@@ -404,5 +421,5 @@ def load_space(path: Path) -> SearchSpace:
         loc = "".join(f"[{x}]" if isinstance(x, int) else f".{x}" for x in err["loc"]).lstrip(".") or "(top level)"
         msg = err["msg"].removeprefix("Value error, ")
         got = err.get("input")
-        got_s = "" if isinstance(got, dict) or err["type"] == "missing" else f" (got {got!r})"
+        got_s = "" if isinstance(got, dict) or err["type"] == "missing" else f" (got {clip(repr(got), 80)})"
         raise UserError(f"{path.name}: {loc}", msg + got_s) from None

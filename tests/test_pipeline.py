@@ -2,8 +2,11 @@
 
 import csv
 import json
+import os
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import onnxruntime as ort
 import pytest
@@ -136,3 +139,163 @@ def test_cli_unknown_device_and_space(tmp_path):
                            capture_output=True, text=True, timeout=300)
         assert p.returncode == 2 and msg in p.stderr and "Traceback" not in p.stderr
         assert not (tmp_path / "x").exists()
+
+
+# --------------------------------------------------------------------------- a run directory, killed and resumed
+
+
+def _descendants(root: int) -> set[int]:
+    """Every process below ``root`` (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for p in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            ppid = int(open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(p))
+    found, stack = set(), [root]
+    while stack:
+        for c in children.get(stack.pop(), []):
+            found.add(c)
+            stack.append(c)
+    return found
+
+
+def _listening(pids: set[int]) -> list[tuple[int, str]]:
+    """(pid, local address) of the TCP sockets that ``pids`` hold in LISTEN state (what `ss -ltnp` shows)."""
+    import ipaddress
+    import socket
+
+    addrs: dict[str, str] = {}
+    for name, family in (("tcp", socket.AF_INET), ("tcp6", socket.AF_INET6)):
+        try:
+            lines = open(f"/proc/net/{name}").read().splitlines()[1:]
+        except OSError:
+            continue
+        for ln in lines:
+            f = ln.split()
+            if f[3] != "0A":  # LISTEN
+                continue
+            hexip, port = f[1].split(":")
+            raw = bytes.fromhex(hexip)
+            raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))  # /proc stores 32-bit words little-endian
+            addrs[f[9]] = f"{ipaddress.ip_address(raw)}:{int(port, 16)}"
+    out = []
+    for pid in pids:
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                link = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if link.startswith("socket:[") and link[8:-1] in addrs:
+                out.append((pid, addrs[link[8:-1]]))
+    return out
+
+
+def _loopback(addr: str) -> bool:
+    import ipaddress
+
+    ip = ipaddress.ip_address(addr.rsplit(":", 1)[0])
+    return ip.is_loopback or (ip.version == 6 and ip.ipv4_mapped is not None and ip.ipv4_mapped.is_loopback)
+
+
+class _Planted:
+    """What a hostile run directory could hold: a pickle that creates a file when it is loaded."""
+
+    def __init__(self, proof):
+        self.proof = str(proof)
+
+    def __reduce__(self):
+        return (open, (self.proof, "w"))
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "autocomp.cli", *args]
+
+
+TRIALS = 4
+
+
+def test_a_killed_run_is_locked_on_loopback_and_resumes_from_its_results_alone(ray_local, tmp_path, user_cache):
+    """One run, end to end, as a user's machine would see it:
+    - a search started without --address runs its own Ray, and everything of it listens on loopback;
+    - while it runs, a second search (--resume) and a report on the directory are refused (its lock);
+    - SIGKILL of the driver: within seconds nothing of that Ray still listens (no orphaned agents);
+    - a crash mid-write leaves the last row without its line end (made here by cutting the row:
+      one row is one write() of a line), and a hostile tuner.pkl is planted in the directory;
+    - ``--resume RUN_DIR`` alone continues it: every trial exactly once, the torn row set aside in
+      results.csv.torn and its trial re-run, the rows before it untouched, the pickle never loaded."""
+    import pickle
+
+    from autocomp.rundir import read_results
+    from autocomp.search import get_controller
+    from autocomp.space import load_space
+
+    sp, out = tmp_path / "tiny.yaml", tmp_path / "run"
+    sp.write_text((Path(__file__).parent / "fixtures" / "tiny-space.yaml").read_text())
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "AUTOCOMP_CACHE": str(user_cache)}
+    first = subprocess.Popen(_cli("search", "--budget", "5ms", "--trials", str(TRIALS), "--seed", "3", "--out", str(out),
+                                  "--space", str(sp), "--controller", "random", "--train-steps", "20", "--val-size", "100", "--top-k", "0",
+                                  "--no-calibrate", "--concurrency", "1"),
+                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    results = out / "results.csv"
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and first.poll() is None:
+            if results.exists() and len(results.read_bytes().splitlines()) >= 2:  # header + 1 row
+                break
+            time.sleep(0.2)
+        assert first.poll() is None, first.stderr.read().decode()[-2000:]
+        ours = _descendants(first.pid)
+        socks = _listening(ours)
+        assert socks, "the local Ray should be listening"
+        assert [s for s in socks if not _loopback(s[1])] == [], socks  # nothing of ours on a routable address
+
+        # the run directory has one writer: a second search on it and a report are refused, one line each
+        others = [subprocess.Popen(_cli(*args), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                  for args in (("search", "--resume", str(out)), ("report", str(out)))]
+        for p in others:
+            _, err = p.communicate(timeout=180)
+            assert p.returncode == 2 and "in use by another autocomp command" in err, err[-1000:]
+            assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+        assert first.poll() is None  # the first goes on
+        ours |= _descendants(first.pid)
+    finally:
+        first.kill()  # SIGKILL: no clean-up of its own
+        first.wait()
+    t0 = time.time()
+    while _listening(ours) and time.time() - t0 < 30:
+        time.sleep(0.5)
+    assert _listening(ours) == [], "processes of the killed run's Ray still listen"
+
+    lines = results.read_bytes().splitlines(keepends=True)
+    assert 2 <= len(lines) <= TRIALS, "the driver should have been killed mid-search"
+    torn = lines[-1][: len(lines[-1]) // 2]
+    results.write_bytes(b"".join(lines[:-1]) + torn)
+    kept = lines[:-1]
+    proof = tmp_path / "pwned"
+    for name in ("tune/search/tuner.pkl", "tune/search/searcher-state-0.pkl", "tuner.pkl"):
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).write_bytes(pickle.dumps(_Planted(proof)))
+
+    address = ray_local.get_runtime_context().gcs_address  # the session's Ray: no second start-up
+    done = subprocess.run(_cli("search", "--resume", str(out), "--address", address, "--concurrency", "2"), env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert not proof.exists(), "a pickle from the run directory was loaded"
+    after = results.read_bytes().splitlines(keepends=True)
+    assert after[: len(kept)] == kept  # nothing recorded is lost or rewritten
+    assert (out / "results.csv.torn").read_bytes() == torn + b"\n"
+    rows = read_results(results)
+    assert sorted(r["trial"] for r in rows) == list(range(TRIALS))  # each trial exactly once, the torn one re-run
+    ctrl = get_controller("random", load_space(sp), 3)  # the seed's candidates, in order
+    assert [r["id"] for r in sorted(rows, key=lambda r: r["trial"])] == [ctrl.ask().id for _ in range(TRIALS)]
+    assert all(r["status"] == "ok" for r in rows)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["resumed"] and summary["evaluated"] == TRIALS and summary["replayed"] == len(kept) - 1
+    said = " ".join(done.stdout.split())
+    assert "the interrupted run had no latency model: candidates are not filtered" in said and "calibrating" not in said

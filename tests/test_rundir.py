@@ -110,3 +110,79 @@ def test_load_context(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"device": "cpu-ort", "space": "mnist-mbv2"}))
     with pytest.raises(UserError, match="budget_ms"):
         load_context(tmp_path)
+
+
+def test_a_torn_last_row_is_ignored_then_set_aside(tmp_path):
+    """A crash mid-write leaves the last row without its line end: readers skip it, and
+    set_aside_torn moves it to results.csv.torn so the next row starts on a line of its own."""
+    from autocomp.rundir import set_aside_torn, torn_tail
+
+    path = _table(tmp_path / "results.csv", _rows()[:2])
+    whole = path.read_bytes()
+    last = whole.splitlines(keepends=True)[-1]
+    path.write_bytes(whole[: -len(last) // 2])  # the second row cut in the middle of a number
+    torn = path.read_bytes()[len(whole) - len(last):]
+    assert torn_tail(path) == torn and [r["trial"] for r in read_results(path)] == [0]
+    assert set_aside_torn(path) == torn
+    assert path.read_bytes() == whole[: len(whole) - len(last)] and (tmp_path / "results.csv.torn").read_bytes() == torn + b"\n"
+    assert set_aside_torn(path) == b""  # nothing more to set aside
+    _table(path, _rows()[1:2])  # the trial runs again: its row is whole
+    assert [r["trial"] for r in read_results(path, check=True)] == [0, 1]
+
+
+def test_a_row_is_one_line_whatever_its_text(tmp_path):
+    rows = _rows()
+    rows[2]["error"] = "RuntimeError: first\nsecond\r\nthird"
+    path = _table(tmp_path / "results.csv", rows)
+    assert len(path.read_bytes().splitlines()) == 4
+    assert read_results(path)[2]["error"] == "RuntimeError: first second third"
+
+
+def test_one_command_at_a_time_on_a_run_directory(tmp_path):
+    """The lock holds across processes (another process is refused with one line), is re-entrant in
+    one, leaves no file behind, and dies with its holder: a SIGKILLed holder leaves it free."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from autocomp.rundir import LOCK_NAME, run_lock
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom autocomp.rundir import run_lock\n"
+         f"with run_lock({str(tmp_path)!r}):\n    print('held', flush=True)\n    time.sleep(120)\n"],
+        stdout=subprocess.PIPE, text=True, env={**os.environ})
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(UserError, match=rf"RUN: .* is in use by another autocomp command \(pid {holder.pid}\)"):
+            with run_lock(tmp_path):
+                pass
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    with run_lock(tmp_path):  # free again: the kernel let go with the process
+        with run_lock(tmp_path):  # re-entrant: a search writes its report under its own lock
+            assert (tmp_path / LOCK_NAME).read_text() == str(os.getpid())
+        assert (tmp_path / LOCK_NAME).exists()
+    assert not (tmp_path / LOCK_NAME).exists()
+
+
+def test_a_row_that_cannot_be_written_stops_the_search(tmp_path):
+    """results.csv turning unwritable mid-run: the row is not silently lost; the searcher suggests
+    no new trial and the callback holds the failure run_tune reports (one line, exit 2)."""
+    from autocomp.runner import ControllerFactory, ControllerSearcher, ResultsCallback
+
+    space = get_space("mnist-mbv2")
+    path = tmp_path / "results.csv"
+    ResultsTable(path).close()
+    searcher = ControllerSearcher(ControllerFactory("random", space, 0), 4, path)
+    seen = []
+    cb = ResultsCallback(path, seen.append, searcher)
+    rows = _rows()
+    cb._append(rows[0])
+    assert [r["trial"] for r in read_results(path)] == [0] and len(seen) == 1
+    path.unlink()
+    path.mkdir()  # no longer a file this process can append to (even as root)
+    cb._append(rows[1])
+    assert cb.failed and "trial 1 could not be recorded" in cb.failed and len(seen) == 1
+    assert searcher.suggest("t") == "FINISHED"

@@ -1,14 +1,10 @@
 """Controllers (every registered strategy: random, regularized evolution, NSGA-II, APQ), the budget
-as a hard constraint, and the search on Ray Tune: failures recorded, resume after SIGKILL of the driver."""
+as a hard constraint, and the search on Ray Tune: failures recorded, the resume bookkeeping (the
+SIGKILL-and-resume test of a whole run is in test_pipeline.py)."""
 
 from __future__ import annotations
 
-import os
 import random
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -267,64 +263,9 @@ def space_file(tmp_path: Path) -> Path:
     return p
 
 
-def _search_cmd(out: Path, space: Path, address: str, *extra: str) -> list[str]:
-    # --no-calibrate: no predictor covers the tiny space, so nothing filters (as before calibration
-    # existed); calibration and its replay on resume are tested in test_calibrate.py
-    return [sys.executable, "-m", "autocomp.cli", "search", "--budget", "5ms", "--trials", "3", "--seed", "3",
-            "--out", str(out), "--space", str(space), "--controller", "evolution", "--train-steps", "1",
-            "--val-size", "100", "--top-k", "0", "--no-calibrate", "--address", address, *extra]
-
-
-def test_resume_after_sigkill_neither_loses_nor_repeats(ray_local, tmp_path, user_cache):
-    """SIGKILL the driver after a result, run again with --resume: 3 trials, each exactly once, the rows
-    written before the kill untouched, and the candidates those of the seed (random phase of evolution)."""
-    from autocomp.rundir import read_results
-
-    address = ray_local.get_runtime_context().gcs_address
-    sp, out = space_file(tmp_path), tmp_path / "run"
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "AUTOCOMP_CACHE": str(user_cache)}
-    proc = subprocess.Popen(_search_cmd(out, sp, address), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    results = out / "results.csv"
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None:
-        if results.exists() and len(results.read_text().strip().splitlines()) >= 2:  # header + 1 row
-            break
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    before = results.read_text().splitlines()
-    assert 1 <= len(before) - 1 < 3, "the driver should have been killed mid-search"
-
-    # without --resume the run dir is refused, nothing overwritten
-    again = subprocess.run(_search_cmd(out, sp, address), env=env, capture_output=True, text=True)
-    assert again.returncode == 2 and "--resume" in again.stderr
-    assert results.read_text().splitlines() == before
-
-    done = subprocess.run(_search_cmd(out, sp, address, "--resume"), env=env, capture_output=True, text=True, timeout=400)
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    after = results.read_text().splitlines()
-    assert after[: len(before)] == before  # nothing recorded is lost or rewritten
-    rows = read_results(results)
-    assert sorted(r["trial"] for r in rows) == [0, 1, 2]  # each trial exactly once
-    from autocomp.space import load_space
-
-    ctrl = get_controller("evolution", load_space(sp), 3)
-    assert [r["id"] for r in sorted(rows, key=lambda r: r["trial"])] == [ctrl.ask().id for _ in range(3)]
-    assert all(r["status"] == "ok" and r["measure_node"] for r in rows)
-    import json
-
-    summary = json.loads((out / "summary.json").read_text())
-    assert summary["resumed"] and summary["evaluated"] == 3 and summary["replayed"] >= 1
-    assert summary["latency_model"]["how"] == "off" and summary["skipped_infeasible"] == 0 and "skip_audit" not in summary
-    said = " ".join(done.stdout.split())  # the console wraps lines
-    # said; and the replay filters as the interrupted run did (it had no latency model), never calibrating now
-    assert "the interrupted run had no latency model: candidates are not filtered" in said and "calibrating" not in said
-    assert not (out / "latency_model").exists()
-
-
-def test_searcher_rebuilds_from_results_and_tune_held_trials(tmp_path):
-    """Resume bookkeeping without Ray: finished trials are replayed, trials Tune still holds stay
-    pending (no new suggestion for them), lost in-flight trials are suggested again first."""
+def test_searcher_rebuilds_from_results(tmp_path):
+    """Resume bookkeeping without Ray: finished trials are replayed from results.csv alone, lost
+    in-flight trials are suggested again first, then new ones."""
     from autocomp.rundir import ResultsTable
     from autocomp.runner import ControllerFactory, ControllerSearcher
 
@@ -340,18 +281,12 @@ def test_searcher_rebuilds_from_results_and_tune_held_trials(tmp_path):
     assert s.replayed == 2 and [i for i, _ in s.queue] == [1]  # trial 1 was in flight when the driver died
     assert s.suggest("a")["trial"] == 1 and s.suggest("b")["trial"] == 3
 
-    held = ControllerSearcher(ControllerFactory("random", space, 4), 5, tmp_path / "results.csv")
-    path = tmp_path / "state.json"
-    held.trial_ids = {"old-1": 1}
-    held.save(str(path))
-    held.restore(str(path))  # as Tuner.restore does: Tune still holds trial 1 and will run it
-    assert held.queue == [] and held.ctrl.pending == [1]
-    cfg = held.suggest("c")
-    assert cfg["trial"] == 3
+    cfg = s.suggest("c")
+    assert cfg["trial"] == 4
     from autocomp.space import Candidate
 
-    assert Candidate.from_json(cfg["candidate"]).id == ids[3]
-    held.on_trial_complete("old-1", {"status": "ok", "accuracy": 0.4, "latency_ms": 2.0})
-    assert held.ctrl.pending == [3]
+    assert Candidate.from_json(cfg["candidate"]).id == ids[4]
+    s.on_trial_complete("a", {"status": "ok", "accuracy": 0.4, "latency_ms": 2.0})
+    assert s.ctrl.pending == [3, 4]
     with pytest.raises(UserError, match="--resume"):  # resuming with another seed is refused
         ControllerSearcher(ControllerFactory("random", space, 5), 5, tmp_path / "results.csv")

@@ -33,7 +33,7 @@ def train(
     space: str = typer.Option("mnist-mbv2", help="Search space name (search_spaces/) or YAML path."),
     steps: int = typer.Option(2000, help="Optimiser steps (each: largest + smallest + --random subnets)."),
     seed: int = typer.Option(0, help="Seed (init, batch order, sampled subnets)."),
-    out: Optional[Path] = typer.Option(None, help="Checkpoint path (default supernets/<space>.pt)."),
+    out: Optional[Path] = typer.Option(None, help="Checkpoint path (default <user cache>/supernets/<space>.pt; the shipped supernets/ only when --out names it)."),
     data: str = typer.Option("mnist", help="'mnist' or 'imagefolder:PATH'."),
     teacher: Optional[str] = typer.Option(None, help="Distil from a teacher: 'module:factory' or 'torchvision:NAME' (default: in-place distillation from the largest subnet)."),
     teacher_weights: Optional[Path] = typer.Option(None, help="Weights for a torchvision teacher (torch.load(weights_only=True))."),
@@ -64,9 +64,15 @@ def train(
         raise UserError("--time-budget", f"{time_budget} is not positive", "minutes > 0")
     sp = get_space(space)
     ds = load_dataset(data, (sp.input.channels, sp.input.height, sp.input.width))
-    out = out or (Path("supernets") / f"{sp.name}.pt")
+    if out is None:  # never the shipped supernets/ by default: the user's cache
+        from autocomp.resources import cache_dir
+        from autocomp.space import safe_name
+
+        out = cache_dir() / "supernets" / f"{safe_name(sp.name, 'space name')}.pt"
     if out.suffix != ".pt":
         raise UserError("--out", f"{str(out)!r} does not end in .pt", "a .pt checkpoint path")
+    if out.is_dir():
+        raise UserError("--out", f"{str(out)!r} is a directory", "a .pt checkpoint path")
     tmod = None
     if teacher is not None:
         from autocomp.models.teacher import check_teacher, load_teacher

@@ -240,9 +240,14 @@ def sort_channels(net: SuperNet, optimizer: torch.optim.Optimizer | None = None)
 
 
 def default_checkpoint(space_name: str) -> Path | None:
-    """``supernets/<space>.pt`` when it exists (checkout or installed package data), else None."""
-    p = data_dir("supernets") / f"{space_name}.pt"
-    return p if p.is_file() else None
+    """``supernets/<space>.pt`` when it exists (checkout or installed package data), else the one
+    `autocomp supernet train` wrote by default (``<user cache>/supernets/<space>.pt``), else None."""
+    from autocomp.resources import cache_dir
+
+    for p in (data_dir("supernets") / f"{space_name}.pt", cache_dir() / "supernets" / f"{space_name}.pt"):
+        if p.is_file():
+            return p
+    return None
 
 
 def make_checkpoint(space: SearchSpace, state_dict: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict:

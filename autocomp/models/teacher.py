@@ -63,7 +63,10 @@ def _from_factory(spec: str) -> nn.Module:
     fn = getattr(mod, fn_name, None)
     if not callable(fn):
         raise UserError("--teacher", f"module {mod_name!r} has no callable {fn_name!r}", "module:factory naming a function that returns an nn.Module")
-    model = fn()
+    try:
+        model = fn()
+    except Exception as e:  # noqa: BLE001 - the user's factory: whatever it raises is one line
+        raise UserError("--teacher", f"{spec}() raised {type(e).__name__}: {str(e)[:160]}", "module:factory naming a function that returns an nn.Module") from None
     if not isinstance(model, nn.Module):
         raise UserError("--teacher", f"{spec}() returned {type(model).__name__}", "an nn.Module with its weights loaded")
     return model

@@ -49,6 +49,10 @@ def train(
     from autocomp.predictor import predictor_dir
     from autocomp.predictor.model import KINDS, fit
 
+    if kind is not None and kind not in KINDS:
+        from autocomp.errors import UserError
+
+        raise UserError("--kind", f"{kind[:40]!r} is not a model kind", f"one of {', '.join(KINDS)}")
     df, path = _table(device, root, fingerprint)
     kinds = KINDS if kind is None else (kind,)
     pred, report = fit(df, kinds=kinds, max_train=max_train)

@@ -215,8 +215,8 @@ class Predictor:
 
         path = directory / META_NAME
         try:
-            d = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
+            d = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError, RecursionError) as e:  # ValueError: JSON or UTF-8
             raise UserError(str(path), f"unreadable predictor metadata ({type(e).__name__})", "a predictor.json written by `autocomp predictor train`") from None
         if not isinstance(d, dict) or d.get("schema_version") != SCHEMA_VERSION:
             got = d.get("schema_version") if isinstance(d, dict) else None
@@ -228,8 +228,10 @@ class Predictor:
                 space = SearchSpace.model_validate(d["space_def"])
             except Exception as e:
                 raise UserError(str(path), f"unreadable space_def ({type(e).__name__})", "a predictor.json written by this autocomp version") from None
-        else:
+        elif isinstance(d.get("space"), str):
             space = get_space(d["space"])
+        else:
+            raise UserError(str(path), "names no space", "a predictor.json written by `autocomp predictor train` (space or space_def)")
         if d.get("network_features") not in (None, network_feature_names(space)):
             raise UserError(str(path), "feature set differs from this autocomp version", "a predictor retrained with this version")
         booster = None
@@ -239,7 +241,12 @@ class Predictor:
                 booster = lgb.Booster(model_str=mpath.read_text())
             except Exception as e:
                 raise UserError(str(mpath), f"unreadable LightGBM model ({type(e).__name__})", "a LightGBM text model") from None
-        coef = np.asarray(d["coef"], float) if d.get("coef") is not None else None
+        try:
+            coef = np.asarray(d["coef"], float) if d.get("coef") is not None else None
+        except (TypeError, ValueError):
+            raise UserError(str(path), "coef is not a list of numbers", "a predictor.json written by `autocomp predictor train`") from None
+        if coef is not None and (coef.ndim != 1 or not np.isfinite(coef).all()):
+            raise UserError(str(path), "coef is not a list of finite numbers", "a predictor.json written by `autocomp predictor train`")
         return cls(d["kind"], space, d.get("meta", {}), coef, booster, d.get("calibration"))
 
 
