@@ -39,7 +39,7 @@ class SearchConfig(BaseModel):
     device: str = "cpu-ort"
     data: str = "mnist"
     out: Path
-    controller: str = "random"
+    controller: str = "budget"
     address: str | None = None
     concurrency: int | None = None
     weights: str = "auto"  # auto | supernet | scratch | PATH.pt (see evaluate.supernet_path)

@@ -190,6 +190,12 @@ def confirm(onnx: bytes, data: Dataset, batch_size: int = 100) -> tuple[float, f
     return acc, standard_error(acc, len(data.val)), len(data.val)
 
 
+def confirm_candidates(candidates: list[Candidate], space: SearchSpace, data: Dataset, settings: EvalSettings) -> list[Scored]:
+    """``candidates`` scored again on the whole validation split (the winners of a search, chosen on a subset)."""
+    full = settings.model_copy(update={"val_size": len(data.val)})
+    return [score(c, space, data, full) for c in candidates]
+
+
 def measure_onnx(onnx: bytes, device: str, precision: str) -> dict:
     """Latency of an exported model on ``device`` (run this where the device is)."""
     with tempfile.TemporaryDirectory() as tmp:
