@@ -376,3 +376,13 @@ def test_searcher_rebuilds_from_results_and_tune_held_trials(tmp_path):
     assert held.ctrl.pending == [3]
     with pytest.raises(UserError, match="--resume"):  # resuming with another seed is refused
         ControllerSearcher(ControllerFactory("random", space, 5), 5, tmp_path / "results.csv")
+
+
+def test_summary_says_what_share_of_the_budget_the_winner_uses():
+    from autocomp.pipeline import summarise
+
+    rows = [{"trial": i, "id": str(i), "status": "ok", "accuracy": a, "latency_ms": ms, "latency_p90_ms": ms,
+             "predicted_latency_ms": ms, "params": 1, "summary": ""} for i, (a, ms) in enumerate([(0.9, 1.0), (0.95, 1.6), (0.99, 3.0)])]
+    s = summarise(rows, 2.0)
+    assert s["best_under_budget"]["id"] == "1" and s["budget_share"] == pytest.approx(0.8)
+    assert summarise(rows[2:], 2.0)["budget_share"] is None
