@@ -39,7 +39,7 @@ def search(
     space: str = typer.Option("mnist-mbv2", help="Search space name (search_spaces/) or YAML path."),
     device: str = typer.Option("cpu-ort", help="Target device (see `autocomp devices`)."),
     data: str = typer.Option("mnist", help="'mnist' or 'imagefolder:PATH'."),
-    controller: str = typer.Option("random", help=f"Search strategy: {', '.join(list_controllers())} (autocomp.search registry)."),
+    controller: str = typer.Option("budget", help=f"Search strategy: {', '.join(list_controllers())} (autocomp.search registry)."),
     address: Optional[str] = typer.Option(None, help="Ray cluster: 'auto', HOST:PORT or 'ray://host:port' (default: a private local Ray on loopback)."),
     concurrency: Optional[int] = typer.Option(None, min=1, help="Evaluations in flight (default: the cluster's CPUs)."),
     weights: str = typer.Option("auto", help="Candidate weights: auto (the space's supernet if trained, else scratch), supernet, scratch, or a supernet .pt."),
@@ -48,7 +48,7 @@ def search(
     distill_steps: int = typer.Option(0, min=0, help="Distillation steps per exported winner (0: export as searched; see `autocomp distill`)."),
     config: Optional[Path] = typer.Option(None, "--config", help="Take the run's configuration from this YAML or JSON file (the fields of a run's config.json); a flag that contradicts it is refused."),
     resume: Optional[Path] = typer.Option(None, "--resume", metavar="RUN_DIR", help="Continue the interrupted run in RUN_DIR with its stored configuration: finished evaluations are kept, not repeated."),
-    val_size: Optional[int] = typer.Option(None, min=1, help="Validation images that score a candidate (default 5000)."),
+    val_size: Optional[int] = typer.Option(None, min=1, help="Validation images that score a candidate (default 2000; the winners are confirmed on the whole split)."),
     calibrate: int = typer.Option(20, min=1, help="Measurements that calibrate the latency model when the device's fingerprint has no predictor (cached per fingerprint)."),
     no_calibrate: bool = typer.Option(False, "--no-calibrate", help="Never calibrate: without a predictor of this fingerprint, candidates are not filtered by the budget."),
 ) -> None:

@@ -56,7 +56,7 @@ class SearchConfig(BaseModel):
     device: str = "cpu-ort"
     data: str = "mnist"
     out: Path
-    controller: str = "random"
+    controller: str = "budget"
     address: str | None = None
     concurrency: int | None = Field(default=None, ge=1)
     weights: str = "auto"  # auto | supernet | scratch | PATH.pt (see evaluate.supernet_path)

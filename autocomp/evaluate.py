@@ -1,12 +1,23 @@
 """evaluate(candidate) -> Result: the unit of work a Ray trial runs.
 
-weights (inherited from the space's trained supernet, or trained from scratch) -> prune -> low-rank -> quantize (calibrated) -> export ONNX -> accuracy of the
-*exported* model on the validation split, run by ONNX Runtime. The latency of the same ONNX file is
-measured separately (``measure_onnx``) so it can run on the node that holds the device.
+weights (inherited from the space's trained supernet, or trained from scratch) -> prune -> low-rank
+-> BatchNorm recalibration -> quantize (calibrated) -> export ONNX -> accuracy of the *exported*
+model on a validation subset, run by ONNX Runtime. The latency of the same ONNX file is measured
+separately (``measure_onnx``) so it can run on the node that holds the device.
+
+Cost (one core, default space): the BatchNorm statistics are re-estimated **once**, after
+compression (pruning ranks channels by weight magnitude and low-rank reads only weights, so
+statistics estimated before them were overwritten unread), on ``bn_images`` training images in
+small channels-last batches (a batch of 32 runs ~4x faster per image than one of 256: the
+activations stay in cache). The accuracy is measured on ``val_size`` validation images and
+carries its binomial standard error; :func:`confirm` re-scores the winners on the whole split.
+``benchmarks/eval_cost.py`` measures the cost and the ranking against the settings used before
+(:data:`BEFORE`).
 """
 
 from __future__ import annotations
 
+import math
 import tempfile
 import time
 from dataclasses import dataclass
@@ -30,14 +41,25 @@ class EvalSettings(BaseModel):
     """How a trial obtains weights and scores a candidate."""
 
     weights: str = "auto"  # auto (supernet if one exists for the space, else scratch) | supernet | scratch | PATH.pt
-    bn_batches: int = 8  # BatchNorm recalibration batches after inheriting supernet weights
+    bn_images: int = 512  # training images that re-estimate BatchNorm statistics after compression (0: keep them)
+    bn_batch_size: int = 32
+    bn_after_extract: bool = False  # also recalibrate right after extraction (the cost paid before issue 21)
+    channels_last: bool = True  # channels-last tensors for the PyTorch passes (statistics, int8 calibration)
     train_steps: int = 200  # weights from scratch: optimiser steps before compression
     finetune_steps: int = 0  # recovery steps after pruning / low-rank, before quantization
-    batch_size: int = 128
+    batch_size: int = 128  # training batches (from scratch, recovery)
     lr: float = 3e-3
-    val_size: int = 5000  # validation images used to score a candidate
-    calib_batches: int = 4  # int8 activation calibration batches (of the training split)
+    val_size: int = 2000  # validation images used to score a candidate (standard error ~0.3 points at 98%)
+    val_batch_size: int = 100
+    calib_images: int = 256  # int8 activation calibration images (of the training split)
+    calib_batch_size: int = 32
     seed: int = 0
+
+
+# the evaluation settings before issue 21 (two recalibrations of 8 x 256 images, NCHW, 5000 validation
+# images in batches of 500, 4 x 128 calibration images): benchmarks/eval_cost.py compares against them
+BEFORE = dict(bn_images=2048, bn_batch_size=256, bn_after_extract=True, channels_last=False, val_size=5000,
+              val_batch_size=500, calib_images=512, calib_batch_size=128)
 
 
 def train(model: nn.Module, data: Dataset, steps: int, batch_size: int, lr: float, seed: int) -> nn.Module:
@@ -72,6 +94,8 @@ class Scored:
     params: int
     onnx_bytes: int
     wall_s: float
+    accuracy_se: float = 0.0  # binomial standard error of ``accuracy`` on ``val_images`` images
+    val_images: int = 0
 
 
 def supernet_path(space: SearchSpace, weights: str) -> Path | None:
@@ -97,24 +121,39 @@ def base_model(candidate: Candidate, space: SearchSpace, data: Dataset, settings
     if ckpt is not None:
         from autocomp.models.supernet import extract
 
-        return extract(candidate, space, ckpt, data, bn_batches=settings.bn_batches, seed=settings.seed)
+        if not settings.bn_after_extract:  # statistics are re-estimated once, after compression
+            return extract(candidate, space, ckpt)
+        return extract(candidate, space, ckpt, data, bn_batches=max(1, settings.bn_images // settings.bn_batch_size),
+                       bn_batch_size=settings.bn_batch_size, seed=settings.seed)
     model = build(candidate, space, data.num_classes)
     return train(model, data, settings.train_steps, settings.batch_size, settings.lr, settings.seed)
 
 
+def _layout(x: torch.Tensor, settings: EvalSettings) -> torch.Tensor:
+    return x.contiguous(memory_format=torch.channels_last) if settings.channels_last else x
+
+
 def calibration_batches(data: Dataset, settings: EvalSettings) -> list[torch.Tensor]:
-    calib_split = data.train.subset(settings.batch_size * settings.calib_batches, seed=settings.seed)
-    return [x for x, _ in data.batches(calib_split, settings.batch_size)]
+    calib_split = data.train.subset(settings.calib_images, seed=settings.seed)
+    return [_layout(x, settings) for x, _ in data.batches(calib_split, settings.calib_batch_size)]
+
+
+def bn_batches(data: Dataset, settings: EvalSettings) -> list[torch.Tensor]:
+    """The training images that re-estimate BatchNorm statistics (a fixed subset: same seed, same statistics)."""
+    split = data.train.subset(settings.bn_images, seed=settings.seed)
+    return [_layout(x, settings) for x, _ in data.batches(split, settings.bn_batch_size)]
 
 
 def pruned_model(candidate: Candidate, space: SearchSpace, data: Dataset, settings: EvalSettings) -> nn.Module:
     """weights -> prune -> low-rank -> BatchNorm recalibration -> (recovery fine-tune), in fp32."""
-    from autocomp.models.supernet import bn_batches_of, recalibrate_bn
+    from autocomp.models.supernet import recalibrate_bn
 
     model = base_model(candidate, space, data, settings)
     model = lowrank.apply(prune.apply(model, candidate), candidate)
-    if settings.bn_batches > 0:  # removed channels and factorised convs shift the statistics BN expects
-        recalibrate_bn(model, bn_batches_of(data, settings.bn_batches, seed=settings.seed))
+    if settings.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if settings.bn_images > 0:  # inherited, removed and factorised channels shift the statistics BN expects
+        recalibrate_bn(model, bn_batches(data, settings))
     return train(model, data, settings.finetune_steps, settings.batch_size, settings.lr / 3, settings.seed + 1)
 
 
@@ -124,16 +163,37 @@ def compressed_model(candidate: Candidate, space: SearchSpace, data: Dataset, se
     return quantize.apply(model, candidate, calibration_batches(data, settings))
 
 
+def standard_error(accuracy: float, n: int) -> float:
+    """Binomial standard error of an accuracy measured on ``n`` images."""
+    return math.sqrt(max(accuracy * (1.0 - accuracy), 0.0) / n) if n > 0 else float("nan")
+
+
 def score(candidate: Candidate, space: SearchSpace, data: Dataset, settings: EvalSettings) -> Scored:
     t0 = time.perf_counter()
     model = compressed_model(candidate, space, data, settings)
     params = count_params(model)
     with tempfile.TemporaryDirectory() as tmp:
-        path = to_onnx(model, Path(tmp) / "model.onnx", data.input_shape)
+        path = to_onnx(model.to(memory_format=torch.contiguous_format), Path(tmp) / "model.onnx", data.input_shape)
         val = data.val.subset(settings.val_size, seed=settings.seed)
-        acc = ort_accuracy(path, data.batches(val, 500))
+        acc = ort_accuracy(path, data.batches(val, settings.val_batch_size))
         blob = path.read_bytes()
-    return Scored(blob, acc, params, len(blob), time.perf_counter() - t0)
+    return Scored(blob, acc, params, len(blob), time.perf_counter() - t0, standard_error(acc, len(val)), len(val))
+
+
+def confirm(onnx: bytes, data: Dataset, batch_size: int = 100) -> tuple[float, float, int]:
+    """(accuracy, standard error, images) of an exported model on the whole validation split: the
+    winners of a search, scored on a subset, are confirmed with it."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.onnx"
+        path.write_bytes(onnx)
+        acc = ort_accuracy(path, data.batches(data.val, batch_size))
+    return acc, standard_error(acc, len(data.val)), len(data.val)
+
+
+def confirm_candidates(candidates: list[Candidate], space: SearchSpace, data: Dataset, settings: EvalSettings) -> list[Scored]:
+    """``candidates`` scored again on the whole validation split (the winners of a search, chosen on a subset)."""
+    full = settings.model_copy(update={"val_size": len(data.val)})
+    return [score(c, space, data, full) for c in candidates]
 
 
 def measure_onnx(onnx: bytes, device: str, precision: str) -> dict:

@@ -80,7 +80,7 @@ def _latency_model(device: Device, space, model_dir: Path, resume: bool, k: int,
 
 def run_search(cfg: SearchConfig, train_steps: int = 100, console: Console | None = None, *, resume: bool = False,
                val_size: int | None = None, controller_options: dict | None = None, predictor=None,
-               top_k: int = 0, distill_steps: int = 0, calibrate: int = DEFAULT_K) -> dict:
+               top_k: int = 0, distill_steps: int = 0, calibrate: int = DEFAULT_K, confirm: int = 2) -> dict:
     """Run (or with ``resume`` continue) a search; writes config.json, results.csv, summary.json in ``cfg.out``.
 
     A run directory that already holds a run is refused unless ``resume``; a resumed run must use the
@@ -205,10 +205,24 @@ def _run_locked(cfg: SearchConfig, config: dict, device: Device, space, settings
         added = record_measurements(device.name, lm.fingerprint, space, rows)
         if added:
             summary["latency_model"]["recorded"] = added
+    if confirm:
+        summary["confirmed"] = _confirm(rows, cfg.budget_ms, confirm, space, data, settings)
     summary["wall_s"] = round(time.time() - t0, 1)
     write_json(cfg.out / "summary.json", summary)
     print_summary(summary, cfg.budget_ms, console)
     return summary
+
+
+def _confirm(rows: list[dict], budget_ms: float, k: int, space, data, settings: EvalSettings) -> list[dict]:
+    """The ``k`` best under the budget (scored on a validation subset) re-scored on the whole split."""
+    from autocomp.evaluate import confirm_candidates
+    from autocomp.rundir import under_budget
+    from autocomp.space import Candidate
+
+    top = under_budget([r for r in rows if r["status"] == "ok"], budget_ms)[:k]
+    scored = confirm_candidates([Candidate.from_json(r["policy"]) for r in top], space, data, settings)
+    return [{"id": r["id"], "accuracy_subset": r["accuracy"], "accuracy": round(s.accuracy, 5),
+             "accuracy_se": round(s.accuracy_se, 5), "val_images": s.val_images} for r, s in zip(top, scored)]
 
 
 def _check_run_dir(cfg: SearchConfig, config: dict, resume: bool) -> None:
@@ -248,6 +262,8 @@ def summarise(rows: list[dict], budget_ms: float) -> dict:
         "failed": len(rows) - len(ok),
         "pareto_front": [slim(r) for r in pareto_front(ok)],
         "best_under_budget": slim(verdict.best_under_budget),
+        "budget_share": (round(float(verdict.best_under_budget["latency_ms"]) / budget_ms, 4)
+                         if verdict.best_under_budget else None),  # of the budget, what the winner uses
         "best_overall": slim(verdict.best_overall),
         "binding": verdict.binding,
         "over_budget": verdict.n_over_budget,
@@ -268,6 +284,10 @@ def print_summary(summary: dict, budget_ms: float, console: Console) -> None:
     if best:
         console.print(f"[bold green]best under {budget_ms:g} ms:[/] {best['id']} accuracy {best['accuracy']:.4f}, "
                       f"{best['latency_ms']:.3f} ms, {best['params']:,} params — {escape(str(best['summary']))}")
+        console.print(f"the winner uses {summary['budget_share']:.0%} of the {budget_ms:g} ms budget")
+        for c in summary.get("confirmed") or []:
+            console.print(f"confirmed on the whole validation split ({c['val_images']} images): {c['id']} accuracy "
+                          f"{c['accuracy']:.4f} ± {c['accuracy_se']:.4f} (subset {c['accuracy_subset']:.4f})")
     else:
         console.print(f"[bold red]no evaluated candidate fits {budget_ms:g} ms[/]")
     console.print(escape(summary["verdict"]))

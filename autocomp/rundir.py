@@ -45,9 +45,10 @@ RESULT_COLUMNS = [
     "params", "onnx_bytes", "score_s", "summary", "policy", "error",
     "device", "backend", "backend_version", "precision", "batch", "threads", "warmup", "repeats", "host",
     "predicted_latency_ms", "measure_node", "measure_pid", "fingerprint_id", "fingerprint", "latency_state",
+    "accuracy_se",  # binomial standard error of accuracy (validation subset)
 ]
 REQUIRED_COLUMNS = ("trial", "id", "status", "accuracy", "latency_ms", "summary", "policy", "error")
-FLOAT_COLUMNS = ("accuracy", "latency_ms", "latency_p90_ms", "latency_cv", "score_s", "predicted_latency_ms")
+FLOAT_COLUMNS = ("accuracy", "accuracy_se", "latency_ms", "latency_p90_ms", "latency_cv", "score_s", "predicted_latency_ms")
 INT_COLUMNS = ("trial", "params", "onnx_bytes", "batch", "threads", "warmup", "repeats")
 BOOL_COLUMNS = ("latency_flagged",)
 RUN_EXPECTED = "a run directory written by `autocomp search` (config.json, results.csv)"

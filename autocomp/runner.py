@@ -250,7 +250,7 @@ def evaluate_trial(config: dict, space: SearchSpace, data: Dataset, settings: Ev
         out = on_device(get_device(device), _measure, s.onnx, device, cand.precision)
     except Exception as e:  # the measuring worker died
         out = {"ok": False, "error": f"{type(e).__name__}: {str(e).splitlines()[0]}"}
-    row = {"accuracy": s.accuracy, "params": s.params, "onnx_bytes": s.onnx_bytes, "score_s": round(s.wall_s, 3)}
+    row = {"accuracy": s.accuracy, "accuracy_se": round(s.accuracy_se, 5), "params": s.params, "onnx_bytes": s.onnx_bytes, "score_s": round(s.wall_s, 3)}
     if not out["ok"]:
         tune.report({**row, "status": "error", "error": "measurement: " + out["error"][:300],
                      "measure_node": out.get("measure_node"), "measure_pid": out.get("measure_pid")})

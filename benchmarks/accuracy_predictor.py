@@ -8,6 +8,12 @@ predictor on 70% and reports Spearman and Kendall on the other 30%, and the Spea
     python benchmarks/accuracy_predictor.py --n 120 --val-size 2000
     python benchmarks/accuracy_predictor.py --n 150 --val-size 1000 --workers 2     # 2 cores, ~50 min
     python benchmarks/accuracy_predictor.py --pairs benchmarks/results/accuracy_predictor.json  # refit only
+    python benchmarks/accuracy_predictor.py --pairs benchmarks/results/accuracy_predictor.json \
+        --pool benchmarks/results/search_pool.json --save supernets/mnist-mbv2.accuracy   # + the search pool; ship it
+
+Features: the space's encoding plus the per-layer compression summary of
+``autocomp.predictor.accuracy.compression_features``. ``--save`` writes the predictor fitted on all the
+pairs beside the supernet, where the ``budget`` controller finds it.
 
 Prints a table and, as its last line, one JSON object (also saved to benchmarks/results/).
 """
@@ -78,6 +84,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workers", type=int, default=1, help="candidates scored in parallel (processes of one thread)")
     ap.add_argument("--pairs", type=Path, default=None, help="refit on the pairs a previous run saved instead of evaluating")
+    ap.add_argument("--pool", type=Path, default=None, help="also the pairs of search_pool.json (search_quality's reference pool)")
+    ap.add_argument("--save", type=Path, default=None, help="write the predictor fitted on every pair to this folder")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "accuracy_predictor.json")
     a = ap.parse_args()
     space = get_space()
@@ -92,6 +100,14 @@ def main() -> None:
         cands = list({c.id: c for c in (space.sample(rng) for _ in range(a.n))}.values())
         accs = evaluate(cands, a.val_size, a.seed, a.workers)
         eval_wall = round(time.time() - t0, 1)
+    if a.pool is not None and a.pool.exists():
+        have = {c.id for c in cands}
+        for i, r in json.loads(a.pool.read_text())["candidates"].items():
+            if i not in have:
+                cands.append(Candidate.from_json(r["policy"]))
+                accs.append(float(r["accuracy"]))
+        order = np.random.default_rng(a.seed).permutation(len(cands))  # the held-out split mixes both sources
+        cands, accs = [cands[i] for i in order], [accs[i] for i in order]
     n_train = int(0.7 * len(cands))
     model = AccuracyPredictor(space).fit(cands[:n_train], accs[:n_train], seed=a.seed)
     pred = model.predict(cands[n_train:])
@@ -107,6 +123,11 @@ def main() -> None:
     }
     print(f"held-out: n={res['n_test']} spearman {res['spearman']:.3f} kendall {res['kendall']:.3f} MAE {res['mae_points']:.2f} points; "
           f"5-fold CV (x4) spearman {cv_mean:.3f} +- {cv_std:.3f} over {len(cands)} pairs")
+    if a.save is not None:
+        AccuracyPredictor(space).fit(cands, accs, seed=a.seed).save(a.save, {
+            "trained_on": f"{len(cands)} supernet-inherited accuracies of compressed candidates (benchmarks/accuracy_predictor.py)",
+            "cv5x4_spearman": round(cv_mean, 3)})
+        print(f"saved the predictor to {a.save}")
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(res, indent=2))
     print(json.dumps({k: v for k, v in res.items() if k != "pairs"}))

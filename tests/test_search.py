@@ -19,7 +19,8 @@ from autocomp.space import SearchSpace, get_space
 TINY_SPACE = (Path(__file__).parent / "fixtures" / "tiny-space.yaml").read_text()
 CONTROLLERS = list_controllers()  # the contract tests run on every registered strategy
 # small populations so that a few dozen trials cover several generations (others: their defaults)
-SMALL = {"evolution": {"population": 6, "generation": 3}, "nsga2": {"population": 4}, "apq": {"min_train": 4}}
+SMALL = {"evolution": {"population": 6, "generation": 3}, "nsga2": {"population": 4}, "apq": {"min_train": 4},
+         "budget": {"generation": 3, "population": 256, "pool": 128, "min_train": 4, "max_ranked": 64}}
 
 
 @pytest.fixture(scope="module")
@@ -173,7 +174,27 @@ def test_infeasible_candidates_are_never_asked(name, space):
         assert float(pred.predict([c])[0]) <= budget
         assert ctrl.predicted[c.id] == pytest.approx(float(pred.predict([c])[0]))
         ctrl.tell(c, synthetic_eval(space, c, t), trial=t)
-    assert ctrl.skipped > 0
+    assert ctrl.skipped > 0 or name == "budget"  # the budget search proposes inside the band only
+
+
+def test_budget_search_concentrates_near_the_budget(space):
+    """The default controller's proposals sit in the band under the budget (predicted 70-100 % of it),
+    where uniform samples rarely are; it proposes the largest feasible candidates, not the smallest."""
+    pred = EncodingLatency(space)
+    lat = pred.predict([space.sample(random.Random(i)) for i in range(400)])
+    budget = float(np.percentile(lat, 60))
+    shares = {}
+    for name in ("budget", "random"):
+        ctrl = get_controller(name, space, 0, budget_ms=budget, predictor=pred, **SMALL.get(name, {}))
+        got = []
+        for t in range(12):
+            c = ctrl.ask()
+            got.append(float(pred.predict([c])[0]) / budget)
+            ctrl.tell(c, synthetic_eval(space, c, t), trial=t)
+        shares[name] = got
+    assert all(0.7 <= s <= 1.0 for s in shares["budget"])
+    assert np.mean(shares["budget"]) > np.mean(shares["random"]) and min(shares["random"]) < 0.7
+    assert get_controller("budget", space, 0).prior is not None  # the space ships an accuracy predictor
 
 
 def test_impossible_budget_is_a_user_error(space):
@@ -290,3 +311,13 @@ def test_searcher_rebuilds_from_results(tmp_path):
     assert s.ctrl.pending == [3, 4]
     with pytest.raises(UserError, match="--resume"):  # resuming with another seed is refused
         ControllerSearcher(ControllerFactory("random", space, 5), 5, tmp_path / "results.csv")
+
+
+def test_summary_says_what_share_of_the_budget_the_winner_uses():
+    from autocomp.pipeline import summarise
+
+    rows = [{"trial": i, "id": str(i), "status": "ok", "accuracy": a, "latency_ms": ms, "latency_p90_ms": ms,
+             "predicted_latency_ms": ms, "params": 1, "summary": ""} for i, (a, ms) in enumerate([(0.9, 1.0), (0.95, 1.6), (0.99, 3.0)])]
+    s = summarise(rows, 2.0)
+    assert s["best_under_budget"]["id"] == "1" and s["budget_share"] == pytest.approx(0.8)
+    assert summarise(rows[2:], 2.0)["budget_share"] is None

@@ -6,6 +6,6 @@ module with one ``@register("name")`` class (import it before ``get_controller``
 """
 
 from autocomp.search.base import CONTROLLERS, Controller, check_controller, controller_options, get_controller, list_controllers, register
-from autocomp.search import apq, evolution, nsga2, random  # noqa: F401  (built-in strategies register themselves)
+from autocomp.search import apq, budget, evolution, nsga2, random  # noqa: F401  (built-in strategies register themselves)
 
 __all__ = ["CONTROLLERS", "Controller", "check_controller", "controller_options", "get_controller", "list_controllers", "register"]
