@@ -16,13 +16,15 @@ import torch
 from pydantic import BaseModel
 from torch import nn
 
-from autocomp.compress import lowrank, prune, quantize
+from autocomp.compress import compress
 from autocomp.data import Dataset
-from autocomp.errors import UserError
 from autocomp.export import to_onnx
+from autocomp.families import get_family
+from autocomp.families.mbv2 import supernet_path  # noqa: F401  (where it used to live)
 from autocomp.measure import get_device
 from autocomp.measure.onnxruntime import accuracy as ort_accuracy
-from autocomp.models.mbv2 import build, count_params
+from autocomp.models.mbv2 import count_params
+from autocomp.models.train import train  # noqa: F401  (where it used to live)
 from autocomp.space import Candidate, SearchSpace
 
 
@@ -40,29 +42,6 @@ class EvalSettings(BaseModel):
     seed: int = 0
 
 
-def train(model: nn.Module, data: Dataset, steps: int, batch_size: int, lr: float, seed: int) -> nn.Module:
-    """Plain supervised training (Adam, cosine schedule) for ``steps`` steps on the training split."""
-    if steps <= 0:
-        return model
-    torch.manual_seed(seed)
-    model.train()
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.15)
-    step, epoch = 0, 0
-    while step < steps:
-        for x, y in data.batches(data.train, batch_size, shuffle=True, seed=seed + epoch):
-            loss = nn.functional.cross_entropy(model(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            step += 1
-            if step >= steps:
-                break
-        epoch += 1
-    return model.eval()
-
-
 @dataclass
 class Scored:
     """What scoring a candidate yields: the exported ONNX (bytes) and its figures."""
@@ -74,32 +53,10 @@ class Scored:
     wall_s: float
 
 
-def supernet_path(space: SearchSpace, weights: str) -> Path | None:
-    """The supernet checkpoint the settings ask for, or None for training from scratch."""
-    from autocomp.models.supernet import default_checkpoint
-
-    if weights == "scratch":
-        return None
-    if weights in ("auto", "supernet"):
-        ckpt = default_checkpoint(space.name)
-        if ckpt is None and weights == "supernet":
-            raise UserError("--weights", f"no supernet checkpoint for space {space.name!r}", "supernets/<space>.pt (autocomp supernet train) or --weights scratch")
-        return ckpt
-    p = Path(weights)
-    if not p.is_file():
-        raise UserError("--weights", f"no such checkpoint {weights!r}", "auto, supernet, scratch or a supernet .pt path")
-    return p
-
-
 def base_model(candidate: Candidate, space: SearchSpace, data: Dataset, settings: EvalSettings) -> nn.Module:
-    """The uncompressed network of ``candidate`` with trained weights (inherited or from scratch)."""
-    ckpt = supernet_path(space, settings.weights)
-    if ckpt is not None:
-        from autocomp.models.supernet import extract
-
-        return extract(candidate, space, ckpt, data, bn_batches=settings.bn_batches, seed=settings.seed)
-    model = build(candidate, space, data.num_classes)
-    return train(model, data, settings.train_steps, settings.batch_size, settings.lr, settings.seed)
+    """The uncompressed network of ``candidate`` with trained weights, from its family (supernet
+    extraction, training from scratch, or the user's own weights)."""
+    return get_family(space).weights(candidate, space, data, settings)
 
 
 def calibration_batches(data: Dataset, settings: EvalSettings) -> list[torch.Tensor]:
@@ -107,21 +64,26 @@ def calibration_batches(data: Dataset, settings: EvalSettings) -> list[torch.Ten
     return [x for x, _ in data.batches(calib_split, settings.batch_size)]
 
 
+def _chain(candidate: Candidate, space: SearchSpace, data: Dataset, settings: EvalSettings, precision: str) -> nn.Module:
+    """weights -> the compress chain (prune -> low-rank -> BN recalibration -> recovery -> quantize)."""
+    from autocomp.models.supernet import bn_batches_of
+
+    fam = get_family(space)
+    model = fam.weights(candidate, space, data, settings)
+    bn = bn_batches_of(data, settings.bn_batches, seed=settings.seed) if settings.bn_batches > 0 else None
+    recover = lambda m: fam.recover(m, space, data, settings)  # noqa: E731
+    calib = calibration_batches(data, settings) if precision != "none" else None
+    return compress(model, candidate, fam, space, calib, bn_batches=bn, recover=recover, precision=precision)
+
+
 def pruned_model(candidate: Candidate, space: SearchSpace, data: Dataset, settings: EvalSettings) -> nn.Module:
     """weights -> prune -> low-rank -> BatchNorm recalibration -> (recovery fine-tune), in fp32."""
-    from autocomp.models.supernet import bn_batches_of, recalibrate_bn
-
-    model = base_model(candidate, space, data, settings)
-    model = lowrank.apply(prune.apply(model, candidate), candidate)
-    if settings.bn_batches > 0:  # removed channels and factorised convs shift the statistics BN expects
-        recalibrate_bn(model, bn_batches_of(data, settings.bn_batches, seed=settings.seed))
-    return train(model, data, settings.finetune_steps, settings.batch_size, settings.lr / 3, settings.seed + 1)
+    return _chain(candidate, space, data, settings, "none")
 
 
 def compressed_model(candidate: Candidate, space: SearchSpace, data: Dataset, settings: EvalSettings) -> nn.Module:
     """weights -> prune -> low-rank -> BN recalibration -> quantize: the model that is exported."""
-    model = pruned_model(candidate, space, data, settings)
-    return quantize.apply(model, candidate, calibration_batches(data, settings))
+    return _chain(candidate, space, data, settings, "all")
 
 
 def score(candidate: Candidate, space: SearchSpace, data: Dataset, settings: EvalSettings) -> Scored:

@@ -65,6 +65,9 @@ class StageSpec(_Strict):
     width: list[int]
     kernel: list[int]
     expand: list[int]
+    # whether a block of this stage has channels that pruning may remove (its keep gene is live);
+    # None: the mbv2 rule, a block with expand != 1 (its hidden channels)
+    prunable: bool | None = None
 
     @field_validator("depth", "width", "expand")
     @classmethod
@@ -100,11 +103,20 @@ class CompressionSpec(_Strict):
         return [p for p in PRECISIONS if p in v]
 
 
+class NetworkSpec(_Strict):
+    """The user's network of a ``family: network`` space (see autocomp.families.network)."""
+
+    model: str = Field(min_length=1)  # torchvision:NAME or package.module:factory
+    weights: str | None = None  # a state_dict (torch.load(weights_only=True)); relative paths: to the YAML's folder
+
+
 class SearchSpace(_Strict):
     """A search space, validated from YAML. Look one up by name with :func:`get_space`."""
 
     schema_version: Literal[1] = 1
     name: str = Field(min_length=1)
+    family: str = Field(default="mbv2", min_length=1)  # the model family (autocomp.families registry)
+    network: NetworkSpec | None = None  # family network: the user's model and weights
     input: InputSpec
     num_classes: int = Field(gt=1)
     stem: WidthSpec
@@ -141,7 +153,7 @@ class SearchSpace(_Strict):
         return Block(
             kernel=rng.choice(st.kernel),
             expand=expand,
-            keep=1.0 if expand == 1 else rng.choice(c.keep_ratio),
+            keep=rng.choice(c.keep_ratio) if _prunable(st, expand) else 1.0,
             rank=rng.choice(c.rank_ratio),
             precision=rng.choice(c.precision),
         )
@@ -181,7 +193,7 @@ class SearchSpace(_Strict):
                 blocks.append(Block(
                     kernel=maybe(b.kernel, st.kernel),
                     expand=expand,
-                    keep=1.0 if expand == 1 else maybe(b.keep if b.keep in c.keep_ratio else c.keep_ratio[-1], c.keep_ratio),
+                    keep=maybe(b.keep if b.keep in c.keep_ratio else c.keep_ratio[-1], c.keep_ratio) if _prunable(st, expand) else 1.0,
                     rank=maybe(b.rank, c.rank_ratio),
                     precision=maybe(b.precision, c.precision),
                 ))
@@ -237,8 +249,8 @@ class SearchSpace(_Strict):
                 f = f"stages[{i}].blocks[{j}]"
                 need(b.kernel in st.kernel, f + ".kernel", b.kernel, st.kernel)
                 need(b.expand in st.expand, f + ".expand", b.expand, st.expand)
-                keep_ok = b.keep == 1.0 if b.expand == 1 else b.keep in c.keep_ratio
-                need(keep_ok, f + ".keep", b.keep, [1.0] if b.expand == 1 else c.keep_ratio)
+                live = _prunable(st, b.expand)
+                need(b.keep in c.keep_ratio if live else b.keep == 1.0, f + ".keep", b.keep, c.keep_ratio if live else [1.0])
                 need(b.rank in c.rank_ratio, f + ".rank", b.rank, c.rank_ratio)
                 need(b.precision in c.precision, f + ".precision", b.precision, c.precision)
 
@@ -268,6 +280,11 @@ class SearchSpace(_Strict):
         if not keep:
             raise UserError("precision", f"space {self.name!r} allows {self.compression.precision} but the device supports none of them", f"one of {allowed}")
         return self.model_copy(update={"compression": self.compression.model_copy(update={"precision": keep})})
+
+
+def _prunable(st: StageSpec, expand: int) -> bool:
+    """Whether a block's keep gene is live: the stage says so, else (mbv2) when it expands."""
+    return st.prunable if st.prunable is not None else expand != 1
 
 
 # --------------------------------------------------------------------------- candidate
