@@ -40,6 +40,8 @@ def search(
     val_size: Optional[int] = typer.Option(None, min=1, help="Validation images that score a candidate (default 5000)."),
     calibrate: int = typer.Option(20, min=1, help="Measurements that calibrate the latency model when the device's fingerprint has no predictor (cached per fingerprint)."),
     no_calibrate: bool = typer.Option(False, "--no-calibrate", help="Never calibrate: without a predictor of this fingerprint, candidates are not filtered by the budget."),
+    model: Optional[str] = typer.Option(None, help="Your own network instead of --space: 'torchvision:NAME' (with --weights w.pt) or 'package.module:factory'."),
+    input: Optional[str] = typer.Option(None, "--input", help="Input size CxHxW of --model (default 3x224x224)."),
 ) -> None:
     """Search the space for the most accurate candidates under the latency budget."""
     from autocomp.config import SearchConfig, default_run_dir, parse_budget
@@ -48,6 +50,7 @@ def search(
     cfg = SearchConfig(
         budget_ms=parse_budget(budget), trials=trials, seed=seed, space=space, device=device, data=data,
         out=out or default_run_dir(), controller=controller, address=address, concurrency=concurrency, weights=weights,
+        model=model, input=input,
     )
     if resume and out is None:
         raise UserError("--resume", "needs the run directory to continue", "--out DIR of the interrupted run")
@@ -142,6 +145,7 @@ def _mount_subcommands() -> None:
     from autocomp.measure.cli import app as measure_app
     from autocomp.predictor.cli import app as predictor_app
     from autocomp.compress.cli import app as sensitivity_app
+    from autocomp.families.cli import app as space_app
     from autocomp.models.cli import app as supernet_app
     from autocomp.report.cli import app as report_app
 
@@ -150,6 +154,7 @@ def _mount_subcommands() -> None:
     app.add_typer(report_app, name="report", help="Write the Pareto report of a run (HTML, summary.md).")
     app.add_typer(supernet_app, name="supernet", help="Train the weight-sharing supernet of a search space.")
     app.add_typer(sensitivity_app, name="sensitivity", help="Per-layer accuracy drop against channel keep ratio.")
+    app.add_typer(space_app, name="space", help="Derive the search space of your own network (--model) as YAML.")
 
 
 _mount_subcommands()

@@ -124,6 +124,21 @@ class SearchSpace(_Strict):
     head: WidthSpec
     compression: CompressionSpec = CompressionSpec()
 
+    @field_validator("family")
+    @classmethod
+    def _known_family(cls, v: str) -> str:
+        from autocomp.families import list_families
+
+        if v not in list_families():
+            raise ValueError(f"unknown model family {v!r}; expected one of {list_families()}")
+        return v
+
+    @model_validator(mode="after")
+    def _family_network(self) -> "SearchSpace":
+        if (self.family == "network") != (self.network is not None):
+            raise ValueError("family network needs a 'network: {model: ..., weights: ...}' mapping (and only it does)")
+        return self
+
     @model_validator(mode="after")
     def _fits_input(self) -> "SearchSpace":
         down = 2 ** sum(1 for s in self.stages if s.stride == 2)
@@ -415,7 +430,7 @@ def load_space(path: Path) -> SearchSpace:
     if not isinstance(raw, dict):
         raise UserError(str(path), f"top level is {type(raw).__name__}", "a YAML mapping")
     try:
-        return SearchSpace.model_validate(raw)
+        space = SearchSpace.model_validate(raw)
     except ValidationError as e:
         err = e.errors()[0]
         loc = "".join(f"[{x}]" if isinstance(x, int) else f".{x}" for x in err["loc"]).lstrip(".") or "(top level)"
@@ -423,3 +438,7 @@ def load_space(path: Path) -> SearchSpace:
         got = err.get("input")
         got_s = "" if isinstance(got, dict) or err["type"] == "missing" else f" (got {got!r})"
         raise UserError(f"{path.name}: {loc}", msg + got_s) from None
+    net = space.network
+    if net is not None and net.weights and not Path(net.weights).is_absolute():  # relative to the YAML's folder
+        space = space.model_copy(update={"network": net.model_copy(update={"weights": str((path.parent / net.weights).resolve())})})
+    return space

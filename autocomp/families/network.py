@@ -579,3 +579,15 @@ class Network(Family):
                 for _ in range(b.adds):
                     out.append(Layer("add", "pw", r.cout, r.cout, 1, 1, 1, hw, hw, r.precision, r.level, r.group, residual=True))
         return out
+
+
+def space_for(space: str, model: str | None = None, weights: str | None = None, input_shape: str | None = None) -> SearchSpace:
+    """The space of a run: the user's network's (``model`` given: derived, see :func:`derive_space`)
+    or the named / YAML space. ``weights`` other than a path (auto, supernet, scratch) mean none."""
+    from autocomp.space import get_space
+
+    if not model:
+        return get_space(space)
+    if weights in ("auto", "supernet", "scratch"):
+        weights = None
+    return derive_space(model, weights, parse_input(input_shape or "3x224x224"))
