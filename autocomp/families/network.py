@@ -271,7 +271,8 @@ def _structure(spec: str, weights: str | None, input_shape: tuple[int, int, int]
     # the dependency graph: channel groups that lie wholly inside one block
     try:
         ignored = [m for m in model.modules() if isinstance(m, nn.Linear)][-1:]
-        dg = tp.DependencyGraph().build_dependency(model, example_inputs=x)
+        with torch.enable_grad():  # traced through autograd
+            dg = tp.DependencyGraph().build_dependency(model, example_inputs=x)
         raw_groups = list(dg.get_all_groups(ignored_layers=ignored, root_module_types=[nn.Conv2d, nn.Linear]))
     except Exception as e:  # noqa: BLE001
         raise UserError("--model", f"{spec} cannot be traced by Torch-Pruning's dependency graph ({type(e).__name__}: {str(e)[:120]})",
@@ -487,7 +488,8 @@ class Network(Family):
             accumulate_gradients(model, batches)
         names = {id(m): n for n, m in model.named_modules()}
         ignored = [m for m in model.modules() if isinstance(m, nn.Linear)][-1:]
-        dg = tp.DependencyGraph().build_dependency(model, example_inputs=torch.zeros(1, *st.input))
+        with torch.enable_grad():  # the graph is traced through autograd (callers may run under no_grad)
+            dg = tp.DependencyGraph().build_dependency(model, example_inputs=torch.zeros(1, *st.input))
         roots = []
         for g in dg.get_all_groups(ignored_layers=ignored, root_module_types=[nn.Conv2d, nn.Linear]):
             named = [names.get(id(d.target.module)) for d, _ in g]
@@ -503,7 +505,8 @@ class Network(Family):
             group = dg.get_pruning_group(module, handler, list(range(size)))
             scores = scorer(group)
             drop = torch.argsort(scores)[: size - n_keep].tolist()
-            dg.get_pruning_group(module, handler, sorted(drop)).prune()
+            with torch.no_grad():
+                dg.get_pruning_group(module, handler, sorted(drop)).prune()
         model.zero_grad(set_to_none=True)
         return model
 
