@@ -25,6 +25,7 @@ _RUN_OPTIONS = {
     "budget": ("budget_ms", None), "trials": ("trials", None), "seed": ("seed", None), "out": ("out", None),
     "space": ("space", None), "device": ("device", None), "data": ("data", None), "controller": ("controller", None),
     "address": ("address", None), "concurrency": ("concurrency", None), "weights": ("weights", None),
+    "model": ("model", None), "input": ("input", None),
     "train_steps": ("train_steps", "eval"), "val_size": ("val_size", "eval"),
 }
 
@@ -51,6 +52,8 @@ def search(
     val_size: Optional[int] = typer.Option(None, min=1, help="Validation images that score a candidate (default 2000; the winners are confirmed on the whole split)."),
     calibrate: int = typer.Option(20, min=1, help="Measurements that calibrate the latency model when the device's fingerprint has no predictor (cached per fingerprint)."),
     no_calibrate: bool = typer.Option(False, "--no-calibrate", help="Never calibrate: without a predictor of this fingerprint, candidates are not filtered by the budget."),
+    model: Optional[str] = typer.Option(None, help="Your own network instead of --space: 'torchvision:NAME' (with --weights w.pt) or 'package.module:factory'."),
+    input: Optional[str] = typer.Option(None, "--input", help="Input size CxHxW of --model (default 3x224x224)."),
 ) -> None:
     """Search the space for the most accurate candidates under the latency budget."""
     from autocomp.config import default_run_dir, parse_budget, read_run_file, search_config
@@ -59,7 +62,7 @@ def search(
     given = {name for name in _RUN_OPTIONS if _given(ctx, name)}
     flags = {"budget": budget, "trials": trials, "seed": seed, "out": out, "space": space, "device": device, "data": data,
              "controller": controller, "address": address, "concurrency": concurrency, "weights": weights,
-             "train_steps": train_steps, "val_size": val_size}
+             "model": model, "input": input, "train_steps": train_steps, "val_size": val_size}
     if config is not None and resume is not None:
         raise UserError("--config", "given with --resume", "one of them: --resume RUN_DIR continues with the run's stored configuration")
     stored, source = {}, None
@@ -213,6 +216,7 @@ def _mount_subcommands() -> None:
     from autocomp.measure.cli import app as measure_app
     from autocomp.predictor.cli import app as predictor_app
     from autocomp.compress.cli import app as sensitivity_app
+    from autocomp.families.cli import app as space_app
     from autocomp.models.cli import app as supernet_app
     from autocomp.report.cli import app as report_app
 
@@ -221,6 +225,7 @@ def _mount_subcommands() -> None:
     app.add_typer(report_app, name="report", help="Write the Pareto report of a run (HTML, summary.md).")
     app.add_typer(supernet_app, name="supernet", help="Train the weight-sharing supernet of a search space.")
     app.add_typer(sensitivity_app, name="sensitivity", help="Per-layer accuracy drop against channel keep ratio.")
+    app.add_typer(space_app, name="space", help="Derive the search space of your own network (--model) as YAML.")
 
 
 _mount_subcommands()

@@ -59,7 +59,9 @@ class SearchConfig(BaseModel):
     controller: str = "budget"
     address: str | None = None
     concurrency: int | None = Field(default=None, ge=1)
-    weights: str = "auto"  # auto | supernet | scratch | PATH.pt (see evaluate.supernet_path)
+    weights: str = "auto"  # auto | supernet | scratch | PATH.pt (see families.mbv2.supernet_path); with model: its state_dict
+    model: str | None = None  # the user's network (family network): torchvision:NAME or module:factory
+    input: str | None = None  # its input size CxHxW
 
 
 def default_run_dir() -> Path:

@@ -20,16 +20,17 @@ from pathlib import Path
 from rich.console import Console
 from torch import nn
 
-from autocomp.compress import quantize
+from autocomp.compress import apply_fp16 as compress_fp16
 from autocomp.data import Dataset
 from autocomp.distill import KDConfig, distill
 from autocomp.errors import UserError
-from autocomp.evaluate import EvalSettings, calibration_batches, pruned_model
+from autocomp.evaluate import EvalSettings, _chain
 from autocomp.export import OPSET, check_onnx, compare_outputs, to_onnx, trtexec_script
 from autocomp.measure import Device
 from autocomp.measure.onnxruntime import accuracy as ort_accuracy
+from autocomp.families import get_family
 from autocomp.measure.trtexec import onnx_policy
-from autocomp.models.mbv2 import count_macs, count_params
+from autocomp.models.mbv2 import count_params
 from autocomp.rundir import load_context, positive_ms, under_budget
 from autocomp.space import Candidate, SearchSpace
 
@@ -43,11 +44,9 @@ def _without_fp16(c: Candidate) -> Candidate:
     return replace(c, stem_precision=f(c.stem_precision), head_precision=f(c.head_precision), stages=stages)
 
 
-def apply_fp16(model: nn.Module, candidate: Candidate) -> nn.Module:
-    for parent, attr, prec in quantize._groups(model, candidate):
-        if prec == "fp16":
-            setattr(parent, attr, quantize.Half(getattr(parent, attr)))
-    return model
+def apply_fp16(model: nn.Module, candidate: Candidate, space: SearchSpace | None = None) -> nn.Module:
+    """The fp16 casts of the candidate's fp16 layer groups (of its family)."""
+    return compress_fp16(model, candidate, None, space)
 
 
 def onnx_accuracy(model: nn.Module, data: Dataset, splits: tuple[str, ...] = ("val", "test")) -> dict[str, float]:
@@ -57,14 +56,14 @@ def onnx_accuracy(model: nn.Module, data: Dataset, splits: tuple[str, ...] = ("v
         return {s: ort_accuracy(path, data.batches(getattr(data, s), 500)) for s in splits}
 
 
-def onnx_precision_report(path: Path, candidate: Candidate) -> tuple[dict[str, int], list[str]]:
+def onnx_precision_report(path: Path, candidate: Candidate, space: SearchSpace | None = None) -> tuple[dict[str, int], list[str]]:
     """Conv/Gemm node counts by effective precision, and mismatches with the candidate's policy."""
     from autocomp.compress.inspect import check_placement, layer_precisions
 
     counts: dict[str, int] = {}
     for lp in layer_precisions(path):
         counts[lp.precision] = counts.get(lp.precision, 0) + 1
-    return counts, check_placement(path, candidate)
+    return counts, check_placement(path, candidate, None, space)
 
 
 def export_winner(
@@ -76,19 +75,19 @@ def export_winner(
     console = console or Console()
     space.validate_candidate(candidate)
     out_dir.mkdir(parents=True, exist_ok=True)
-    model = pruned_model(candidate, space, data, settings)
-    macs = count_macs(model, data.input_shape)
-    model = quantize.apply(model, _without_fp16(candidate), calibration_batches(data, settings))
-    before = onnx_accuracy(apply_fp16(_clone(model), candidate), data)
+    # weights -> prune -> low-rank -> BN recalibration -> recovery -> int8 (fp16 casts after distillation)
+    model = _chain(candidate, space, data, settings, "no-fp16")
+    macs = int(sum(layer.macs for layer in get_family(space).layer_table(candidate, space)))
+    before = onnx_accuracy(apply_fp16(_clone(model), candidate, space), data)
     kd_summary = None
     if teacher is not None and kd is not None and kd.steps > 0:
         console.print(f"  distilling {candidate.id} ({'+'.join(kd.kinds)}, {kd.steps} steps; int8 layers trained through fake-quant)")
         kd_summary = distill(model, teacher, data, kd)
-    model = apply_fp16(model, candidate)
+    model = apply_fp16(model, candidate, space)
 
     onnx_path = to_onnx(model, out_dir / "model.onnx", data.input_shape)
     opset = check_onnx(onnx_path)
-    layer_counts, placement_problems = onnx_precision_report(onnx_path, candidate)
+    layer_counts, placement_problems = onnx_precision_report(onnx_path, candidate, space)
     after = {s: ort_accuracy(onnx_path, data.batches(getattr(data, s), 500)) for s in ("val", "test")}
     x, _ = next(data.batches(data.test, 256))
     diff, agreement = compare_outputs(model, onnx_path, x)

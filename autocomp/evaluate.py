@@ -27,13 +27,15 @@ import torch
 from pydantic import BaseModel
 from torch import nn
 
-from autocomp.compress import lowrank, prune, quantize
+from autocomp.compress import compress
 from autocomp.data import Dataset
-from autocomp.errors import UserError
 from autocomp.export import to_onnx
+from autocomp.families import get_family
+from autocomp.families.mbv2 import supernet_path  # noqa: F401  (where it used to live)
 from autocomp.measure import get_device
 from autocomp.measure.onnxruntime import accuracy as ort_accuracy
-from autocomp.models.mbv2 import build, count_params
+from autocomp.models.mbv2 import count_params
+from autocomp.models.train import train  # noqa: F401  (where it used to live)
 from autocomp.space import Candidate, SearchSpace
 
 
@@ -62,29 +64,6 @@ BEFORE = dict(bn_images=2048, bn_batch_size=256, bn_after_extract=True, channels
               val_batch_size=500, calib_images=512, calib_batch_size=128)
 
 
-def train(model: nn.Module, data: Dataset, steps: int, batch_size: int, lr: float, seed: int) -> nn.Module:
-    """Plain supervised training (Adam, cosine schedule) for ``steps`` steps on the training split."""
-    if steps <= 0:
-        return model
-    torch.manual_seed(seed)
-    model.train()
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.15)
-    step, epoch = 0, 0
-    while step < steps:
-        for x, y in data.batches(data.train, batch_size, shuffle=True, seed=seed + epoch):
-            loss = nn.functional.cross_entropy(model(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            step += 1
-            if step >= steps:
-                break
-        epoch += 1
-    return model.eval()
-
-
 @dataclass
 class Scored:
     """What scoring a candidate yields: the exported ONNX (bytes) and its figures."""
@@ -98,35 +77,10 @@ class Scored:
     val_images: int = 0
 
 
-def supernet_path(space: SearchSpace, weights: str) -> Path | None:
-    """The supernet checkpoint the settings ask for, or None for training from scratch."""
-    from autocomp.models.supernet import default_checkpoint
-
-    if weights == "scratch":
-        return None
-    if weights in ("auto", "supernet"):
-        ckpt = default_checkpoint(space.name)
-        if ckpt is None and weights == "supernet":
-            raise UserError("--weights", f"no supernet checkpoint for space {space.name!r}", "supernets/<space>.pt (autocomp supernet train) or --weights scratch")
-        return ckpt
-    p = Path(weights)
-    if not p.is_file():
-        raise UserError("--weights", f"no such checkpoint {weights!r}", "auto, supernet, scratch or a supernet .pt path")
-    return p
-
-
 def base_model(candidate: Candidate, space: SearchSpace, data: Dataset, settings: EvalSettings) -> nn.Module:
-    """The uncompressed network of ``candidate`` with trained weights (inherited or from scratch)."""
-    ckpt = supernet_path(space, settings.weights)
-    if ckpt is not None:
-        from autocomp.models.supernet import extract
-
-        if not settings.bn_after_extract:  # statistics are re-estimated once, after compression
-            return extract(candidate, space, ckpt)
-        return extract(candidate, space, ckpt, data, bn_batches=max(1, settings.bn_images // settings.bn_batch_size),
-                       bn_batch_size=settings.bn_batch_size, seed=settings.seed)
-    model = build(candidate, space, data.num_classes)
-    return train(model, data, settings.train_steps, settings.batch_size, settings.lr, settings.seed)
+    """The uncompressed network of ``candidate`` with trained weights, from its family (supernet
+    extraction, training from scratch, or the user's own weights)."""
+    return get_family(space).weights(candidate, space, data, settings)
 
 
 def _layout(x: torch.Tensor, settings: EvalSettings) -> torch.Tensor:
@@ -144,23 +98,24 @@ def bn_batches(data: Dataset, settings: EvalSettings) -> list[torch.Tensor]:
     return [_layout(x, settings) for x, _ in data.batches(split, settings.bn_batch_size)]
 
 
+def _chain(candidate: Candidate, space: SearchSpace, data: Dataset, settings: EvalSettings, precision: str) -> nn.Module:
+    """weights -> the compress chain (prune -> low-rank -> BN recalibration -> recovery -> quantize)."""
+    fam = get_family(space)
+    model = fam.weights(candidate, space, data, settings)
+    bn = bn_batches(data, settings) if settings.bn_images > 0 else None
+    recover = lambda m: fam.recover(m, space, data, settings)  # noqa: E731
+    calib = calibration_batches(data, settings) if precision != "none" else None
+    return compress(model, candidate, fam, space, calib, bn_batches=bn, recover=recover, precision=precision)
+
+
 def pruned_model(candidate: Candidate, space: SearchSpace, data: Dataset, settings: EvalSettings) -> nn.Module:
     """weights -> prune -> low-rank -> BatchNorm recalibration -> (recovery fine-tune), in fp32."""
-    from autocomp.models.supernet import recalibrate_bn
-
-    model = base_model(candidate, space, data, settings)
-    model = lowrank.apply(prune.apply(model, candidate), candidate)
-    if settings.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    if settings.bn_images > 0:  # inherited, removed and factorised channels shift the statistics BN expects
-        recalibrate_bn(model, bn_batches(data, settings))
-    return train(model, data, settings.finetune_steps, settings.batch_size, settings.lr / 3, settings.seed + 1)
+    return _chain(candidate, space, data, settings, "none")
 
 
 def compressed_model(candidate: Candidate, space: SearchSpace, data: Dataset, settings: EvalSettings) -> nn.Module:
     """weights -> prune -> low-rank -> BN recalibration -> quantize: the model that is exported."""
-    model = pruned_model(candidate, space, data, settings)
-    return quantize.apply(model, candidate, calibration_batches(data, settings))
+    return _chain(candidate, space, data, settings, "all")
 
 
 def standard_error(accuracy: float, n: int) -> float:

@@ -12,8 +12,9 @@ OPSET = 17
 
 
 def to_onnx(model: nn.Module, path: Path, input_shape: tuple[int, int, int], dynamic_batch: bool = True) -> Path:
-    """Export ``model`` (eval mode) to ``path`` with input ``input`` and output ``logits``."""
-    model.eval()
+    """Export ``model`` (eval mode) to ``path`` with input ``input`` and output ``logits`` (a
+    channels-last model, as scoring makes it, is exported in the default layout)."""
+    model.eval().to(memory_format=torch.contiguous_format)
     path.parent.mkdir(parents=True, exist_ok=True)
     x = torch.zeros(1, *input_shape)
     with warnings.catch_warnings():

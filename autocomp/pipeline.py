@@ -46,7 +46,7 @@ from autocomp.rundir import (
 from autocomp.runner import ControllerFactory, run_tune
 from autocomp.search import check_controller
 from autocomp.search.pareto import pareto_front
-from autocomp.space import get_space
+from autocomp.families.network import space_for
 
 SCHEMA_VERSION = 1
 MODEL_DIR = "latency_model"
@@ -93,7 +93,7 @@ def run_search(cfg: SearchConfig, train_steps: int = 100, console: Console | Non
     """
     console = console or Console()
     device = get_device(cfg.device)
-    space = get_space(cfg.space).restrict_precisions(list(device.precisions))
+    space = space_for(cfg.space, cfg.model, cfg.weights, cfg.input).restrict_precisions(list(device.precisions))
     check_controller(cfg.controller, controller_options)  # unknown controller or option: fail before anything starts
     settings = EvalSettings(weights=cfg.weights, train_steps=train_steps, seed=cfg.seed, **({"val_size": val_size} if val_size else {}))
     config = {"schema_version": SCHEMA_VERSION, **json.loads(cfg.model_dump_json()), "eval": settings.model_dump(),
@@ -103,6 +103,9 @@ def run_search(cfg: SearchConfig, train_steps: int = 100, console: Console | Non
     _check_weights(space, settings)
     check_address(cfg.address)
     data = load_dataset(cfg.data, (space.input.channels, space.input.height, space.input.width))
+    if data.num_classes != space.num_classes and space.family == "network":
+        raise UserError("--data", f"dataset has {data.num_classes} classes but {cfg.model} outputs {space.num_classes}",
+                        f"a dataset with {space.num_classes} classes")
     if data.num_classes != space.num_classes:
         console.print(f"[yellow]dataset has {data.num_classes} classes; the space's classifier is sized to match[/]")
     made = make_dirs(cfg.out)

@@ -447,8 +447,8 @@ def load_context(run_dir: Path) -> RunContext:
     """The run in ``run_dir``: configuration, rows, budget, device, space and evaluation settings
     (the dataset loads on first use). UserError when it is not a run directory."""
     from autocomp.evaluate import EvalSettings
+    from autocomp.families.network import space_for
     from autocomp.measure import get_device
-    from autocomp.space import get_space
 
     run_dir = Path(run_dir)
     cfg_path = run_dir / "config.json"
@@ -456,6 +456,6 @@ def load_context(run_dir: Path) -> RunContext:
         raise UserError("RUN", f"{run_dir} has no config.json", RUN_EXPECTED)
     cfg = read_json(cfg_path, "run configuration")
     device = get_device(cfg["device"])
-    space = get_space(cfg["space"]).restrict_precisions(list(device.precisions))
+    space = space_for(cfg["space"], cfg.get("model"), cfg.get("weights"), cfg.get("input")).restrict_precisions(list(device.precisions))
     settings = EvalSettings(**{k: v for k, v in cfg.get("eval", {}).items() if k in EvalSettings.model_fields})
     return RunContext(run_dir, cfg, read_results(run_dir / "results.csv"), run_budget(run_dir, cfg), device, space, settings)

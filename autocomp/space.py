@@ -65,6 +65,9 @@ class StageSpec(_Strict):
     width: list[int]
     kernel: list[int]
     expand: list[int]
+    # whether a block of this stage has channels that pruning may remove (its keep gene is live);
+    # None: the mbv2 rule, a block with expand != 1 (its hidden channels)
+    prunable: bool | None = None
 
     @field_validator("depth", "width", "expand")
     @classmethod
@@ -100,17 +103,41 @@ class CompressionSpec(_Strict):
         return [p for p in PRECISIONS if p in v]
 
 
+class NetworkSpec(_Strict):
+    """The user's network of a ``family: network`` space (see autocomp.families.network)."""
+
+    model: str = Field(min_length=1)  # torchvision:NAME or package.module:factory
+    weights: str | None = None  # a state_dict (torch.load(weights_only=True)); relative paths: to the YAML's folder
+
+
 class SearchSpace(_Strict):
     """A search space, validated from YAML. Look one up by name with :func:`get_space`."""
 
     schema_version: Literal[1] = 1
     name: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # it names files: one safe path component
+    family: str = Field(default="mbv2", min_length=1)  # the model family (autocomp.families registry)
+    network: NetworkSpec | None = None  # family network: the user's model and weights
     input: InputSpec
     num_classes: int = Field(gt=1)
     stem: WidthSpec
     stages: list[StageSpec] = Field(min_length=1)
     head: WidthSpec
     compression: CompressionSpec = CompressionSpec()
+
+    @field_validator("family")
+    @classmethod
+    def _known_family(cls, v: str) -> str:
+        from autocomp.families import list_families
+
+        if v not in list_families():
+            raise ValueError(f"unknown model family {v!r}; expected one of {list_families()}")
+        return v
+
+    @model_validator(mode="after")
+    def _family_network(self) -> "SearchSpace":
+        if (self.family == "network") != (self.network is not None):
+            raise ValueError("family network needs a 'network: {model: ..., weights: ...}' mapping (and only it does)")
+        return self
 
     @model_validator(mode="after")
     def _fits_input(self) -> "SearchSpace":
@@ -141,7 +168,7 @@ class SearchSpace(_Strict):
         return Block(
             kernel=rng.choice(st.kernel),
             expand=expand,
-            keep=1.0 if expand == 1 else rng.choice(c.keep_ratio),
+            keep=rng.choice(c.keep_ratio) if _prunable(st, expand) else 1.0,
             rank=rng.choice(c.rank_ratio),
             precision=rng.choice(c.precision),
         )
@@ -181,7 +208,7 @@ class SearchSpace(_Strict):
                 blocks.append(Block(
                     kernel=maybe(b.kernel, st.kernel),
                     expand=expand,
-                    keep=1.0 if expand == 1 else maybe(b.keep if b.keep in c.keep_ratio else c.keep_ratio[-1], c.keep_ratio),
+                    keep=maybe(b.keep if b.keep in c.keep_ratio else c.keep_ratio[-1], c.keep_ratio) if _prunable(st, expand) else 1.0,
                     rank=maybe(b.rank, c.rank_ratio),
                     precision=maybe(b.precision, c.precision),
                 ))
@@ -237,8 +264,8 @@ class SearchSpace(_Strict):
                 f = f"stages[{i}].blocks[{j}]"
                 need(b.kernel in st.kernel, f + ".kernel", b.kernel, st.kernel)
                 need(b.expand in st.expand, f + ".expand", b.expand, st.expand)
-                keep_ok = b.keep == 1.0 if b.expand == 1 else b.keep in c.keep_ratio
-                need(keep_ok, f + ".keep", b.keep, [1.0] if b.expand == 1 else c.keep_ratio)
+                live = _prunable(st, b.expand)
+                need(b.keep in c.keep_ratio if live else b.keep == 1.0, f + ".keep", b.keep, c.keep_ratio if live else [1.0])
                 need(b.rank in c.rank_ratio, f + ".rank", b.rank, c.rank_ratio)
                 need(b.precision in c.precision, f + ".precision", b.precision, c.precision)
 
@@ -268,6 +295,11 @@ class SearchSpace(_Strict):
         if not keep:
             raise UserError("precision", f"space {self.name!r} allows {self.compression.precision} but the device supports none of them", f"one of {allowed}")
         return self.model_copy(update={"compression": self.compression.model_copy(update={"precision": keep})})
+
+
+def _prunable(st: StageSpec, expand: int) -> bool:
+    """Whether a block's keep gene is live: the stage says so, else (mbv2) when it expands."""
+    return st.prunable if st.prunable is not None else expand != 1
 
 
 # --------------------------------------------------------------------------- candidate
@@ -415,7 +447,7 @@ def load_space(path: Path) -> SearchSpace:
     if not isinstance(raw, dict):
         raise UserError(str(path), f"top level is {type(raw).__name__}", "a YAML mapping")
     try:
-        return SearchSpace.model_validate(raw)
+        space = SearchSpace.model_validate(raw)
     except ValidationError as e:
         err = e.errors()[0]
         loc = "".join(f"[{x}]" if isinstance(x, int) else f".{x}" for x in err["loc"]).lstrip(".") or "(top level)"
@@ -423,3 +455,7 @@ def load_space(path: Path) -> SearchSpace:
         got = err.get("input")
         got_s = "" if isinstance(got, dict) or err["type"] == "missing" else f" (got {clip(repr(got), 80)})"
         raise UserError(f"{path.name}: {loc}", msg + got_s) from None
+    net = space.network
+    if net is not None and net.weights and not Path(net.weights).is_absolute():  # relative to the YAML's folder
+        space = space.model_copy(update={"network": net.model_copy(update={"weights": str((path.parent / net.weights).resolve())})})
+    return space

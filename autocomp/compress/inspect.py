@@ -37,8 +37,13 @@ def _load(model: str | Path | onnx.ModelProto) -> onnx.ModelProto:
     return model if isinstance(model, onnx.ModelProto) else onnx.load(str(model))
 
 
-def group_of(node_name: str) -> str | None:
-    """The candidate layer group of an exported node name (autocomp.models.mbv2.Net naming)."""
+def group_of(node_name: str, owners: dict[str, str] | None = None) -> str | None:
+    """The candidate layer group of an exported node name. ``owners``: module path -> group name
+    (a family's layer groups, see :func:`owners_of`); None: autocomp.models.mbv2.Net naming."""
+    if owners is not None:
+        from autocomp.families import group_of_path, module_path
+
+        return group_of_path(module_path(node_name), owners)
     m = re.search(r"/blocks(?:/|\.)(?:blocks\.)?(\d+)(?:/|$)", node_name)
     if m:
         return f"blocks.{m.group(1)}"
@@ -48,8 +53,21 @@ def group_of(node_name: str) -> str | None:
     return None
 
 
-def layer_precisions(model: str | Path | onnx.ModelProto) -> list[LayerPrecision]:
-    """Effective precision of every compute node, in graph order."""
+def _fam(family, space):
+    from autocomp.families import get_family
+
+    if family is not None and not isinstance(family, str):
+        return family
+    return get_family(family or (space if space is not None else "mbv2"))
+
+
+def owners_of(candidate: Candidate, family=None, space=None) -> dict[str, str]:
+    """Module path -> layer group name, from the layer groups of the candidate's family."""
+    return {m: g.name for g in _fam(family, space).groups(candidate, space) for m in g.modules}
+
+
+def layer_precisions(model: str | Path | onnx.ModelProto, owners: dict[str, str] | None = None) -> list[LayerPrecision]:
+    """Effective precision of every compute node, in graph order (``owners``: see :func:`group_of`)."""
     g = _load(model).graph
     producer = {o: n for n in g.node for o in n.output}
     consumers: dict[str, list[onnx.NodeProto]] = {}
@@ -95,26 +113,23 @@ def layer_precisions(model: str | Path | onnx.ModelProto) -> list[LayerPrecision
         else:
             prec = "fp32"
         out_q = any(c.op_type == "QuantizeLinear" for c in consumers.get(n.output[0], []))
-        out.append(LayerPrecision(n.name, n.op_type, prec, in_dq, w_dq, out_q, group_of(n.name)))
+        out.append(LayerPrecision(n.name, n.op_type, prec, in_dq, w_dq, out_q, group_of(n.name, owners)))
     return out
 
 
-def policy(candidate: Candidate) -> dict[str, str]:
+def policy(candidate: Candidate, family=None, space=None) -> dict[str, str]:
     """The precision a candidate asks of each layer group."""
-    d = {"stem": candidate.stem_precision, "head": candidate.head_precision, "classifier": candidate.head_precision}
-    for i, b in enumerate(b for s in candidate.stages for b in s.blocks):
-        d[f"blocks.{i}"] = b.precision
-    return d
+    return _fam(family, space).policy(candidate, space)
 
 
-def check_placement(model: str | Path | onnx.ModelProto, candidate: Candidate) -> list[str]:
+def check_placement(model: str | Path | onnx.ModelProto, candidate: Candidate, family=None, space=None) -> list[str]:
     """Mismatches between the exported precisions and the candidate's policy (empty = exact):
     every int8 group's compute nodes have Q/DQ on input and weight, fp16 groups have fp16
     weights, and fp32/fp16 nodes have no DequantizeLinear on their input or weight."""
-    want = policy(candidate)
+    want = policy(candidate, family, space)
     problems = []
     seen = set()
-    for lp in layer_precisions(model):
+    for lp in layer_precisions(model, owners_of(candidate, family, space)):
         if lp.group is None:
             problems.append(f"{lp.node}: cannot tell which layer group it belongs to")
             continue

@@ -71,6 +71,14 @@ def tucker2_params(cin: int, cout: int, k: int, r_in: int, r_out: int) -> int:
     return cin * r_in + r_in * r_out * k + r_out * cout
 
 
+def _leading(m: torch.Tensor, r: int) -> torch.Tensor:
+    """The ``r`` leading left singular vectors of a wide matrix ``m`` (rows x cols), as the top
+    eigenvectors of its Gram matrix ``m m^T`` (rows x rows): the same subspace as an SVD's, ~50x
+    faster for a 512 x 4608 unfolding (in double precision the squared conditioning is harmless)."""
+    vals, vecs = torch.linalg.eigh(m @ m.T)
+    return vecs[:, torch.argsort(vals, descending=True)[:r]]
+
+
 @torch.no_grad()
 def tucker2_conv(conv: nn.Conv2d, ratio: float | tuple[float, float], force: bool = False) -> nn.Module:
     """Tucker-2 (HOSVD) of a k x k conv; ``ratio`` is one ratio or (in_ratio, out_ratio)."""
@@ -82,8 +90,8 @@ def tucker2_conv(conv: nn.Conv2d, ratio: float | tuple[float, float], force: boo
     if not force and (min(rin_ratio, rout_ratio) >= 1.0 or tucker2_params(cin, cout, kh * kw, r_in, r_out) >= cout * cin * kh * kw):
         return conv
     w = conv.weight.detach().double()
-    u_out = torch.linalg.svd(w.flatten(1), full_matrices=False)[0][:, :r_out]  # mode-0 unfolding
-    u_in = torch.linalg.svd(w.transpose(0, 1).flatten(1), full_matrices=False)[0][:, :r_in]  # mode-1
+    u_out = _leading(w.flatten(1), r_out)  # mode-0 unfolding
+    u_in = _leading(w.transpose(0, 1).flatten(1), r_in)  # mode-1
     core = torch.einsum("oikl,or,is->rskl", w, u_out, u_in)  # (r_out, r_in, kh, kw)
     first = nn.Conv2d(cin, r_in, 1, bias=False)
     mid = nn.Conv2d(r_in, r_out, (kh, kw), conv.stride, conv.padding, conv.dilation, bias=False, padding_mode=conv.padding_mode)

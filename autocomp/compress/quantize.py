@@ -247,12 +247,22 @@ def _link_outputs(model: nn.Module) -> None:
         link(conv_of(b.dw), conv_of(b.project))
 
 
-def _groups(model: nn.Module, candidate: Candidate) -> list[tuple[nn.Module, str, str]]:
-    """(parent, attribute, precision) of every layer group in candidate order."""
-    out = [(model, "stem", candidate.stem_precision)]
-    precs = [b.precision for s in candidate.stages for b in s.blocks]
-    out += [(model.blocks, str(i), p) for i, p in enumerate(precs)]
-    out += [(model, "head", candidate.head_precision), (model, "classifier", candidate.head_precision)]
+def _groups(model: nn.Module, candidate: Candidate, groups=None) -> list[tuple[nn.Module, str, str]]:
+    """(parent, attribute, precision) of every module of every layer group, in group order.
+
+    ``groups``: the family's layer groups (:class:`autocomp.families.LayerGroup`: module paths and
+    precision); None: those of an ``autocomp.models.mbv2.Net`` (stem, blocks, head, classifier)."""
+    if groups is None:
+        out = [(model, "stem", candidate.stem_precision)]
+        precs = [b.precision for s in candidate.stages for b in s.blocks]
+        out += [(model.blocks, str(i), p) for i, p in enumerate(precs)]
+        out += [(model, "head", candidate.head_precision), (model, "classifier", candidate.head_precision)]
+        return out
+    out = []
+    for g in groups:
+        for path in g.modules:
+            parent, _, attr = path.rpartition(".")
+            out.append((model.get_submodule(parent) if parent else model, attr, g.precision))
     return out
 
 
@@ -287,12 +297,14 @@ def calibrate(model: nn.Module, calib: Iterable[torch.Tensor], method: str = "mi
 
 @torch.no_grad()
 def apply(model: nn.Module, candidate: Candidate, calib: Iterable[torch.Tensor] | None = None, method: str = "minmax",
-          percentile: float = 99.99, quantize_outputs: bool = False) -> nn.Module:
+          percentile: float = 99.99, quantize_outputs: bool = False, groups=None) -> nn.Module:
     """Set each layer group's precision; int8 activation scales are calibrated on ``calib`` batches
-    (tensors or (x, y) pairs) with ``method`` (one of :data:`CALIBRATION_METHODS`)."""
+    (tensors or (x, y) pairs) with ``method`` (one of :data:`CALIBRATION_METHODS`). ``groups``: the
+    family's layer groups (default: those of an mbv2 Net, see :func:`_groups`)."""
     model.eval()
-    groups = _groups(model, candidate)
-    if len(model.blocks) != len(groups) - 3:
+    mbv2 = groups is None
+    groups = _groups(model, candidate, groups)
+    if mbv2 and len(model.blocks) != len(groups) - 3:
         raise ValueError(f"model has {len(model.blocks)} blocks but the candidate has {len(groups) - 3}")
     int8 = False
     for parent, attr, prec in groups:
@@ -312,9 +324,19 @@ def apply(model: nn.Module, candidate: Candidate, calib: Iterable[torch.Tensor] 
         if quantize_outputs:
             _link_outputs(model)
         calibrate(model, calib, method, percentile)
+    _half(groups)
+    return model
+
+
+def _half(groups: list[tuple[nn.Module, str, str]]) -> None:
     for parent, attr, prec in groups:
-        if prec == "fp16":
+        if prec == "fp16" and not isinstance(getattr(parent, attr), Half):
             setattr(parent, attr, Half(getattr(parent, attr)))
+
+
+def apply_fp16(model: nn.Module, groups) -> nn.Module:
+    """Wrap the modules of the fp16 layer groups in :class:`Half` (after int8 and distillation)."""
+    _half(_groups(model, None, groups))  # type: ignore[arg-type]
     return model
 
 

@@ -27,16 +27,19 @@ def measure(
     repeats: Optional[int] = typer.Option(None, min=1, help="Timed runs per measurement (default: the device's)."),
     retries: Optional[int] = typer.Option(None, min=0, help="Re-measurements when CV exceeds the threshold (default: the backend's)."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
+    model: Optional[str] = typer.Option(None, help="Measure candidates of your own network instead of --space: 'torchvision:NAME' or 'package.module:factory'."),
+    weights: Optional[str] = typer.Option(None, help="Weights of --model (a state_dict)."),
+    input: Optional[str] = typer.Option(None, "--input", help="Input size CxHxW of --model (default 3x224x224)."),
 ) -> None:
     """Sample, export and measure candidates on a device (resumable)."""
     if ctx.invoked_subcommand is not None:
         return
     from autocomp.measure.base import get_device
     from autocomp.predictor.campaign import campaign_candidates, noise_floor, run_campaign, table_path
-    from autocomp.space import get_space
+    from autocomp.families.network import space_for
 
     dev = get_device(device)
-    sp = get_space(space).restrict_precisions(list(dev.precisions))
+    sp = space_for(space, model, weights, input).restrict_precisions(list(dev.precisions))
     console.print(f"[bold]autocomp measure[/] {n} candidates of {sp.name} (seed {seed}) on {dev.name}")
     overrides = {k: v for k, v in (("repeats", repeats), ("retries", retries)) if v is not None}
     df = run_campaign(sp, dev, n, out, seed, progress=progress, address=address, overrides=overrides)

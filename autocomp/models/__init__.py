@@ -1,5 +1,7 @@
-"""Model families (mbv2: the built-in space's network; supernet: its weight-sharing supernet;
-teacher: what distillation learns from), and the one safe loader of the weight files a user names."""
+"""Networks (mbv2: the built-in family's network; supernet: its weight-sharing supernet; teacher:
+what distillation learns from; train: plain supervised training), and the one safe loader of the
+weight files a user names. What a model family is, and the user's own network, live in
+:mod:`autocomp.families`."""
 
 from __future__ import annotations
 

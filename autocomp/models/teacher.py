@@ -2,8 +2,9 @@
 
 ``load_teacher(spec, weights, space, data)``:
 
-* ``spec=None`` (default): the largest subnet of ``space``, extracted from its trained supernet
-  (``supernets/<space>.pt``, or ``weights`` when given: a supernet checkpoint path);
+* ``spec=None`` (default): the family's teacher: for ``mbv2`` the largest subnet of ``space``,
+  extracted from its trained supernet (``supernets/<space>.pt``, or ``weights`` when given: a
+  supernet checkpoint path); for ``network`` the user's unmodified network;
 * ``"module:factory"`` (e.g. ``mypkg.models:make_teacher``): the module is imported and
   ``factory()`` is called; it must return an ``nn.Module`` with its weights already loaded.
   With ``weights``, a state_dict (``torch.load(weights_only=True)``) is loaded into it on top;
@@ -88,15 +89,11 @@ def load_teacher(spec: str | None = None, weights: str | Path | None = None, spa
     """The teacher network in eval mode (see module doc for ``spec``); ``bn_batches``: BatchNorm
     recalibration batches of the default (supernet) teacher."""
     if spec is None or spec in ("", "supernet"):
-        from autocomp.models.supernet import default_checkpoint, extract
+        from autocomp.families import get_family
 
         if space is None:
             raise UserError("--teacher", "the default teacher needs a search space", "a SearchSpace")
-        ck = weights if weights is not None else default_checkpoint(space.name)
-        if ck is None:
-            raise UserError("--teacher", f"no trained supernet for space {space.name!r}",
-                            f"supernets/{space.name}.pt (run `autocomp supernet train --space {space.name}`) or --teacher module:factory")
-        return extract(space.largest(), space, ck, data, bn_batches=bn_batches).eval()
+        return get_family(space).teacher(space, data, weights, bn_batches).eval()
     if spec.startswith("torchvision:"):
         num_classes = data.num_classes if data is not None else (space.num_classes if space is not None else 1000)
         return _from_torchvision(spec.split(":", 1)[1], weights, num_classes).eval()

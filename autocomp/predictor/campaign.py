@@ -129,11 +129,11 @@ def export_candidate(candidate: Candidate, space: SearchSpace, path: Path, calib
     """Build ``candidate`` with random weights and export it compressed (:func:`export_compressed`)."""
     import torch
 
-    from autocomp.models.mbv2 import build
+    from autocomp.families import get_family
 
     torch.manual_seed(seed)
     with torch.no_grad():
-        model = build(candidate, space).eval()
+        model = get_family(space).build(candidate, space).eval()
     return export_compressed(model, candidate, space, path, calib_batches)
 
 
@@ -142,7 +142,7 @@ def export_compressed(model, candidate: Candidate, space: SearchSpace, path: Pat
     inputs) and export ONNX to ``path``. Returns (path, parameter count)."""
     import torch
 
-    from autocomp.compress import lowrank, prune, quantize
+    from autocomp.compress import compress
     from autocomp.export import to_onnx
     from autocomp.models.mbv2 import count_params
 
@@ -151,9 +151,8 @@ def export_compressed(model, candidate: Candidate, space: SearchSpace, path: Pat
     torch.set_num_threads(1)  # tiny models: more threads only fight the measurement (and other jobs)
     try:
         with torch.no_grad():
-            model = lowrank.apply(prune.apply(model, candidate), candidate)
             calib = [torch.randn(8, *shape) for _ in range(calib_batches)]
-            model = quantize.apply(model, candidate, calib)
+            model = compress(model, candidate, None, space, calib)
             params = count_params(model)
         to_onnx(model, path, shape)
     finally:

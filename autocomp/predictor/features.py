@@ -13,6 +13,11 @@ is precomputed once per space for every configuration the space allows (:class:`
 and a batch of candidates is one sparse product with that table, plus the stem, the head and the
 fp16 casts between neighbouring slots.
 
+This vectorised analysis is the mbv2 family's. Every other family is analysed from its *layer table*
+(:meth:`autocomp.families.Family.layer_table`, one row per fused layer) by :func:`table_acc`, which
+gives the same quantities: for mbv2 the two agree exactly (tests/test_families.py), so a user's
+network is filtered exactly as the built-in family is.
+
 Two views of the same analysis:
 
 * :func:`group_features` – per-(precision, op kind) sums of MACs / activation traffic / group counts:
@@ -30,6 +35,7 @@ from typing import Sequence
 
 import numpy as np
 
+from autocomp.families import get_family
 from autocomp.space import PRECISION_CODES, PRECISIONS, Candidate, SearchSpace
 
 KINDS = ("full", "pw", "dw", "fc")  # dense kxk conv (stem), pointwise 1x1, depthwise kxk, Gemm
@@ -363,6 +369,10 @@ def analyse(candidates: Sequence[Candidate] | None, space: SearchSpace, arrays: 
     all slots of all candidates); ``direct`` (or a space too large for the table) computes them
     instead. Stem, head and fp16 casts (which depend on the neighbouring slot) are computed here."""
     a = arrays if arrays is not None else block_arrays(candidates, space)
+    fam = get_family(space)
+    if not fam.vectorised:  # any family but mbv2: from its layer table
+        cands = list(candidates) if candidates is not None else candidates_from_arrays(a, space)
+        return table_acc([fam.layer_table(c, space) for c in cands], n_levels_of(space), block)
     n = len(a["stem_width"])
     st_idx, pos = _slots(space)
     geo, slots = _prepared(space, block)
@@ -474,3 +484,87 @@ def network_features(candidates: Sequence[Candidate] | None, space: SearchSpace,
     parts.append(np.stack([depth, a["width"]], 2).reshape(n, -1))
     parts.append(np.stack([a[f] for f in SLOT_FIELDS[1:]], 2).reshape(n, -1))
     return np.concatenate(parts, axis=1)
+
+
+# --------------------------------------------------------------------------- from the layer table
+
+
+def table_acc(tables: Sequence[Sequence], n_levels: int, block: int = NCHWC_BLOCK) -> _Acc:
+    """The same analysis as :func:`analyse`, from each candidate's layer table
+    (:meth:`autocomp.families.Family.layer_table`): how any family other than the vectorised mbv2 is
+    analysed. Row by row: MACs / activation traffic / group count / params per (precision, kind),
+    QDQ on the input of every int8 layer, MACs per resolution level, float convs outside the blocked
+    (NCHWc) layout (rows with ``blocked``), depthwise MACs by kernel, residual adds, and fp16 casts
+    at the borders of layer groups (the cast of the network input into an fp16 first group counts
+    in ``cast_elems`` only, as in :func:`analyse`)."""
+    acc = _Acc(len(tables), n_levels)
+    kinds = {k: i for i, k in enumerate(KINDS)}
+    for n, rows in enumerate(tables):
+        v = acc.v[n:n + 1]
+        a = _Acc(1, n_levels, v)
+        groups: list[tuple[str, int, float]] = []  # (group, precision code, input elements of its first row)
+        for r in rows:
+            p = PRECISION_CODES[r.precision]
+            if not groups or groups[-1][0] != r.group:
+                groups.append((r.group, p, r.cin * r.in_hw))
+            if r.op == "add":
+                a.adds[:] += 1.0
+                a.add_elems[:] += r.cout * r.out_hw
+                continue
+            k = kinds[r.kind]
+            macs, traffic, params = r.macs, r.cin * r.in_hw + r.cout * r.out_hw, r.params
+            a.macs[0, p, k] += macs
+            a.traffic[0, p, k] += traffic
+            a.count[0, p, k] += 1.0
+            a.params[0, p] += params
+            a.level_macs[0, min(r.level, n_levels - 1)] += macs
+            if p == 2:
+                a.qdq_elems[:] += r.cin * r.in_hw
+                a.qdq_pairs[:] += 2.0
+            if r.kind == "dw":
+                if r.kernel in DW_KERNELS:
+                    a.dw_macs_k[0, 0 if p != 2 else 1, DW_KERNELS.index(r.kernel)] += macs
+                if r.blocked and p != 2:
+                    plain = 1.0 - float(_dw_blocked(np.array(float(r.cout)), block))
+                    a.nchw_macs[0, 1] += plain * macs
+                    a.nchw_groups[:] += plain
+                    a.nchw_traffic[:] += plain * traffic
+            elif r.blocked and p != 2 and r.kind != "fc":
+                plain = float(_unblocked(np.array(float(r.cin)), np.array(float(r.cout)), block))
+                a.nchw_macs[0, 0] += plain * macs
+                a.nchw_groups[:] += plain
+                a.nchw_traffic[:] += plain * traffic
+        if groups:
+            if groups[0][1] == 1:
+                a.cast_elems[:] += groups[0][2]
+            for (_, p0, _), (_, p1, elems) in zip(groups, groups[1:]):
+                if p0 != p1 and 1 in (p0, p1):
+                    a.casts[:] += 1.0
+                    a.cast_elems[:] += elems
+            if groups[-1][1] == 1:
+                last = rows[-1]
+                a.casts[:] += 1.0
+                a.cast_elems[:] += last.cout * last.out_hw
+    return acc
+
+
+def n_levels_of(space: SearchSpace) -> int:
+    return 1 + sum(1 for s in space.stages if s.stride == 2)
+
+
+def candidates_from_arrays(a: dict[str, np.ndarray], space: SearchSpace) -> list[Candidate]:
+    """The candidates that :func:`block_arrays` turned into ``a`` (for the table path)."""
+    from autocomp.space import Block, Stage
+
+    st_idx, _ = _slots(space)
+    out = []
+    for n in range(len(a["stem_width"])):
+        stages = []
+        for s in range(len(space.stages)):
+            cols = np.nonzero((st_idx == s) & (a["active"][n] > 0))[0]
+            blocks = tuple(Block(int(a["kernel"][n, i]), int(a["expand"][n, i]), float(a["keep"][n, i]), float(a["rank"][n, i]),
+                                 PRECISIONS[int(a["prec"][n, i])]) for i in cols)
+            stages.append(Stage(int(a["width"][n, s]), blocks))
+        out.append(Candidate(space.name, int(a["stem_width"][n]), PRECISIONS[int(a["stem_prec"][n])], tuple(stages),
+                             int(a["head_width"][n]), PRECISIONS[int(a["head_prec"][n])]))
+    return out
