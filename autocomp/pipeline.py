@@ -118,7 +118,7 @@ def run_search(cfg: SearchConfig, train_steps: int = 100, console: Console | Non
     try:
         _check_run_dir(cfg, config, resume)  # again, holding the lock: another search may have just written it
         summary = _run_locked(cfg, config, device, space, settings, data, console, resume, controller_options,
-                              predictor, calibrate)
+                              predictor, calibrate, confirm)
         if top_k and summary["best_under_budget"]:
             from autocomp.deploy import deploy_run
             from autocomp.distill import KDConfig
@@ -152,7 +152,7 @@ def _check_weights(space, settings: EvalSettings) -> None:
 
 
 def _run_locked(cfg: SearchConfig, config: dict, device: Device, space, settings: EvalSettings, data, console: Console,
-                resume: bool, controller_options: dict | None, predictor, calibrate: int) -> dict:
+                resume: bool, controller_options: dict | None, predictor, calibrate: int, confirm: int) -> dict:
     """The search itself, in its locked run directory: Ray, the latency model, config.json, Tune."""
     model_dir = cfg.out / MODEL_DIR
     lm = None
