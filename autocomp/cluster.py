@@ -27,12 +27,11 @@ _HOST_PORT = re.compile(r"^(?:ray://)?(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9._-]{1,253})
 
 
 def check_address(address: str | None, timeout_s: float = 5.0) -> None:
-    """``address`` (or RAY_ADDRESS) names a Ray cluster that answers: 'auto', HOST:PORT or
-    ray://HOST:PORT (a TCP connection is tried). UserError otherwise; None (a local Ray) passes."""
-    field = "--address" if address else "RAY_ADDRESS"
-    address = address or os.environ.get("RAY_ADDRESS")
-    if not address or address == "auto":
+    """``address`` names a Ray cluster that answers: 'auto', HOST:PORT or ray://HOST:PORT (a TCP
+    connection is tried). UserError otherwise; None (a local Ray, or RAY_ADDRESS) passes."""
+    if not address or address == "auto":  # RAY_ADDRESS (`ray job submit` sets it) is Ray's own to read
         return
+    field = "--address"
     if address.startswith(("http://", "https://")):  # a dashboard address: what `ray job submit` takes
         raise UserError(field, f"{address[:100]!r} is a dashboard (job submission) address", ADDRESS_EXPECTED)
     m = _HOST_PORT.match(address)
