@@ -24,6 +24,7 @@ from autocomp.measure import get_device
 from autocomp.measure.onnxruntime import accuracy as ort_accuracy
 from autocomp.models.mbv2 import build, count_params
 from autocomp.space import Candidate, SearchSpace
+from autocomp.training import train  # noqa: F401 - also autocomp.evaluate.train, as before
 
 
 class EvalSettings(BaseModel):
@@ -38,29 +39,7 @@ class EvalSettings(BaseModel):
     val_size: int = 5000  # validation images used to score a candidate
     calib_batches: int = 4  # int8 activation calibration batches (of the training split)
     seed: int = 0
-
-
-def train(model: nn.Module, data: Dataset, steps: int, batch_size: int, lr: float, seed: int) -> nn.Module:
-    """Plain supervised training (Adam, cosine schedule) for ``steps`` steps on the training split."""
-    if steps <= 0:
-        return model
-    torch.manual_seed(seed)
-    model.train()
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.15)
-    step, epoch = 0, 0
-    while step < steps:
-        for x, y in data.batches(data.train, batch_size, shuffle=True, seed=seed + epoch):
-            loss = nn.functional.cross_entropy(model(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            step += 1
-            if step >= steps:
-                break
-        epoch += 1
-    return model.eval()
+    train_device: str = "auto"  # from-scratch and recovery training: auto | cpu | cuda (autocomp.training)
 
 
 @dataclass
@@ -99,7 +78,7 @@ def base_model(candidate: Candidate, space: SearchSpace, data: Dataset, settings
 
         return extract(candidate, space, ckpt, data, bn_batches=settings.bn_batches, seed=settings.seed)
     model = build(candidate, space, data.num_classes)
-    return train(model, data, settings.train_steps, settings.batch_size, settings.lr, settings.seed)
+    return train(model, data, settings.train_steps, settings.batch_size, settings.lr, settings.seed, settings.train_device)
 
 
 def calibration_batches(data: Dataset, settings: EvalSettings) -> list[torch.Tensor]:
@@ -115,7 +94,8 @@ def pruned_model(candidate: Candidate, space: SearchSpace, data: Dataset, settin
     model = lowrank.apply(prune.apply(model, candidate), candidate)
     if settings.bn_batches > 0:  # removed channels and factorised convs shift the statistics BN expects
         recalibrate_bn(model, bn_batches_of(data, settings.bn_batches, seed=settings.seed))
-    return train(model, data, settings.finetune_steps, settings.batch_size, settings.lr / 3, settings.seed + 1)
+    return train(model, data, settings.finetune_steps, settings.batch_size, settings.lr / 3, settings.seed + 1,
+                 settings.train_device)
 
 
 def compressed_model(candidate: Candidate, space: SearchSpace, data: Dataset, settings: EvalSettings) -> nn.Module:

@@ -251,7 +251,7 @@ def evaluate_trial(config: dict, space: SearchSpace, data: Dataset, settings: Ev
 def run_tune(
     factory: ControllerFactory, space: SearchSpace, data: Dataset, device: Device, settings: EvalSettings,
     n_trials: int, run_dir: Path, concurrency: int | None = None, resume: bool = False, max_failures: int = 1,
-    on_row: Callable[[dict], Any] | None = None,
+    on_row: Callable[[dict], Any] | None = None, resources: dict | None = None,
 ) -> tuple[list[dict], ControllerSearcher]:
     """Run (or resume) the search in Tune; returns the rows of results.csv (by trial) and the searcher."""
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")  # experiment state at most 1 s behind results.csv
@@ -262,6 +262,8 @@ def run_tune(
             for r in read_results(results) if r.get("trial") is not None}
     trainable = tune.with_parameters(evaluate_trial, space=space, data=data, settings=settings, device=device.name,
                                      done=done)
+    if resources:  # e.g. {"cpu": 1, "gpu": 0.5} on a cluster with GPUs (pipeline: autocomp.training.gpus_per_trial)
+        trainable = tune.with_resources(trainable, resources)
     storage = str((run_dir / TUNE_DIR).resolve())
     exp_path = os.path.join(storage, TUNE_NAME)
     searcher = None

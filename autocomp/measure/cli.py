@@ -27,6 +27,7 @@ def measure(
     repeats: Optional[int] = typer.Option(None, min=1, help="Timed runs per measurement (default: the device's)."),
     retries: Optional[int] = typer.Option(None, min=0, help="Re-measurements when CV exceeds the threshold (default: the backend's)."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
+    json_out: bool = typer.Option(False, "--json", help="Print the campaign's figures as JSON on stdout (messages go to stderr)."),
 ) -> None:
     """Sample, export and measure candidates on a device (resumable)."""
     if ctx.invoked_subcommand is not None:
@@ -35,20 +36,32 @@ def measure(
     from autocomp.predictor.campaign import campaign_candidates, noise_floor, run_campaign, table_path
     from autocomp.space import get_space
 
+    con = Console(stderr=True) if json_out else console
     dev = get_device(device)
     sp = get_space(space).restrict_precisions(list(dev.precisions))
-    console.print(f"[bold]autocomp measure[/] {n} candidates of {sp.name} (seed {seed}) on {dev.name}")
+    con.print(f"[bold]autocomp measure[/] {n} candidates of {sp.name} (seed {seed}) on {dev.name}")
     overrides = {k: v for k, v in (("repeats", repeats), ("retries", retries)) if v is not None}
     df = run_campaign(sp, dev, n, out, seed, progress=progress, address=address, overrides=overrides)
     ok = df[df["id"].notna()]
     path = table_path(dev.name, str(ok["fingerprint_id"].iloc[-1]), out) if len(ok) else None
-    console.print(f"{len(ok)} measurements in {path} ({int(ok['flagged'].sum())} flagged, "
+    out_json = {"device": dev.name, "space": sp.name, "seed": seed, "measurements": int(len(ok)), "table": str(path) if path else None,
+                "flagged": int(ok["flagged"].sum()) if len(ok) else 0,
+                "median_ms": float(ok["median_ms"].median()) if len(ok) else None,
+                "min_ms": float(ok["median_ms"].min()) if len(ok) else None, "max_ms": float(ok["median_ms"].max()) if len(ok) else None,
+                "fingerprint_id": str(ok["fingerprint_id"].iloc[-1]) if len(ok) else None}
+    con.print(f"{len(ok)} measurements in {path} ({int(ok['flagged'].sum())} flagged, "
                   f"median {ok['median_ms'].median():.3f} ms, range {ok['median_ms'].min():.3f}–{ok['median_ms'].max():.3f} ms)")
     if noise:
         cand = campaign_candidates(sp, 1, seed)[0]
         nf = noise_floor(cand, sp, dev, noise, **overrides)
-        console.print(f"noise floor ({cand.id}, {noise} runs): between-run CV {nf['between_run_cv']:.3f}, within-run CV {nf['within_run_cv']:.3f}")
-        console.print(json.dumps(nf))
+        out_json["noise_floor"] = nf
+        con.print(f"noise floor ({cand.id}, {noise} runs): between-run CV {nf['between_run_cv']:.3f}, within-run CV {nf['within_run_cv']:.3f}")
+        if not json_out:
+            console.print(json.dumps(nf))
+    if json_out:
+        from autocomp.cliutil import print_json
+
+        print_json(out_json)
 
 
 def main() -> None:
