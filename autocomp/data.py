@@ -514,6 +514,27 @@ def _labels_of(ds, where: str) -> np.ndarray:
     return np.asarray(out, dtype=np.int64)
 
 
+def _ship_by_value(obj) -> None:
+    """Let Ray send the class of a user's Dataset by value when its module is the user's own (not
+    installed): Ray workers do not have the driver's sys.path, so they could not import it."""
+    import site
+    import sysconfig
+
+    mod = sys.modules.get(type(obj).__module__)
+    file = getattr(mod, "__file__", None)
+    if mod is None or not file or mod.__name__ == "__main__" or mod.__name__.split(".")[0] in ("torch", "torchvision", "autocomp"):
+        return
+    installed = [*site.getsitepackages(), site.getusersitepackages(), sysconfig.get_paths()["stdlib"]]
+    if any(os.path.abspath(file).startswith(os.path.abspath(d) + os.sep) for d in installed if d):
+        return
+    try:
+        from ray import cloudpickle
+
+        cloudpickle.register_pickle_by_value(mod)
+    except Exception:  # noqa: BLE001 - no Ray, or a module it cannot ship: it must then be importable by the workers
+        pass
+
+
 def from_torch(train, test=None, val=None, name: str = "torch", input_shape: tuple[int, int, int] | None = None) -> Dataset:
     """A Dataset of a user's torch Datasets (items ``(x, label)``, ``x`` a float tensor C x H x W,
     normalised by the user). ``test`` None: ``train`` is split per class 80/10/10; ``val`` None:
@@ -522,6 +543,8 @@ def from_torch(train, test=None, val=None, name: str = "torch", input_shape: tup
     for k, d in parts.items():
         if d is not None and not (hasattr(d, "__getitem__") and hasattr(d, "__len__")):
             raise UserError("--data", f"{name}: {k} is a {type(d).__name__}", "a map-style torch Dataset (__getitem__ and __len__)")
+        if d is not None:
+            _ship_by_value(d)
     if len(train) == 0:
         raise UserError("--data", f"{name}: the training Dataset is empty", "a Dataset of (tensor, label) items")
     try:

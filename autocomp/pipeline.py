@@ -70,7 +70,7 @@ def _latency_model(device: Device, space, model_dir: Path, resume: bool, k: int,
 def run_search(cfg: SearchConfig, train_steps: int = 100, console: Console | None = None, *, resume: bool = False,
                val_size: int | None = None, controller_options: dict | None = None, predictor=None,
                top_k: int = 0, distill_steps: int = 0, calibrate: int = DEFAULT_K, train_device: str = "auto",
-               data=None, space=None, on_row=None) -> dict:
+               data=None, space=None, row_callback=None) -> dict:
     """Run (or with ``resume`` continue) a search; writes config.json, results.csv, summary.json in ``cfg.out``.
 
     A run directory that already holds a run is refused unless ``resume``; a resumed run must use the
@@ -82,7 +82,7 @@ def run_search(cfg: SearchConfig, train_steps: int = 100, console: Console | Non
     resumed run filters with it again) and adapted online as the run measures.
 
     The library (:mod:`autocomp.api`) may hand over ``data`` (an :class:`autocomp.data.Dataset`) and
-    ``space`` (a SearchSpace) already built, and ``on_row(row)``, called as each row is recorded.
+    ``space`` (a SearchSpace) already built, and ``row_callback(row)``, called as each row is recorded.
     Training (from scratch, recovery) runs on ``train_device`` (:mod:`autocomp.training`); trials ask
     Tune for a share of the cluster's GPUs when it has some and training may use them.
     """
@@ -147,8 +147,8 @@ def run_search(cfg: SearchConfig, train_steps: int = 100, console: Console | Non
                                        f"{float(row['latency_ms']):.3f} ms  {row['summary']}")
             else:
                 progress.console.print(f"  #{row['trial']} {row['id']} [red]error[/] {escape(str(row['error']))}")
-            if on_row is not None:
-                on_row(row)
+            if row_callback is not None:
+                row_callback(row)
 
         rows, searcher = run_tune(factory, space, data, device, settings, cfg.trials, cfg.out,
                                   concurrency=cfg.concurrency, resume=resume, on_row=on_row,

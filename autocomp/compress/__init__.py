@@ -20,3 +20,7 @@ def compress(model: nn.Module, candidate: Candidate, calib: Iterable[torch.Tenso
     model = prune.apply(model, candidate)
     model = lowrank.apply(model, candidate)
     return quantize.apply(model, candidate, calib)
+
+from autocomp._callable import make_callable as _make_callable
+
+_make_callable(__name__)  # autocomp.compress(...) is autocomp.api.compress(...)
