@@ -614,6 +614,9 @@ def load_dataset(spec: str, input_shape: tuple[int, int, int] = (1, 28, 28)) -> 
     if spec.startswith("imagefolder:"):
         body, opts = _parse_spec(spec)
         return load_imagefolder(Path(body.split(":", 1)[1]).expanduser(), tuple(input_shape), opts, name=spec)
+    if spec.startswith("python:"):  # what autocomp.search records for a Dataset object it was handed
+        raise UserError("--data", f"the run's data {spec[:60]!r} was a Python object handed to autocomp.search; it cannot be reloaded",
+                        "the same Python session (autocomp.Run.export), or a dataset spec: mnist, imagefolder:PATH, module:factory")
     if ":" in spec and not spec.startswith(("/", ".", "~")):
         return load_factory(spec, tuple(input_shape))
     raise UserError("--data", f"unknown dataset {spec[:80]!r}", "'mnist', 'imagefolder:PATH' or 'module:factory'")

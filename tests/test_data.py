@@ -155,6 +155,8 @@ def test_torch_datasets(tmp_path):
         from_torch(_Toy(40), input_shape=(3, 32, 32))
     with pytest.raises(UserError, match=r"at least 3 image"):
         from_torch(_Toy(2))
+    with pytest.raises(UserError, match=r"was a Python object handed to autocomp.search"):
+        load_dataset("python:_Toy")  # a run of the library, replayed from its directory
 
 
 def _cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
