@@ -131,6 +131,24 @@ def test_imagefolder_bad_input_is_one_line(tmp_path, case):
         load_dataset(spec, (3, 32, 32))
 
 
+@pytest.mark.parametrize("workers", [0, 2])
+def test_an_image_that_fails_to_decode_is_named(tmp_path, workers):
+    """A truncated file passes the header check but not decoding: when the normalisation is computed
+    up front, and when a training pass reaches it (in the loader's worker processes or in-process),
+    one line names it."""
+    root = _folder(tmp_path / "imgs", per_class=4)
+    ds = load_dataset(f"imagefolder:{root}?norm=imagenet", (3, 32, 32))
+    ds.workers = workers
+    bad = root / "c2" / "1.png"
+    bad.write_bytes(bad.read_bytes()[:200])
+    with pytest.raises(UserError, match=r"--data: cannot read item \d+ \(.*c2/1\.png\): OSError"):
+        for split in (ds.train, ds.val, ds.test):
+            for _ in ds.batches(split, 4, shuffle=True):
+                pass
+    with pytest.raises(UserError, match=r"c2/1\.png\): OSError"):
+        load_dataset(f"imagefolder:{root}", (3, 32, 32))
+
+
 class _Toy(torch.utils.data.Dataset):
     def __init__(self, n: int, classes: int = 2):
         g = torch.Generator().manual_seed(n)
