@@ -202,11 +202,17 @@ class Dataset:
             pin_memory=torch.cuda.is_available(), generator=torch.Generator().manual_seed(seed),
             persistent_workers=False, prefetch_factor=2 if workers else None,
         )
+        batches = iter(loader)
         try:
-            yield from loader
+            yield from batches
         except ItemError as e:  # from a worker: "Caught ItemError ...\nTraceback...\nItemError: <message>"
             last = str(e).strip().splitlines()[-1]
-            raise UserError("--data", last.split("ItemError: ", 1)[-1], "every item of the dataset readable") from None
+            message = last.split("ItemError: ", 1)[-1]
+        else:
+            return
+        finally:
+            del batches  # workers stop now, not when the generator is collected
+        raise UserError("--data", message, "every item of the dataset readable")
 
 
 # --------------------------------------------------------------------------- MNIST
