@@ -112,3 +112,10 @@ def test_listing_commands_print_json():
     r = CliRunner().invoke(app, ["devices", "--json", "--no-probe"])
     assert r.exit_code == 0, r.output
     assert any(d["device"] == "cpu-ort" and d["backend"] == "onnxruntime" for d in json.loads(r.stdout))
+
+
+def test_json_output_is_valid_json(capsys):
+    from autocomp.cliutil import print_json
+
+    print_json({"live_error": {"spearman": float("nan")}, "budget_ms": 2.0, "xs": [float("inf"), 1]})
+    assert json.loads(capsys.readouterr().out) == {"live_error": {"spearman": None}, "budget_ms": 2.0, "xs": [None, 1]}
