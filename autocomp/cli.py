@@ -54,9 +54,14 @@ def search(
     )
     if resume and out is None:
         raise UserError("--resume", "needs the run directory to continue", "--out DIR of the interrupted run")
-    summary = run_search(cfg, train_steps=train_steps, console=err_console if json_out else console, resume=resume,
-                         val_size=val_size, top_k=top_k, distill_steps=distill_steps,
-                         calibrate=0 if no_calibrate else calibrate, train_device=train_device)
+    import contextlib
+    import sys
+
+    # --json: stdout holds the JSON document alone; everything else the run prints goes to stderr
+    with contextlib.redirect_stdout(sys.stderr) if json_out else contextlib.nullcontext():
+        summary = run_search(cfg, train_steps=train_steps, console=err_console if json_out else console, resume=resume,
+                             val_size=val_size, top_k=top_k, distill_steps=distill_steps,
+                             calibrate=0 if no_calibrate else calibrate, train_device=train_device)
     if json_out:
         print_json({**summary, "run_dir": str(cfg.out)})
 
