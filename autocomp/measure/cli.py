@@ -41,7 +41,12 @@ def measure(
     sp = get_space(space).restrict_precisions(list(dev.precisions))
     con.print(f"[bold]autocomp measure[/] {n} candidates of {sp.name} (seed {seed}) on {dev.name}")
     overrides = {k: v for k, v in (("repeats", repeats), ("retries", retries)) if v is not None}
-    df = run_campaign(sp, dev, n, out, seed, progress=progress, address=address, overrides=overrides)
+    import contextlib
+    import sys
+
+    quiet_stdout = contextlib.redirect_stdout(sys.stderr) if json_out else contextlib.nullcontext()  # --json: stdout is the JSON
+    with quiet_stdout:
+        df = run_campaign(sp, dev, n, out, seed, progress=progress, address=address, overrides=overrides)
     ok = df[df["id"].notna()]
     path = table_path(dev.name, str(ok["fingerprint_id"].iloc[-1]), out) if len(ok) else None
     out_json = {"device": dev.name, "space": sp.name, "seed": seed, "measurements": int(len(ok)), "table": str(path) if path else None,
@@ -53,7 +58,8 @@ def measure(
                   f"median {ok['median_ms'].median():.3f} ms, range {ok['median_ms'].min():.3f}–{ok['median_ms'].max():.3f} ms)")
     if noise:
         cand = campaign_candidates(sp, 1, seed)[0]
-        nf = noise_floor(cand, sp, dev, noise, **overrides)
+        with contextlib.redirect_stdout(sys.stderr) if json_out else contextlib.nullcontext():
+            nf = noise_floor(cand, sp, dev, noise, **overrides)
         out_json["noise_floor"] = nf
         con.print(f"noise floor ({cand.id}, {noise} runs): between-run CV {nf['between_run_cv']:.3f}, within-run CV {nf['within_run_cv']:.3f}")
         if not json_out:
