@@ -47,7 +47,7 @@ class Synthetic:
         import torch
 
         g = torch.Generator().manual_seed(seed)
-        self.targets = torch.randint(0, classes, (n,), generator=g).tolist()
+        self.targets = (torch.randperm(n, generator=g) % classes).tolist()  # balanced classes
         self.shape, self.classes, self.seed = shape, classes, seed
 
     def __len__(self):
