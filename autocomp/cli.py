@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from autocomp.cliutil import run_app
+from autocomp.cliutil import print_json, run_app
 from autocomp.errors import UserError
 from autocomp.search import list_controllers
 
@@ -18,6 +18,7 @@ app = typer.Typer(
     help="Hardware-aware compression search: architecture, pruning, low-rank and quantization under a latency budget.",
 )
 console = Console()
+err_console = Console(stderr=True)
 
 
 # search's options that a run's configuration holds: option -> (config.json key, where in it)
@@ -39,7 +40,7 @@ def search(
     out: Optional[Path] = typer.Option(None, help="Run directory (default reports/<timestamp>)."),
     space: str = typer.Option("mnist-mbv2", help="Search space name (search_spaces/) or YAML path."),
     device: str = typer.Option("cpu-ort", help="Target device (see `autocomp devices`)."),
-    data: str = typer.Option("mnist", help="'mnist' or 'imagefolder:PATH'."),
+    data: str = typer.Option("mnist", help="'mnist', 'imagefolder:PATH[?norm=imagenet|computed&augment=0]' or 'module:factory' (torch Datasets)."),
     controller: str = typer.Option("budget", help=f"Search strategy: {', '.join(list_controllers())} (autocomp.search registry)."),
     address: Optional[str] = typer.Option(None, help="Ray cluster: 'auto', HOST:PORT or 'ray://host:port' (default: a private local Ray on loopback)."),
     concurrency: Optional[int] = typer.Option(None, min=1, help="Evaluations in flight (default: the cluster's CPUs)."),
@@ -54,6 +55,8 @@ def search(
     no_calibrate: bool = typer.Option(False, "--no-calibrate", help="Never calibrate: without a predictor of this fingerprint, candidates are not filtered by the budget."),
     model: Optional[str] = typer.Option(None, help="Your own network instead of --space: 'torchvision:NAME' (with --weights w.pt) or 'package.module:factory'."),
     input: Optional[str] = typer.Option(None, "--input", help="Input size CxHxW of --model (default 3x224x224)."),
+    train_device: str = typer.Option("auto", help="Where candidates train (from scratch, recovery): auto (CUDA if there is a GPU), cpu, cuda."),
+    json_out: bool = typer.Option(False, "--json", help="Print the run's summary as JSON on stdout (progress goes to stderr)."),
 ) -> None:
     """Search the space for the most accurate candidates under the latency budget."""
     from autocomp.config import default_run_dir, parse_budget, read_run_file, search_config
@@ -103,9 +106,18 @@ def search(
     steps = ev.get("train_steps", train_steps) if not _given(ctx, "train_steps") else train_steps
     vsize = ev.get("val_size", val_size) if not _given(ctx, "val_size") else val_size
     cfg = search_config(fields, str(config) if config is not None else "search")
-    run_search(cfg, train_steps=steps, console=console, resume=resume is not None, val_size=vsize,
-               controller_options=stored.get("controller_options") or None,
-               top_k=top_k, distill_steps=distill_steps, calibrate=0 if no_calibrate else calibrate)
+    import contextlib
+    import sys
+
+    # --json: stdout holds the JSON document alone; everything else the run prints goes to stderr
+    with contextlib.redirect_stdout(sys.stderr) if json_out else contextlib.nullcontext():
+        summary = run_search(cfg, train_steps=steps, console=err_console if json_out else console,
+                             resume=resume is not None, val_size=vsize,
+                             controller_options=stored.get("controller_options") or None, top_k=top_k,
+                             distill_steps=distill_steps, calibrate=0 if no_calibrate else calibrate,
+                             train_device=train_device)
+    if json_out:
+        print_json({**summary, "run_dir": str(cfg.out)})
 
 
 def _overridable(resume: Optional[Path]) -> set[str]:
@@ -134,15 +146,19 @@ def distill(
     steps: int = typer.Option(300, min=0, help="Distillation steps per winner (0: export without distilling)."),
     teacher: Optional[str] = typer.Option(None, help="Teacher: default the space's largest subnet; 'module:factory' or 'torchvision:NAME'."),
     teacher_weights: Optional[str] = typer.Option(None, help="Weights for a torchvision teacher (torch.load, weights_only)."),
+    train_device: str = typer.Option("auto", help="Distil on: auto (CUDA if there is a GPU), cpu, cuda (mixed precision)."),
 ) -> None:
     """Distil the top-k candidates under budget from the teacher, export them and verify them on the device."""
     from autocomp.deploy import deploy_run
     from autocomp.rundir import RUN_EXPECTED, run_lock
+    from autocomp.training import check_train_device
 
     if not run.is_dir():
         raise UserError("RUN", f"{str(run)!r} is not a directory", RUN_EXPECTED)
     with run_lock(run, "RUN"):  # one command at a time on a run directory
-        deploy_run(run, top_k, _kd_config(kd, steps), teacher, teacher_weights, console=console)
+        kd_cfg = _kd_config(kd, steps)
+        kd_cfg.device = check_train_device(train_device)
+        deploy_run(run, top_k, kd_cfg, teacher, teacher_weights, console=console)
 
 
 @app.command("export")
@@ -174,18 +190,25 @@ def export_cmd(
 
 
 @app.command()
-def spaces() -> None:
+def spaces(json_out: bool = typer.Option(False, "--json", help="Print the list as JSON.")) -> None:
     """List the search spaces shipped with autocomp."""
     from autocomp.space import get_space, list_spaces
 
+    rows = []
     for name in list_spaces():
         s = get_space(name)
-        console.print(f"{name}: {len(s.stages)} stages, precisions {s.compression.precision}")
+        rows.append({"name": name, "stages": len(s.stages), "precisions": list(s.compression.precision),
+                     "input": [s.input.channels, s.input.height, s.input.width], "num_classes": s.num_classes})
+        if not json_out:
+            console.print(f"{name}: {len(s.stages)} stages, precisions {s.compression.precision}", markup=False)
+    if json_out:
+        print_json(rows)
 
 
 @app.command()
 def devices(
     probe: bool = typer.Option(True, help="Probe the fingerprint of devices measured on this machine (not those reached over ssh)."),
+    json_out: bool = typer.Option(False, "--json", help="Print the devices as JSON."),
 ) -> None:
     """List the measurement devices, the fingerprints their latency predictors were measured on, and
     whether one matches the machine that would measure now (else a search calibrates first)."""
@@ -195,6 +218,7 @@ def devices(
     from autocomp.resources import predictors_dir
 
     t = Table("device", "backend", "precisions", "predictors (fingerprint)", "this machine now", "match")
+    rows = []
     for d in DEVICES.values():
         dirs = predictor_dirs(d.name)
         names = [f"{p.name}{'' if p.parent.parent == predictors_dir() else ' (calibrated)'}" for p in dirs]
@@ -207,6 +231,11 @@ def devices(
             else:
                 match = "yes" if here in {p.name for p in dirs} else "no: a search calibrates first"
         t.add_row(d.name, d.backend, ",".join(d.precisions), "\n".join(names) or "none", here, match)
+        rows.append({"device": d.name, "backend": d.backend, "precisions": list(d.precisions), "description": d.description,
+                     "predictors": names, "this_machine": here, "match": match.startswith("yes") if match else None})
+    if json_out:
+        print_json(rows)
+        return
     console.print(t)
     console.print("descriptions: " + "; ".join(f"{d.name}: {d.description}" for d in DEVICES.values()), soft_wrap=True)
 

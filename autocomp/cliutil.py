@@ -44,3 +44,23 @@ def run_app(typer_app: typer.Typer) -> None:
         sys.stderr.write("aborted\n")
         sys.exit(130)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _finite(obj):
+    """``obj`` with NaN and infinities as null (valid JSON)."""
+    import math
+
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def print_json(obj) -> None:
+    """``--json``: one JSON document on stdout (no markup, no wrapping; NaN as null)."""
+    import json
+
+    print(json.dumps(_finite(obj), indent=2, default=str, allow_nan=False), flush=True)

@@ -35,8 +35,8 @@ from autocomp.families.mbv2 import supernet_path  # noqa: F401  (where it used t
 from autocomp.measure import get_device
 from autocomp.measure.onnxruntime import accuracy as ort_accuracy
 from autocomp.models.mbv2 import count_params
-from autocomp.models.train import train  # noqa: F401  (where it used to live)
 from autocomp.space import Candidate, SearchSpace
+from autocomp.training import train  # noqa: F401 - also autocomp.evaluate.train, as before
 
 
 class EvalSettings(BaseModel):
@@ -56,6 +56,7 @@ class EvalSettings(BaseModel):
     calib_images: int = 256  # int8 activation calibration images (of the training split)
     calib_batch_size: int = 32
     seed: int = 0
+    train_device: str = "auto"  # from-scratch and recovery training: auto | cpu | cuda (autocomp.training)
 
 
 # the evaluation settings before issue 21 (two recalibrations of 8 x 256 images, NCHW, 5000 validation

@@ -80,7 +80,8 @@ def _latency_model(device: Device, space, model_dir: Path, resume: bool, k: int,
 
 def run_search(cfg: SearchConfig, train_steps: int = 100, console: Console | None = None, *, resume: bool = False,
                val_size: int | None = None, controller_options: dict | None = None, predictor=None,
-               top_k: int = 0, distill_steps: int = 0, calibrate: int = DEFAULT_K, confirm: int = 2) -> dict:
+               top_k: int = 0, distill_steps: int = 0, calibrate: int = DEFAULT_K, confirm: int = 2, train_device: str = "auto",
+               data=None, space=None, row_callback=None) -> dict:
     """Run (or with ``resume`` continue) a search; writes config.json, results.csv, summary.json in ``cfg.out``.
 
     A run directory that already holds a run is refused unless ``resume``; a resumed run must use the
@@ -90,19 +91,32 @@ def run_search(cfg: SearchConfig, train_steps: int = 100, console: Console | Non
     node): a matching predictor, or one calibrated now with ``calibrate`` measurements (0: no
     filter); see :mod:`autocomp.predictor.calibrate`. It is saved in ``<run>/latency_model/`` (a
     resumed run filters with it again) and adapted online as the run measures.
+
+    The library (:mod:`autocomp.api`) may hand over ``data`` (an :class:`autocomp.data.Dataset`) and
+    ``space`` (a SearchSpace) already built, and ``row_callback(row)``, called as each row is recorded.
+    Training (from scratch, recovery) runs on ``train_device`` (:mod:`autocomp.training`); trials ask
+    Tune for a share of the cluster's GPUs when it has some and training may use them.
     """
+    from autocomp.training import check_train_device
+
     console = console or Console()
     device = get_device(cfg.device)
-    space = space_for(cfg.space, cfg.model, cfg.weights, cfg.input).restrict_precisions(list(device.precisions))
+    train_device = check_train_device(train_device)  # cuda without a GPU: one line, before Ray starts
+    space = (space if space is not None else space_for(cfg.space, cfg.model, cfg.weights, cfg.input)).restrict_precisions(list(device.precisions))
     check_controller(cfg.controller, controller_options)  # unknown controller or option: fail before anything starts
-    settings = EvalSettings(weights=cfg.weights, train_steps=train_steps, seed=cfg.seed, **({"val_size": val_size} if val_size else {}))
+    settings = EvalSettings(weights=cfg.weights, train_steps=train_steps, seed=cfg.seed, train_device=train_device,
+                            **({"val_size": val_size} if val_size else {}))
     config = {"schema_version": SCHEMA_VERSION, **json.loads(cfg.model_dump_json()), "eval": settings.model_dump(),
               "device_protocol": device.options, "controller_options": controller_options or {}}
     check_out_dir(cfg.out, "--resume" if resume else "--out")
     _check_run_dir(cfg, config, resume)
     _check_weights(space, settings)
     check_address(cfg.address)
-    data = load_dataset(cfg.data, (space.input.channels, space.input.height, space.input.width))
+    if data is None:
+        data = load_dataset(cfg.data, (space.input.channels, space.input.height, space.input.width))
+    elif tuple(data.input_shape) != (space.input.channels, space.input.height, space.input.width):
+        raise UserError("data", f"items are {'x'.join(map(str, data.input_shape))}",
+                        f"{space.input.channels}x{space.input.height}x{space.input.width} (the input of space {space.name})")
     if data.num_classes != space.num_classes and space.family == "network":
         raise UserError("--data", f"dataset has {data.num_classes} classes but {cfg.model} outputs {space.num_classes}",
                         f"a dataset with {space.num_classes} classes")
@@ -118,7 +132,7 @@ def run_search(cfg: SearchConfig, train_steps: int = 100, console: Console | Non
     try:
         _check_run_dir(cfg, config, resume)  # again, holding the lock: another search may have just written it
         summary = _run_locked(cfg, config, device, space, settings, data, console, resume, controller_options,
-                              predictor, calibrate, confirm)
+                              predictor, calibrate, confirm, row_callback)
         if top_k and summary["best_under_budget"]:
             from autocomp.deploy import deploy_run
             from autocomp.distill import KDConfig
@@ -152,8 +166,11 @@ def _check_weights(space, settings: EvalSettings) -> None:
 
 
 def _run_locked(cfg: SearchConfig, config: dict, device: Device, space, settings: EvalSettings, data, console: Console,
-                resume: bool, controller_options: dict | None, predictor, calibrate: int, confirm: int) -> dict:
+                resume: bool, controller_options: dict | None, predictor, calibrate: int, confirm: int,
+                row_callback=None) -> dict:
     """The search itself, in its locked run directory: Ray, the latency model, config.json, Tune."""
+    from autocomp.training import gpus_per_trial
+
     model_dir = cfg.out / MODEL_DIR
     lm = None
     if predictor is None:
@@ -177,6 +194,7 @@ def _run_locked(cfg: SearchConfig, config: dict, device: Device, space, settings
     if not cluster.get(device.resource):
         console.print(f"[yellow]no node of the cluster holds {escape(device.resource)}: measurements will wait for one[/]")
     concurrency = cfg.concurrency or max(1, int(cluster.get("CPU", 1)))
+    gpus = gpus_per_trial(cluster.get("GPU", 0), concurrency, settings.train_device)
     console.print(f"[bold]autocomp search[/] budget {cfg.budget_ms:g} ms on {escape(device.name)} ({escape(device.description)}); "
                   f"space {escape(space.name)}, controller {escape(cfg.controller)}, {cfg.trials} trials, up to {concurrency} in flight "
                   f"(Ray Tune), run dir {escape(str(cfg.out))}{' (resumed)' if resume else ''}")
@@ -193,9 +211,12 @@ def _run_locked(cfg: SearchConfig, config: dict, device: Device, space, settings
                                        f"{float(row['latency_ms']):.3f} ms  {escape(str(row['summary']))}")
             else:
                 progress.console.print(f"  #{row['trial']} {row['id']} [red]error[/] {escape(str(row['error']))}")
+            if row_callback is not None:
+                row_callback(row)
 
         rows, searcher = run_tune(factory, space, data, device, settings, cfg.trials, cfg.out,
-                                  concurrency=cfg.concurrency, on_row=on_row)
+                                  concurrency=cfg.concurrency, on_row=on_row,
+                                  resources={"cpu": 1, "gpu": gpus} if gpus else None)
     summary = summarise(rows, cfg.budget_ms)
     filtered = predictor is not None or (lm is not None and lm.predictor is not None)
     summary.update(controller=cfg.controller, skipped_infeasible=searcher.skipped, predictor=filtered,

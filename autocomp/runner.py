@@ -267,7 +267,7 @@ def evaluate_trial(config: dict, space: SearchSpace, data: Dataset, settings: Ev
 def run_tune(
     factory: ControllerFactory, space: SearchSpace, data: Dataset, device: Device, settings: EvalSettings,
     n_trials: int, run_dir: Path, concurrency: int | None = None, max_failures: int = 1,
-    on_row: Callable[[dict], Any] | None = None,
+    on_row: Callable[[dict], Any] | None = None, resources: dict | None = None,
 ) -> tuple[list[dict], ControllerSearcher]:
     """Run the search in Tune, continuing from the rows already in ``run_dir``/results.csv (a resumed
     run: a torn last row is set aside and its trial runs again); returns the rows of results.csv (by
@@ -281,6 +281,8 @@ def run_tune(
     callback = ResultsCallback(results, on_row, searcher)
     if remaining > 0:
         trainable = tune.with_parameters(evaluate_trial, space=space, data=data, settings=settings, device=device.name)
+        if resources:  # e.g. {"cpu": 1, "gpu": 0.5} on a cluster with GPUs (pipeline: autocomp.training.gpus_per_trial)
+            trainable = tune.with_resources(trainable, resources)
         storage = tempfile.mkdtemp(prefix="autocomp-tune-")  # Tune's state: outside the run, never restored
         try:
             tune.Tuner(

@@ -46,7 +46,7 @@ def trained(rgb, tmp_path_factory):
     """name -> weights path of a torchvision network trained briefly on ``rgb`` (the user's network)."""
     import torchvision
 
-    from autocomp.models.train import train
+    from autocomp.training import train
 
     out = {}
     d = tmp_path_factory.mktemp("nets")

@@ -70,3 +70,8 @@ def apply_fp16(model: nn.Module, candidate: Candidate, family: Any = None, space
     """The fp16 casts of the candidate's fp16 layer groups (after ``compress(precision="no-fp16")``)."""
     fam = _family(family, space)
     return quantize.apply_fp16(model, fam.groups(candidate, space))
+
+
+from autocomp._callable import make_callable as _make_callable
+
+_make_callable(__name__)  # autocomp.compress(...) is autocomp.api.compress(...)

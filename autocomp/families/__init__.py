@@ -135,9 +135,10 @@ class Family:
     def recover(self, model: "nn.Module", space: "SearchSpace", data, settings) -> "nn.Module":
         """Recovery after pruning and factorisation, before quantization: ``settings.finetune_steps``
         supervised steps (0: none)."""
-        from autocomp.models.train import train
+        from autocomp.training import train
 
-        return train(model, data, settings.finetune_steps, settings.batch_size, settings.lr / 3, settings.seed + 1)
+        return train(model, data, settings.finetune_steps, settings.batch_size, settings.lr / 3, settings.seed + 1,
+                     getattr(settings, "train_device", "cpu"))
 
     def groups(self, candidate: "Candidate", space: "SearchSpace | None" = None) -> list[LayerGroup]:
         raise NotImplementedError

@@ -66,10 +66,11 @@ class MBV2(Family):
                 return extract(candidate, space, ckpt)
             return extract(candidate, space, ckpt, data, bn_batches=max(1, settings.bn_images // settings.bn_batch_size),
                            bn_batch_size=settings.bn_batch_size, seed=settings.seed)
-        from autocomp.models.train import train
+        from autocomp.training import train
 
         model = self.build(candidate, space, data.num_classes)
-        return train(model, data, settings.train_steps, settings.batch_size, settings.lr, settings.seed)
+        return train(model, data, settings.train_steps, settings.batch_size, settings.lr, settings.seed,
+                     getattr(settings, "train_device", "cpu"))
 
     def groups(self, candidate: Candidate, space: SearchSpace | None = None) -> list[LayerGroup]:
         out = [LayerGroup("stem", ("stem",), candidate.stem_precision)]

@@ -7,3 +7,7 @@ A device names a backend and its settings (``DEVICES``); ``get_device(name)`` re
 from autocomp.measure.base import DEVICES, Device, Measurement, get_device, register_device
 
 __all__ = ["DEVICES", "Device", "Measurement", "get_device", "register_device"]
+
+from autocomp._callable import make_callable as _make_callable
+
+_make_callable(__name__)  # autocomp.measure(...) is autocomp.api.measure(...)

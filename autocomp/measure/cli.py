@@ -30,6 +30,7 @@ def measure(
     model: Optional[str] = typer.Option(None, help="Measure candidates of your own network instead of --space: 'torchvision:NAME' or 'package.module:factory'."),
     weights: Optional[str] = typer.Option(None, help="Weights of --model (a state_dict)."),
     input: Optional[str] = typer.Option(None, "--input", help="Input size CxHxW of --model (default 3x224x224)."),
+    json_out: bool = typer.Option(False, "--json", help="Print the campaign's figures as JSON on stdout (messages go to stderr)."),
 ) -> None:
     """Sample, export and measure candidates on a device (resumable)."""
     if ctx.invoked_subcommand is not None:
@@ -38,20 +39,38 @@ def measure(
     from autocomp.predictor.campaign import campaign_candidates, noise_floor, run_campaign, table_path
     from autocomp.families.network import space_for
 
+    con = Console(stderr=True) if json_out else console
     dev = get_device(device)
     sp = space_for(space, model, weights, input).restrict_precisions(list(dev.precisions))
-    console.print(f"[bold]autocomp measure[/] {n} candidates of {sp.name} (seed {seed}) on {dev.name}")
+    con.print(f"[bold]autocomp measure[/] {n} candidates of {sp.name} (seed {seed}) on {dev.name}")
     overrides = {k: v for k, v in (("repeats", repeats), ("retries", retries)) if v is not None}
-    df = run_campaign(sp, dev, n, out, seed, progress=progress, address=address, overrides=overrides)
+    import contextlib
+    import sys
+
+    quiet_stdout = contextlib.redirect_stdout(sys.stderr) if json_out else contextlib.nullcontext()  # --json: stdout is the JSON
+    with quiet_stdout:
+        df = run_campaign(sp, dev, n, out, seed, progress=progress, address=address, overrides=overrides)
     ok = df[df["id"].notna()]
     path = table_path(dev.name, str(ok["fingerprint_id"].iloc[-1]), out) if len(ok) else None
-    console.print(f"{len(ok)} measurements in {path} ({int(ok['flagged'].sum())} flagged, "
+    out_json = {"device": dev.name, "space": sp.name, "seed": seed, "measurements": int(len(ok)), "table": str(path) if path else None,
+                "flagged": int(ok["flagged"].sum()) if len(ok) else 0,
+                "median_ms": float(ok["median_ms"].median()) if len(ok) else None,
+                "min_ms": float(ok["median_ms"].min()) if len(ok) else None, "max_ms": float(ok["median_ms"].max()) if len(ok) else None,
+                "fingerprint_id": str(ok["fingerprint_id"].iloc[-1]) if len(ok) else None}
+    con.print(f"{len(ok)} measurements in {path} ({int(ok['flagged'].sum())} flagged, "
                   f"median {ok['median_ms'].median():.3f} ms, range {ok['median_ms'].min():.3f}–{ok['median_ms'].max():.3f} ms)")
     if noise:
         cand = campaign_candidates(sp, 1, seed)[0]
-        nf = noise_floor(cand, sp, dev, noise, **overrides)
-        console.print(f"noise floor ({cand.id}, {noise} runs): between-run CV {nf['between_run_cv']:.3f}, within-run CV {nf['within_run_cv']:.3f}")
-        console.print(json.dumps(nf))
+        with contextlib.redirect_stdout(sys.stderr) if json_out else contextlib.nullcontext():
+            nf = noise_floor(cand, sp, dev, noise, **overrides)
+        out_json["noise_floor"] = nf
+        con.print(f"noise floor ({cand.id}, {noise} runs): between-run CV {nf['between_run_cv']:.3f}, within-run CV {nf['within_run_cv']:.3f}")
+        if not json_out:
+            console.print(json.dumps(nf))
+    if json_out:
+        from autocomp.cliutil import print_json
+
+        print_json(out_json)
 
 
 def main() -> None:

@@ -34,7 +34,7 @@ def train(
     steps: int = typer.Option(2000, help="Optimiser steps (each: largest + smallest + --random subnets)."),
     seed: int = typer.Option(0, help="Seed (init, batch order, sampled subnets)."),
     out: Optional[Path] = typer.Option(None, help="Checkpoint path (default <user cache>/supernets/<space>.pt; the shipped supernets/ only when --out names it)."),
-    data: str = typer.Option("mnist", help="'mnist' or 'imagefolder:PATH'."),
+    data: str = typer.Option("mnist", help="'mnist', 'imagefolder:PATH[?norm=imagenet]' or 'module:factory' (torch Datasets)."),
     teacher: Optional[str] = typer.Option(None, help="Distil from a teacher: 'module:factory' or 'torchvision:NAME' (default: in-place distillation from the largest subnet)."),
     teacher_weights: Optional[Path] = typer.Option(None, help="Weights for a torchvision teacher (torch.load(weights_only=True))."),
     batch_size: int = typer.Option(96, help="Batch size."),
@@ -47,6 +47,7 @@ def train(
     eval_size: int = typer.Option(10000, help="Test images for the final accuracy of largest / smallest (0: skip)."),
     init: Optional[Path] = typer.Option(None, help="Continue from this checkpoint's weights (warm restart of the schedule)."),
     progress: bool = typer.Option(True, help="Show progress."),
+    train_device: str = typer.Option("auto", help="Train on: auto (CUDA if there is a GPU, else CPU), cpu, cuda (mixed precision)."),
 ) -> None:
     """Train the supernet of a space and write its checkpoint (sandwich rule, in-place distillation)."""
     from autocomp.data import load_dataset
@@ -62,6 +63,9 @@ def train(
         raise UserError("--lr", f"{lr} is not positive", "a positive learning rate")
     if time_budget is not None and time_budget <= 0:
         raise UserError("--time-budget", f"{time_budget} is not positive", "minutes > 0")
+    from autocomp.training import check_train_device
+
+    train_device = check_train_device(train_device)
     sp = get_space(space)
     ds = load_dataset(data, (sp.input.channels, sp.input.height, sp.input.width))
     if out is None:  # never the shipped supernets/ by default: the user's cache
@@ -85,7 +89,7 @@ def train(
     def meta(step: int, done: bool) -> dict:
         return {"command": command, "seed": seed, "steps": step, "steps_requested": steps, "batch_size": batch_size, "lr": lr,
                 "random_subnets": random_subnets, "largest_every": largest_every, "teacher": teacher, "data": data,
-                "wall_time_s": round(time.perf_counter() - t0, 1), "machine": _machine(), "threads": threads,
+                "wall_time_s": round(time.perf_counter() - t0, 1), "machine": _machine(), "threads": threads, "train_device": train_device,
                 "finished": done, "init": str(init) if init else None, "torch": str(__import__("torch").__version__)}
 
     def ckpt(step: int, sd: dict) -> None:
@@ -103,7 +107,7 @@ def train(
         init_state = {k: v.float() if v.is_floating_point() else v for k, v in S.load_checkpoint(init)["state_dict"].items()}
     stats: dict = {}
     sd = S.train_supernet(sp, ds, steps, seed, teacher=tmod, progress=progress, batch_size=batch_size, lr=lr,
-                          n_random=random_subnets, largest_every=largest_every, threads=threads,
+                          n_random=random_subnets, largest_every=largest_every, threads=threads, device=train_device,
                           time_budget_s=time_budget * 60 if time_budget else None,
                           callback=counting if checkpoint_every else None, callback_every=checkpoint_every, stats=stats,
                           init_state=init_state)

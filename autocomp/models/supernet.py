@@ -437,7 +437,7 @@ def train_supernet(space: SearchSpace, data, steps: int, seed: int, teacher: nn.
                    warmup_frac: float = 0.1, sort_at_frac: float = 0.1, threads: int | None = 2,
                    callback: Callable[[int, dict], None] | None = None, callback_every: int = 0,
                    init_state: dict | None = None, largest_every: int = 1, time_budget_s: float | None = None,
-                   stats: dict | None = None) -> dict[str, torch.Tensor]:
+                   stats: dict | None = None, device: str = "cpu") -> dict[str, torch.Tensor]:
     """Train the supernet of ``space`` on ``data.train`` for ``steps`` optimiser steps; return its state_dict.
 
     Each step (sandwich rule): the largest subnet learns from the labels (and from ``teacher``'s
@@ -453,7 +453,12 @@ def train_supernet(space: SearchSpace, data, steps: int, seed: int, teacher: nn.
     (the other steps distil from the teacher, if any, else learn from labels only);
     ``time_budget_s`` ends training after that wall time, the schedule then follows elapsed time
     (progress = max(step / steps, elapsed / budget)), so the learning rate still anneals to its end.
+
+    ``device``: ``cpu``, ``cuda`` or ``auto`` (:mod:`autocomp.training`; mixed precision on CUDA); the
+    returned state_dict is on the CPU.
     """
+    from autocomp.training import Amp, resolve_device, to
+
     if steps < 1:
         raise UserError("--steps", f"{steps} is not positive", "a positive number of training steps")
     if threads:
@@ -463,9 +468,11 @@ def train_supernet(space: SearchSpace, data, steps: int, seed: int, teacher: nn.
     net = SuperNet(space, data.num_classes)
     if init_state is not None:
         net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in init_state.items()}, strict=False)
-    net = net.to(memory_format=torch.channels_last).train()
+    dev = resolve_device(device)
+    amp = Amp(dev)
+    net = net.to(dev, memory_format=torch.channels_last).train()
     if teacher is not None:
-        teacher = teacher.eval()
+        teacher = teacher.to(dev).eval()
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     largest, smallest = space.largest(), space.smallest()
     is_sorted = False
@@ -497,33 +504,34 @@ def train_supernet(space: SearchSpace, data, steps: int, seed: int, teacher: nn.
                     is_sorted = True
                 for g in opt.param_groups:
                     g["lr"] = _lr_at(int(frac * 10000), 10000, lr, max(1, int(10000 * warmup_frac)))
-                x = x.contiguous(memory_format=torch.channels_last)
+                x, y = to(x, dev).contiguous(memory_format=torch.channels_last), to(y, dev)
                 opt.zero_grad(set_to_none=True)
                 soft_t = None
                 if teacher is not None:
-                    with torch.no_grad():
-                        soft_t = F.softmax(teacher(x) / kd_temperature, 1)
+                    with torch.no_grad(), amp.autocast():
+                        soft_t = F.softmax(teacher(x).float() / kd_temperature, 1)
                 total, soft = 0.0, soft_t
                 if step % largest_every == 0:
-                    out = net(x, largest)
+                    with amp.autocast():
+                        out = net(x, largest).float()
                     loss = F.cross_entropy(out, y)
                     if soft_t is not None:
                         loss = (1 - kd_weight) * loss + kd_weight * _kd(out, soft_t, kd_temperature)
-                    loss.backward()
+                    amp.backward(loss)
                     total = float(loss.detach())
                     acc_l = float((out.argmax(1) == y).float().mean())
                     if soft is None:
                         soft = F.softmax(out.detach() / kd_temperature, 1)
                 cands = [smallest] + [space.sample(rng) for _ in range(n_random)]
                 for i, cand in enumerate(cands):
-                    o = net(x, cand)
+                    with amp.autocast():
+                        o = net(x, cand).float()
                     loss = F.cross_entropy(o, y)
                     if soft is not None:
                         loss = (1 - kd_weight) * loss + kd_weight * _kd(o, soft, kd_temperature)
-                    loss.backward()
+                    amp.backward(loss)
                     total += float(loss.detach())
-                nn.utils.clip_grad_norm_(net.parameters(), 5.0)
-                opt.step()
+                amp.step(opt, clip=(list(net.parameters()), 5.0))
                 step += 1
                 run_loss = total if step == 1 else 0.9 * run_loss + 0.1 * total
                 run_acc = acc_l if step == 1 else 0.9 * run_acc + 0.1 * acc_l
@@ -534,7 +542,7 @@ def train_supernet(space: SearchSpace, data, steps: int, seed: int, teacher: nn.
                 elif progress and (step % log_every == 0 or step == steps or step <= 3):
                     _log(f"[supernet] step {step}/{steps} {info} elapsed {el / 60:.1f} min")
                 if callback is not None and callback_every and step % callback_every == 0 and step < steps:
-                    callback(step, net.state_dict())
+                    callback(step, {k: v.cpu() for k, v in net.state_dict().items()})
             epoch += 1
     finally:
         if bar is not None:
@@ -543,4 +551,4 @@ def train_supernet(space: SearchSpace, data, steps: int, seed: int, teacher: nn.
         stats.update(steps=step, wall_s=round(time.perf_counter() - t0, 1))
     if progress:
         _log(f"[supernet] done: {step} steps in {(time.perf_counter() - t0) / 60:.1f} min")
-    return {k: v.detach().clone() for k, v in net.state_dict().items()}
+    return {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}

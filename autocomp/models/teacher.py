@@ -113,7 +113,7 @@ def check_teacher(model: nn.Module, data, batch_size: int = 8) -> None:
         out = model(x)
     except Exception as e:  # noqa: BLE001 - a shape mismatch surfaces as any of several errors
         raise UserError("--teacher", f"fails on the dataset's input of shape {shape} ({type(e).__name__}: {str(e)[:160]})",
-                        f"a model taking N x {shape} inputs normalised as (x/255 - {data.mean:.4f}) / {data.std:.4f}") from None
+                        f"a model taking N x {shape} inputs normalised as {data.norm_text()}") from None
     if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != x.shape[0]:
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise UserError("--teacher", f"output is {got}", f"logits of shape (N, {data.num_classes})")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
@@ -44,6 +43,7 @@ def train(
     max_train: int = typer.Option(300, min=10, help="At most this many training measurements."),
     kind: Optional[str] = typer.Option(None, help="Force a model kind (sum, whole, sum+gbm); default: chosen by cross-validation."),
     fingerprint: Optional[str] = typer.Option(None, help=FINGERPRINT_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print the fit's report as JSON."),
 ) -> None:
     """Fit a predictor on predictors/<device>/measurements.parquet and save it next to the table."""
     from autocomp.predictor import predictor_dir
@@ -57,6 +57,11 @@ def train(
     kinds = KINDS if kind is None else (kind,)
     pred, report = fit(df, kinds=kinds, max_train=max_train)
     out = pred.save(predictor_dir(device, path.parent.name, root))
+    if as_json:
+        from autocomp.cliutil import print_json
+
+        print_json({"device": device, "kind": pred.kind, "out": str(out), "fingerprint_id": path.parent.name, **report})
+        return
     sel = report.get("selection", {})
     for k, m in sel.items():
         console.print(f"  cv {k:12s} rmspe {m['rmspe']:.3f}  within10 {m['within_10pct']:.2f}  spearman {m['spearman']:.3f}")
@@ -101,7 +106,9 @@ def evaluate(
     elif pred.meta.get("noise_floor"):
         res["noise_floor_cv"] = pred.meta["noise_floor"].get("between_run_cv")
     if as_json:
-        print(json.dumps(res))
+        from autocomp.cliutil import print_json
+
+        print_json(res)
         return
     t = Table(title=f"{device}: {pred.kind} predictor, {res['n_train']} training / {res['n_test']} held-out measurements")
     t.add_column("metric")

@@ -9,3 +9,7 @@ from autocomp.search.base import CONTROLLERS, Controller, check_controller, cont
 from autocomp.search import apq, budget, evolution, nsga2, random  # noqa: F401  (built-in strategies register themselves)
 
 __all__ = ["CONTROLLERS", "Controller", "check_controller", "controller_options", "get_controller", "list_controllers", "register"]
+
+from autocomp._callable import make_callable as _make_callable
+
+_make_callable(__name__)  # autocomp.search(...) is autocomp.api.search(...)
