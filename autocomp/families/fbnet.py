@@ -301,6 +301,13 @@ class FBNetFamily(Family):
             factorize_layer(block, b.rank)
         return model
 
+    def train_supernet(self, space: SearchSpace, data, steps: int, seed: int = 0, **kw) -> dict[str, torch.Tensor]:
+        """The supernet's state_dict after ``steps`` steps (:func:`train_supernet`; ``autocomp supernet train``)."""
+        return train_supernet(space, data, steps, seed, **kw)
+
+    def extract(self, candidate: Candidate, space: SearchSpace, weights, data=None, bn_batches: int = 4) -> FBNet:
+        return extract(candidate, space, weights, data, bn_batches)
+
     def teacher(self, space: SearchSpace, data=None, weights=None, bn_batches: int = 4):
         from autocomp.models.supernet import default_checkpoint
 
@@ -421,11 +428,14 @@ def arch_only(candidate: Candidate) -> Candidate:
 
 def train_supernet(space: SearchSpace, data, steps: int, seed: int = 0, batch_size: int = 128, lr: float = 0.1,
                    paths: int = 2, device: str | None = None, progress: bool = True, weight_decay: float = 4e-5,
-                   init_state: dict | None = None, batches: Iterable | None = None) -> dict[str, torch.Tensor]:
+                   init_state: dict | None = None, batches: Iterable | None = None, threads: int | None = None) -> dict[str, torch.Tensor]:
     """Train the supernet of ``space`` for ``steps`` SGD steps (momentum 0.9, cosine schedule); return
     its state_dict (on the CPU). Each step runs ``paths`` uniformly sampled architectures on the
     batch and sums their gradients. ``device``: ``cuda`` when available unless given. ``batches``:
-    an iterable of (x, y) to use instead of ``data``'s training split (cycled)."""
+    an iterable of (x, y) to use instead of ``data``'s training split (cycled). ``threads``: torch
+    intra-op threads (CPU)."""
+    if threads:
+        torch.set_num_threads(threads)
     if steps < 1:
         raise UserError("--steps", f"{steps} is not positive", "a positive number of training steps")
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))

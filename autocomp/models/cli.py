@@ -63,10 +63,23 @@ def train(
     if time_budget is not None and time_budget <= 0:
         raise UserError("--time-budget", f"{time_budget} is not positive", "minutes > 0")
     sp = get_space(space)
+    from autocomp.families import get_family
+
+    fam = get_family(sp)
+    if fam.name != "mbv2" and not hasattr(fam, "train_supernet"):
+        raise UserError("--space", f"family {fam.name!r} of space {sp.name!r} has no supernet", "a space of a family with one (mbv2, fbnet)")
     ds = load_dataset(data, (sp.input.channels, sp.input.height, sp.input.width))
     out = out or (Path("supernets") / f"{sp.name}.pt")
     if out.suffix != ".pt":
         raise UserError("--out", f"{str(out)!r} does not end in .pt", "a .pt checkpoint path")
+    if fam.name != "mbv2":  # the family's own supernet (fbnet: single-path, SGD, on the GPU when there is one)
+        t0 = time.perf_counter()
+        sd = fam.train_supernet(sp, ds, steps, seed, batch_size=batch_size, progress=progress, threads=threads)
+        m = {"command": " ".join(sys.argv), "seed": seed, "steps": steps, "batch_size": batch_size, "data": data,
+             "family": fam.name, "wall_time_s": round(time.perf_counter() - t0, 1), "machine": _machine(), "finished": True}
+        S.save_checkpoint(out, sp, sd, m)
+        print(json.dumps({"out": str(out), **{k: v for k, v in m.items() if k != "machine"}}))
+        return
     tmod = None
     if teacher is not None:
         from autocomp.models.teacher import check_teacher, load_teacher
