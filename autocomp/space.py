@@ -59,21 +59,49 @@ class WidthSpec(_Strict):
         return _nonempty_unique(v, "width")
 
 
+class StemSpec(WidthSpec):
+    stride: Literal[1, 2] = 1  # read by families whose stem may downsample (fbnet); mbv2's stem keeps stride 1
+
+
 class StageSpec(_Strict):
     stride: Literal[1, 2]
     depth: list[int]
     width: list[int]
-    kernel: list[int]
-    expand: list[int]
+    kernel: list[int] = []  # required unless ``ops`` names the block choices
+    expand: list[int] = []
+    # named block choices (FBNet style: ``k3_e6``, ``k5_e1_g2``, ``skip``; see :func:`op_genes`): a block
+    # picks one op uniformly instead of a kernel and an expansion independently
+    ops: list[str] | None = None
     # whether a block of this stage has channels that pruning may remove (its keep gene is live);
-    # None: the mbv2 rule, a block with expand != 1 (its hidden channels)
+    # None: the mbv2 rule, a block with expand != 1 (its hidden channels). A skip op never has any.
     prunable: bool | None = None
+
+    @field_validator("ops")
+    @classmethod
+    def _ops(cls, v: list[str] | None) -> list[str] | None:
+        if v is None:
+            return v
+        if not v or len(set(v)) != len(v):
+            raise ValueError(f"must list at least one op, without repeats, got {v}")
+        for op in v:
+            op_genes(op)  # raises ValueError for a name outside the grammar
+        return v
+
+    @model_validator(mode="after")
+    def _choices(self) -> "StageSpec":
+        if self.ops is None and not (self.kernel and self.expand):
+            raise ValueError("a stage lists kernel and expand, or ops")
+        if self.ops is not None and (self.kernel or self.expand):
+            raise ValueError("a stage lists ops or kernel and expand, not both")
+        return self
 
     @field_validator("depth", "width", "expand")
     @classmethod
-    def _pos(cls, v: list[int]) -> list[int]:
+    def _pos(cls, v: list[int], info) -> list[int]:
         if any(x <= 0 for x in v):
             raise ValueError(f"values must be positive integers, got {v}")
+        if not v and info.field_name == "expand":
+            return v  # a stage of ops (checked in _choices)
         return _nonempty_unique(v, "value")
 
     @field_validator("kernel")
@@ -81,7 +109,7 @@ class StageSpec(_Strict):
     def _odd(cls, v: list[int]) -> list[int]:
         if any(x <= 0 or x % 2 == 0 for x in v):
             raise ValueError(f"kernel sizes must be odd positive integers, got {v}")
-        return _nonempty_unique(v, "kernel size")
+        return _nonempty_unique(v, "kernel size") if v else v
 
 
 class CompressionSpec(_Strict):
@@ -119,7 +147,7 @@ class SearchSpace(_Strict):
     network: NetworkSpec | None = None  # family network: the user's model and weights
     input: InputSpec
     num_classes: int = Field(gt=1)
-    stem: WidthSpec
+    stem: StemSpec
     stages: list[StageSpec] = Field(min_length=1)
     head: WidthSpec
     compression: CompressionSpec = CompressionSpec()
@@ -141,7 +169,7 @@ class SearchSpace(_Strict):
 
     @model_validator(mode="after")
     def _fits_input(self) -> "SearchSpace":
-        down = 2 ** sum(1 for s in self.stages if s.stride == 2)
+        down = self.stem.stride * 2 ** sum(1 for s in self.stages if s.stride == 2)
         if min(self.input.height, self.input.width) < down:
             raise ValueError(f"input {self.input.height}x{self.input.width} is smaller than the total stride {down}")
         return self
@@ -164,9 +192,13 @@ class SearchSpace(_Strict):
 
     def _sample_block(self, st: StageSpec, rng: random.Random) -> "Block":
         c = self.compression
-        expand = rng.choice(st.expand)
+        if st.ops is not None:
+            kernel, expand = op_genes(rng.choice(st.ops))
+        else:
+            expand = rng.choice(st.expand)
+            kernel = rng.choice(st.kernel)
         return Block(
-            kernel=rng.choice(st.kernel),
+            kernel=kernel,
             expand=expand,
             keep=rng.choice(c.keep_ratio) if _prunable(st, expand) else 1.0,
             rank=rng.choice(c.rank_ratio),
@@ -182,8 +214,11 @@ class SearchSpace(_Strict):
         return self._extreme(min, precision)
 
     def _extreme(self, pick, precision: str) -> "Candidate":
+        def genes(st: StageSpec) -> tuple[int, int]:
+            return op_genes(pick(st.ops, key=_op_size)) if st.ops is not None else (pick(st.kernel), pick(st.expand))
+
         stages = tuple(
-            Stage(pick(st.width), tuple(Block(pick(st.kernel), pick(st.expand), 1.0, 1.0, precision) for _ in range(pick(st.depth))))
+            Stage(pick(st.width), tuple(Block(*genes(st), 1.0, 1.0, precision) for _ in range(pick(st.depth))))
             for st in self.stages
         )
         return Candidate(self.name, pick(self.stem.width), precision, stages, pick(self.head.width), precision)
@@ -204,9 +239,13 @@ class SearchSpace(_Strict):
                     blocks.append(self._sample_block(st, rng))
                     continue
                 b = cs.blocks[i]
-                expand = maybe(b.expand, st.expand)
+                if st.ops is not None:
+                    kernel, expand = op_genes(maybe(b.op, st.ops))
+                else:
+                    expand = maybe(b.expand, st.expand)
+                    kernel = maybe(b.kernel, st.kernel)
                 blocks.append(Block(
-                    kernel=maybe(b.kernel, st.kernel),
+                    kernel=kernel,
                     expand=expand,
                     keep=maybe(b.keep if b.keep in c.keep_ratio else c.keep_ratio[-1], c.keep_ratio) if _prunable(st, expand) else 1.0,
                     rank=maybe(b.rank, c.rank_ratio),
@@ -262,8 +301,11 @@ class SearchSpace(_Strict):
             need(cs.depth in st.depth, f"stages[{i}].depth", cs.depth, st.depth)
             for j, b in enumerate(cs.blocks):
                 f = f"stages[{i}].blocks[{j}]"
-                need(b.kernel in st.kernel, f + ".kernel", b.kernel, st.kernel)
-                need(b.expand in st.expand, f + ".expand", b.expand, st.expand)
+                if st.ops is not None:
+                    need(b.op in st.ops, f + ".op", b.op, st.ops)
+                else:
+                    need(b.kernel in st.kernel, f + ".kernel", b.kernel, st.kernel)
+                    need(b.expand in st.expand, f + ".expand", b.expand, st.expand)
                 live = _prunable(st, b.expand)
                 need(b.keep in c.keep_ratio if live else b.keep == 1.0, f + ".keep", b.keep, c.keep_ratio if live else [1.0])
                 need(b.rank in c.rank_ratio, f + ".rank", b.rank, c.rank_ratio)
@@ -298,8 +340,46 @@ class SearchSpace(_Strict):
 
 
 def _prunable(st: StageSpec, expand: int) -> bool:
-    """Whether a block's keep gene is live: the stage says so, else (mbv2) when it expands."""
+    """Whether a block's keep gene is live: never for a skip op; the stage says so, else (mbv2) when it expands."""
+    if expand == 0:
+        return False
     return st.prunable if st.prunable is not None else expand != 1
+
+
+# --------------------------------------------------------------------------- named block ops
+
+_OP = re.compile(r"k(\d+)_e(\d+)(?:_g(\d+))?")
+GROUPED = 100  # expand gene of a grouped op: groups * GROUPED + expansion
+
+
+def op_genes(op: str) -> tuple[int, int]:
+    """The (kernel, expand) genes of a named block op, the numbers a Block carries (and the latency
+    predictor reads): ``k3_e6`` -> (3, 6); a grouped op ``k5_e1_g2`` (1x1 convs in 2 groups) ->
+    (5, 2 * GROUPED + 1); ``skip`` -> (0, 0). :attr:`Block.op` reads them back."""
+    if op == "skip":
+        return 0, 0
+    m = _OP.fullmatch(op)
+    if not m:
+        raise ValueError(f"unknown op {op!r}; expected skip or k<kernel>_e<expand>[_g<groups>], e.g. k3_e6, k5_e1_g2")
+    k, e, g = int(m.group(1)), int(m.group(2)), int(m.group(3) or 1)
+    if k % 2 == 0 or not (0 < e < GROUPED) or g < 1:
+        raise ValueError(f"op {op!r}: the kernel must be odd, the expansion in 1..{GROUPED - 1}, the groups >= 1")
+    return k, e + (g * GROUPED if g > 1 else 0)
+
+
+def op_name(kernel: int, expand: int) -> str:
+    """The op name of (kernel, expand) genes (the inverse of :func:`op_genes`)."""
+    if kernel == 0 and expand == 0:
+        return "skip"
+    g, e = divmod(expand, GROUPED)
+    return f"k{kernel}_e{e}" + (f"_g{g}" if g > 1 else "")
+
+
+def _op_size(op: str) -> tuple[int, int, int]:
+    """Order of ops by size, for the largest / smallest architecture: expansion, kernel, fewer groups."""
+    k, code = op_genes(op)
+    g, e = divmod(code, GROUPED)
+    return e, k, -max(g, 1)
 
 
 # --------------------------------------------------------------------------- candidate
@@ -312,6 +392,11 @@ class Block:
     keep: float  # share of the block's hidden (expanded) channels kept by structured pruning
     rank: float  # low-rank ratio of the block's 1x1 convolutions (1.0 = full rank)
     precision: str  # fp32 | fp16 | int8
+
+    @property
+    def op(self) -> str:
+        """The block's op name (``k3_e6``; see :func:`op_genes`)."""
+        return op_name(self.kernel, self.expand)
 
     def __post_init__(self) -> None:
         # the block's numeric genes as the latency predictor reads them (active, kernel, expand, keep,

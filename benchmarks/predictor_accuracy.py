@@ -8,6 +8,11 @@ throughput (candidates per second). Prints figures, saves JSON to benchmarks/res
 JSON object as its last line.
 
     python benchmarks/predictor_accuracy.py [--device cpu-ort] [--noise 5] [--remeasure 6] [--search-models 10] [--save]
+    python benchmarks/predictor_accuracy.py --root predictors/spaces/fbnet-224 --search-models 0 --save   # FBNet at 224x224
+
+``--root``: the predictors folder holding the table (default predictors/; a space other than the
+shipped one keeps its table and predictor in predictors/spaces/<space>/, see predictors/README.md).
+The machine's load average (1/5/15 min) is recorded before and after.
 
 ``--search-models N`` also measures N fresh candidates exported the way the search scores them
 (supernet weights, BatchNorm recalibrated, int8 calibrated on MNIST) and compares the predictor with
@@ -20,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import tempfile
 import time
@@ -40,7 +46,7 @@ OUT = Path(__file__).parent / "results"
 def throughput(pred, space, n: int = 100_000) -> float:
     rng = random.Random(0)
     cands = [space.sample(rng) for _ in range(n)]
-    pred.predict(cands[:1000])
+    pred.predict(cands[:min(1000, n // 10)])
     t0 = time.perf_counter()
     pred.predict(cands)
     return n / (time.perf_counter() - t0)
@@ -91,18 +97,24 @@ def main() -> None:
     ap.add_argument("--noise", type=int, default=5, help="repeats of one model for the noise floor (0: skip)")
     ap.add_argument("--remeasure", type=int, default=6, help="held-out models re-measured now (0: skip)")
     ap.add_argument("--search-models", type=int, default=0, help="candidates exported with supernet weights and measured (0: skip)")
-    ap.add_argument("--save", action="store_true", help="write the fitted predictor to predictors/<device>/<fingerprint id>/")
+    ap.add_argument("--save", action="store_true", help="write the fitted predictor to <root>/<device>/<fingerprint id>/")
+    ap.add_argument("--root", type=Path, default=None, help="predictors folder of the table (default: predictors/)")
+    ap.add_argument("--drop-flagged", action="store_true", help="fit and score without the rows the protocol flagged")
+    ap.add_argument("--throughput-n", type=int, default=100_000, help="candidates scored for the throughput figure")
     args = ap.parse_args()
 
+    load_before = os.getloadavg()
     fid = args.fingerprint or fingerprint_id(get_device(args.device).fingerprint())
-    df = read_table(table_path(args.device, fid))
+    df = read_table(table_path(args.device, fid, args.root))
+    if args.drop_flagged:
+        df = df[~df["flagged"].astype(bool)].reset_index(drop=True)
     space = get_space(str(df["space"].iloc[0]))
     device = get_device(args.device)
     t0 = time.perf_counter()
     pred, report = fit(df, space, max_train=args.max_train)
     fit_s = time.perf_counter() - t0
     _, test = split_table(df, args.max_train)
-    res = {"device": args.device, "cpu_model": cpu_model(), "backend_version": pred.meta.get("backend_version"),
+    res = {"device": args.device, "space": space.name, "fingerprint_id": fid, "drop_flagged": args.drop_flagged, "cpu_model": cpu_model(), "backend_version": pred.meta.get("backend_version"),
            "n_table": len(df), "n_train": report["n_train"], "kind": report["kind"], "fit_s": round(fit_s, 1),
            **report["test"], "table_within_run_cv_median": float(df["cv"].median()), "table_flagged_share": float(df["flagged"].mean()),
            "selection_cv": {k: {m: round(v, 4) for m, v in s.items()} for k, s in report["selection"].items()}}
@@ -127,15 +139,18 @@ def main() -> None:
         res["search_models"] = sm
         print(f"{sm['n_test']} models with supernet weights: within ±10% {sm['within_10pct']:.2f}, RMSPE {sm['rmspe']:.3f}, "
               f"mean error {sm['mean_rel_error']:+.3f}, Spearman {sm['spearman']:.3f}")
-    tp = throughput(pred, space)
+    tp = throughput(pred, space, args.throughput_n)
     res["candidates_per_s"] = round(tp)
     print(f"scoring throughput: {tp:,.0f} candidates/s")
     if args.save:
         pred.meta["benchmark"] = {k: res[k] for k in ("rmspe", "within_5pct", "within_10pct", "spearman", "kendall", "n_test") if k in res}
-        pred.save(predictor_dir(args.device, fid))
-        print(f"saved to {predictor_dir(args.device, fid)}")
+        pred.save(predictor_dir(args.device, fid, args.root))
+        print(f"saved to {predictor_dir(args.device, fid, args.root)}")
+    res["loadavg_before"], res["loadavg_after"] = [round(x, 2) for x in load_before], [round(x, 2) for x in os.getloadavg()]
+    res["cpu_count"] = os.cpu_count()
     OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / f"predictor_accuracy_{args.device}.json").write_text(json.dumps(res, indent=1))
+    suffix = ("" if args.root is None else f"_{space.name}") + ("_unflagged" if args.drop_flagged else "")
+    (OUT / f"predictor_accuracy_{args.device}{suffix}.json").write_text(json.dumps(res, indent=1))
     print(json.dumps(res))
 
 

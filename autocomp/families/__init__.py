@@ -35,7 +35,7 @@ if TYPE_CHECKING:  # pragma: no cover
 _REGISTRY: dict[str, type["Family"]] = {}
 _INSTANCES: dict[str, "Family"] = {}
 # the built-in families, imported on first use (so that importing the registry stays cheap)
-_BUILTIN = {"mbv2": "autocomp.families.mbv2", "network": "autocomp.families.network"}
+_BUILTIN = {"mbv2": "autocomp.families.mbv2", "network": "autocomp.families.network", "fbnet": "autocomp.families.fbnet"}
 
 
 def register(name: str) -> Callable[[type["Family"]], type["Family"]]:

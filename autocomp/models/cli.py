@@ -67,6 +67,11 @@ def train(
 
     train_device = check_train_device(train_device)
     sp = get_space(space)
+    from autocomp.families import get_family
+
+    fam = get_family(sp)
+    if fam.name != "mbv2" and not hasattr(fam, "train_supernet"):
+        raise UserError("--space", f"family {fam.name!r} of space {sp.name!r} has no supernet", "a space of a family with one (mbv2, fbnet)")
     ds = load_dataset(data, (sp.input.channels, sp.input.height, sp.input.width))
     if out is None:  # never the shipped supernets/ by default: the user's cache
         from autocomp.resources import cache_dir
@@ -77,6 +82,14 @@ def train(
         raise UserError("--out", f"{str(out)!r} does not end in .pt", "a .pt checkpoint path")
     if out.is_dir():
         raise UserError("--out", f"{str(out)!r} is a directory", "a .pt checkpoint path")
+    if fam.name != "mbv2":  # the family's own supernet (fbnet: single-path, SGD, on the GPU when there is one)
+        t0 = time.perf_counter()
+        sd = fam.train_supernet(sp, ds, steps, seed, batch_size=batch_size, progress=progress, threads=threads)
+        m = {"command": " ".join(sys.argv), "seed": seed, "steps": steps, "batch_size": batch_size, "data": data,
+             "family": fam.name, "wall_time_s": round(time.perf_counter() - t0, 1), "machine": _machine(), "finished": True}
+        S.save_checkpoint(out, sp, sd, m)
+        print(json.dumps({"out": str(out), **{k: v for k, v in m.items() if k != "machine"}}))
+        return
     tmod = None
     if teacher is not None:
         from autocomp.models.teacher import check_teacher, load_teacher
