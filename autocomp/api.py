@@ -126,24 +126,36 @@ def _context_with(run_dir: Path, space, data):
     return ctx
 
 
-def _space_of(model_or_space):
-    """(space name for config.json, SearchSpace or None for the pipeline to look up)."""
+def _is_network_spec(text: str) -> bool:
+    """'torchvision:NAME' or 'package.module:factory' (a user's network), not a space name or YAML path."""
+    return text.startswith("torchvision:") or (":" in text and not Path(text).exists() and not text.endswith((".yaml", ".yml")))
+
+
+def _space_of(model_or_space, weights: str = "auto", input: str | None = None):
+    """(space name for config.json, SearchSpace or None for the pipeline to look up, network spec or None)."""
     from autocomp.space import SearchSpace
 
     if isinstance(model_or_space, (str, Path)):
-        return str(model_or_space), None
+        text = str(model_or_space)
+        if isinstance(model_or_space, str) and _is_network_spec(text):  # the network family derives its space
+            from autocomp.families.network import space_for
+
+            space = space_for(text, text, weights, input)
+            return space.name, space, text
+        return text, None, None
     if isinstance(model_or_space, SearchSpace):
-        return model_or_space.name, model_or_space
+        return model_or_space.name, model_or_space, None
     try:
         from torch import nn
     except ImportError:  # pragma: no cover
         nn = None
     if nn is not None and isinstance(model_or_space, nn.Module):
-        # A user's network is searched through the 'network' model family (autocomp.families, issue 16);
-        # until it is in this build, an nn.Module is refused in one line.
-        raise UserError("model_or_space", f"a {type(model_or_space).__name__} (nn.Module) needs the 'network' model family, "
-                        "which this build does not have yet", "a search space name, a YAML path or a SearchSpace")
-    raise UserError("model_or_space", f"a {type(model_or_space).__name__}", "a search space name, a YAML path, a SearchSpace or an nn.Module")
+        # Ray workers rebuild the network from an importable spec, so an object from this session is
+        # named by that spec instead: its class's factory and its state_dict saved with torch.save.
+        raise UserError("model_or_space", f"a {type(model_or_space).__name__} object",
+                        "the network as 'torchvision:NAME' or 'package.module:factory' with weights='state_dict.pt'")
+    raise UserError("model_or_space", f"a {type(model_or_space).__name__}",
+                    "a search space name, a YAML path, a SearchSpace, or 'torchvision:NAME' / 'module:factory'")
 
 
 def as_dataset(data, input_shape: tuple[int, int, int] | None = None):
@@ -170,13 +182,14 @@ def as_dataset(data, input_shape: tuple[int, int, int] | None = None):
 
 
 def search(model_or_space="mnist-mbv2", data="mnist", budget: str | float = "10ms", device: str = "cpu-ort", *,
-           trials: int = 16, seed: int = 0, out: str | Path | None = None, controller: str = "random",
+           trials: int = 16, seed: int = 0, out: str | Path | None = None, controller: str = "budget",
            controller_options: dict | None = None, address: str | None = None, concurrency: int | None = None,
            weights: str = "auto", train_steps: int = 100, train_device: str = "auto", val_size: int | None = None,
            calibrate: int = 20, top_k: int = 0, distill_steps: int = 0, resume: bool = False,
-           callbacks: Iterable[Callback] = (), verbose: bool = True) -> Run:
-    """Search ``model_or_space`` (a space name or YAML path, a SearchSpace, or, with the ``network``
-    family, an nn.Module) for the most accurate candidates under ``budget`` (``"10ms"`` or a number
+           callbacks: Iterable[Callback] = (), verbose: bool = True, input: str | None = None) -> Run:
+    """Search ``model_or_space`` (a space name or YAML path, a SearchSpace, or the user's own network
+    as ``'torchvision:NAME'`` / ``'package.module:factory'`` with ``weights='w.pt'`` and ``input='3x32x32'``:
+    the ``network`` family derives its space) for the most accurate candidates under ``budget`` (``"10ms"`` or a number
     of milliseconds) on ``device``. The options are those of ``autocomp search`` (``calibrate=0``:
     no latency model, nothing filtered). Returns the :class:`Run`; its directory is ``out`` (default
     ``reports/<timestamp>``). Bad input raises :class:`autocomp.errors.UserError` before anything runs."""
@@ -194,7 +207,7 @@ def search(model_or_space="mnist-mbv2", data="mnist", budget: str | float = "10m
         raise UserError("budget", f"{budget!r}", "a positive finite number of milliseconds or a string like '10ms'")
     if resume and out is None:
         raise UserError("resume", "needs the run directory to continue", "out= the directory of the interrupted run")
-    space_name, space = _space_of(model_or_space)
+    space_name, space, network = _space_of(model_or_space, weights, input)
     if space is None and not isinstance(data, str):
         from autocomp.space import get_space
 
@@ -203,7 +216,7 @@ def search(model_or_space="mnist-mbv2", data="mnist", budget: str | float = "10m
     data_name, dataset = as_dataset(data, shape)
     cfg = SearchConfig(budget_ms=budget_ms, trials=trials, seed=seed, space=space_name, device=device, data=data_name,
                        out=Path(out) if out is not None else default_run_dir(), controller=controller, address=address,
-                       concurrency=concurrency, weights=weights)
+                       concurrency=concurrency, weights=weights, model=network, input=input if network else None)
 
     def on_row(row: dict) -> None:
         for cb in callbacks:
@@ -267,7 +280,13 @@ def compress(model, policy, data=None, calib_batches: int = 4, batch_size: int =
             calib = [x for x, _ in ds.batches(split, batch_size)]
     if "int8" in cand.layer_precisions() and calib is None:
         raise UserError("data", "the policy has int8 layers but no calibration data was given", "data= (a dataset or input batches)")
-    return chain(copy.deepcopy(model).eval(), cand, calib).eval()
+    try:  # the family of the policy's space (mbv2 when the space is not known here)
+        from autocomp.space import get_space
+
+        space = get_space(cand.space)
+    except UserError:
+        space = None
+    return chain(copy.deepcopy(model).eval(), cand, None, space, calib).eval()
 
 
 # --------------------------------------------------------------------------- measure

@@ -214,7 +214,7 @@ def devices(
     whether one matches the machine that would measure now (else a search calibrates first)."""
     from autocomp.measure import DEVICES
     from autocomp.measure.fingerprint import fingerprint_id
-    from autocomp.predictor import predictor_dirs
+    from autocomp.predictor import int8_warning, precision_facts, predictor_dirs
     from autocomp.resources import predictors_dir
 
     t = Table("device", "backend", "precisions", "predictors (fingerprint)", "this machine now", "match")
@@ -231,13 +231,19 @@ def devices(
             else:
                 match = "yes" if here in {p.name for p in dirs} else "no: a search calibrates first"
         t.add_row(d.name, d.backend, ",".join(d.precisions), "\n".join(names) or "none", here, match)
+        int8 = {p.name: w for p in dirs if (w := int8_warning(precision_facts(d.name, p.name)))}
         rows.append({"device": d.name, "backend": d.backend, "precisions": list(d.precisions), "description": d.description,
-                     "predictors": names, "this_machine": here, "match": match.startswith("yes") if match else None})
+                     "predictors": names, "this_machine": here, "match": match.startswith("yes") if match else None,
+                     "int8_slower_than_fp32": int8})
     if json_out:
         print_json(rows)
         return
     console.print(t)
-    console.print("descriptions: " + "; ".join(f"{d.name}: {d.description}" for d in DEVICES.values()), soft_wrap=True)
+    console.print("descriptions: " + "; ".join(f"{d.name}: {d.description}" for d in DEVICES.values()), soft_wrap=True,
+                  markup=False)
+    for r in rows:  # measured by benchmarks/precision_latency.py (precision.json beside the predictor)
+        for fp, warning in r["int8_slower_than_fp32"].items():
+            console.print(f"{r['device']} ({fp}): {warning}", markup=False, soft_wrap=True)
 
 
 def _mount_subcommands() -> None:

@@ -223,6 +223,11 @@ def _run_locked(cfg: SearchConfig, config: dict, device: Device, space, settings
                    resumed=resume, replayed=searcher.replayed)
     if lm is not None:
         summary["latency_model"] = {**lm.describe(), "live_error": live_error(rows)}
+        from autocomp.predictor import int8_warning, precision_facts
+
+        warning = int8_warning(precision_facts(device.name, str(summary["latency_model"].get("fingerprint_id"))))
+        if warning:  # measured on this fingerprint by benchmarks/precision_latency.py
+            summary["latency_model"]["int8_warning"] = warning
         if lm.predictor is not None:
             summary["latency_model"]["online"] = searcher.ctrl.latency_state()
             summary["skip_audit"] = skip_audit(searcher.ctrl.skipped_log, cfg.budget_ms, space, device, progress=True)

@@ -79,6 +79,23 @@ def test_derived_space_resnet18(trained, tmp_path):
     assert load_space(p) == sp
 
 
+def test_the_library_takes_the_network_by_its_spec(trained):
+    """autocomp.search names the user's network as the CLI does ('torchvision:NAME' + weights + input):
+    the library derives the same space; an nn.Module object is refused in one line that says how to
+    name it (Ray workers rebuild the network from an importable spec)."""
+    import torchvision
+
+    import autocomp
+    from autocomp.api import _space_of
+    from autocomp.errors import UserError
+
+    name, sp, spec = _space_of("torchvision:resnet18", str(trained["resnet18"]), "3x32x32")
+    assert spec == "torchvision:resnet18" and sp == derive_space(spec, str(trained["resnet18"]), SHAPE) and name == sp.name
+    assert _space_of("mnist-mbv2")[1:] == (None, None)
+    with pytest.raises(UserError, match="torchvision:NAME"):
+        autocomp.search(torchvision.models.resnet18(num_classes=10), "mnist", budget="10ms")
+
+
 def test_network_layer_table_and_compression(trained):
     """The layer table (no export) has the compressed network's MACs; skipped blocks are gone; the
     exported int8/fp16 layers sit where the candidate says."""

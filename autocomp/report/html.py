@@ -367,6 +367,9 @@ def _latency_model_html(lm: dict | None, audit: dict | None) -> str:
     if lm.get("notice"):
         out.append(f". {_e(lm['notice'])}")
     out.append(".</p>")
+    if lm.get("int8_warning"):
+        out.append(f"<div class=note>Precision on this fingerprint (measured by benchmarks/precision_latency.py): "
+                   f"{_e(lm['int8_warning'])}.</div>")
     live = lm.get("live_error") or {}
     if live.get("n"):
         out.append(f"<p>Live error on this run ({live['n']} evaluations, each predicted before it was measured): median |error| "

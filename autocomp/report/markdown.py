@@ -63,6 +63,8 @@ def render_markdown(run: Run, compare: list[Run] | None = None) -> str:
         lines += ["", "## Latency model", "", f"- device fingerprint `{lm.get('fingerprint_id')}`: {lm.get('how')}"
                   + (f", calibrated with {cal.get('n_fit', cal.get('k'))} measurements ({cal.get('method')}) from "
                      f"`{cal.get('source_fingerprint_id')}`" if cal else "")]
+        if lm.get("int8_warning"):
+            lines.append(f"- precision on this fingerprint: {lm['int8_warning']}")
         if live.get("n"):
             lines.append(f"- live error ({live['n']} evaluations): median |error| {live['median_abs_error']:.1%}, "
                          f"within ±10 % {live['within_10pct']:.0%}, Spearman {_f(live.get('spearman'), '.3f')}")
