@@ -74,10 +74,22 @@ def _init_local(num_cpus: int | None, device: Device, env: dict) -> None:
     loopback node address every server binds to loopback."""
     import ray
 
+    global _local_session
     with _loopback_node_ip():
         ray.init(address="local", num_cpus=num_cpus, resources={device.resource: 1}, include_dashboard=False,
                  dashboard_host="127.0.0.1", runtime_env=env, log_to_driver=False, _node_ip_address="127.0.0.1")
-    _start_reaper(ray._private.worker._global_node.get_session_dir_path())
+    _local_session = ray._private.worker._global_node.get_session_dir_path()
+    _start_reaper(_local_session)
+
+
+_local_session: str | None = None  # the session of the private local Ray this process started, if any
+
+
+def _is_local_ray() -> bool:
+    import ray
+
+    node = getattr(ray._private.worker, "_global_node", None)
+    return _local_session is not None and node is not None and node.get_session_dir_path() == _local_session
 
 
 def _is_loopback(host: str) -> bool:
@@ -152,11 +164,21 @@ def _start_reaper(session_dir: str) -> None:
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True)
 
 
-def on_device(device: Device, fn: Callable[..., Any], *args: Any) -> Any:
-    """``fn(*args)`` on the node that holds ``device`` when Ray is running, else here."""
+def measures_here(device: Device) -> bool:
+    """Whether ``device`` is measured in this process: no Ray, or the private local Ray this process
+    started with no node holding the device (it was started for another one)."""
     import ray
 
-    if not ray.is_initialized():
+    return not ray.is_initialized() or (_is_local_ray() and not ray.cluster_resources().get(device.resource))
+
+
+def on_device(device: Device, fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)`` on the node that holds ``device`` when Ray is running, else here. In the private
+    local Ray this process started (for another device, say), a device no node holds is this
+    machine's: it runs here rather than wait forever for a node that will never join."""
+    import ray
+
+    if measures_here(device):
         return fn(*args)
     task = ray.remote(num_cpus=0, max_retries=1)(fn).options(resources={device.resource: 1}, scheduling_strategy="DEFAULT")
     return ray.get(task.remote(*args))

@@ -220,7 +220,9 @@ def run_campaign(space: SearchSpace | str, device: Device | str, n: int, out_dir
         try:
             import ray
 
-            use_ray = address is not None or ray.is_initialized()
+            from autocomp.cluster import measures_here
+
+            use_ray = address is not None or (ray.is_initialized() and not measures_here(device))
         except ImportError:
             use_ray = False
     if use_ray:
