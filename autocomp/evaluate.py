@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 from torch import nn
 
 from autocomp.compress import compress
@@ -40,7 +40,9 @@ from autocomp.training import train  # noqa: F401 - also autocomp.evaluate.train
 
 
 class EvalSettings(BaseModel):
-    """How a trial obtains weights and scores a candidate."""
+    """How a trial obtains weights and scores a candidate (an unknown setting is an error, not ignored)."""
+
+    model_config = ConfigDict(extra="forbid")
 
     weights: str = "auto"  # auto (supernet if one exists for the space, else scratch) | supernet | scratch | PATH.pt
     bn_images: int = 512  # training images that re-estimate BatchNorm statistics after compression (0: keep them)

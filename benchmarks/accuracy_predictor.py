@@ -46,7 +46,7 @@ def _init(val_size: int, seed: int) -> None:
 
     torch.set_num_threads(1)
     _W.update(space=get_space(), data=load_dataset("mnist"),
-              settings=EvalSettings(weights="supernet", val_size=val_size, seed=seed, bn_batches=4))
+              settings=EvalSettings(weights="supernet", val_size=val_size, seed=seed))
 
 
 def _score(c: Candidate) -> tuple[float, float]:

@@ -78,7 +78,7 @@ def child(folder: str, space_path: str, candidates: int, train_steps: int, batch
     load_s = time.perf_counter() - t0
     rss_after_load = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     settings = EvalSettings(weights="scratch", train_steps=train_steps, batch_size=batch_size, val_size=val_size,
-                            bn_batches=2, calib_batches=2, train_device="cpu")
+                            bn_images=64, calib_images=64, train_device="cpu")
     rng = random.Random(0)
     scores = []
     for _ in range(candidates):

@@ -18,7 +18,7 @@ from autocomp.models.mbv2 import build
 from autocomp.rundir import RESULT_COLUMNS, ResultsTable
 from autocomp.space import Block, Candidate, Stage, get_space
 
-SETTINGS = EvalSettings(val_size=1000, bn_batches=2)
+SETTINGS = EvalSettings(val_size=1000, bn_images=256)
 
 
 def mixed_candidate() -> Candidate:

@@ -166,7 +166,7 @@ def test_whole_loop(name, trained, rgb, tmp_path):
             return t_ms * group_features(cands, sp)[:, col].sum(1) / ref
 
     ctrl = get_controller("random", sp, seed=0, budget_ms=budget, predictor=MacsLatency())
-    settings = EvalSettings(bn_batches=1, calib_batches=1, batch_size=32, val_size=128, finetune_steps=1, seed=0)
+    settings = EvalSettings(bn_images=32, calib_images=32, batch_size=32, val_size=128, finetune_steps=1, seed=0)
     rows = []
     for trial in range(2):
         cand = ctrl.ask()

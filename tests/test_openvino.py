@@ -156,7 +156,7 @@ def test_accuracy_agrees_with_onnxruntime_on_a_trained_mixed_candidate(mnist, tm
 
     space = get_space("mnist-mbv2")
     cand = _candidate(space, {"fp32", "fp16", "int8"}, seed=1)
-    model = compressed_model(cand, space, mnist, EvalSettings(bn_batches=4, calib_batches=2))
+    model = compressed_model(cand, space, mnist, EvalSettings(bn_images=512, calib_images=256))
     path = to_onnx(model, tmp_path / "model.onnx", mnist.input_shape)
     assert "int8" in onnx_policy(path).values()
     test = mnist.test.subset(2000, seed=0)

@@ -72,7 +72,7 @@ def evaluated(tmp_path_factory):
 
     space = get_space("mnist-mbv2")
     data = load_dataset("mnist", (1, 28, 28))
-    settings = EvalSettings(train_steps=2, val_size=500, batch_size=64, calib_batches=1, seed=0)
+    settings = EvalSettings(train_steps=2, val_size=500, batch_size=64, calib_images=64, seed=0)
     rng = random.Random(3)
     small = space.smallest("fp32")
     cands = [small, space.smallest("int8"), space.mutate(small, rng, prob=0.6), space.mutate(space.smallest("fp16"), rng, prob=0.6)]

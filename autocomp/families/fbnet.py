@@ -277,7 +277,10 @@ class FBNetFamily(Family):
 
         ckpt = supernet_path(space, settings.weights)
         if ckpt is not None:
-            return extract(candidate, space, ckpt, data, bn_batches=settings.bn_batches, seed=settings.seed)
+            if not getattr(settings, "bn_after_extract", False):  # statistics are re-estimated once, after compression
+                return extract(candidate, space, ckpt)
+            return extract(candidate, space, ckpt, data, bn_batches=max(1, settings.bn_images // settings.bn_batch_size),
+                           seed=settings.seed)
         from autocomp.models.train import train
 
         model = self.build(candidate, space, data.num_classes)
