@@ -122,14 +122,24 @@ def _loopback_node_ip(on: bool = True):
 # stdin, a pipe from the driver, closes). It runs from the standard library only.
 _REAPER = r"""
 import os, signal, sys, time
-sys.stdin.buffer.read()  # returns when the driver exits, however it exits
-session = sys.argv[1]
+sys.stdin.buffer.read()  # returns when the driver exits, however it exits (or drops its end early)
+session, driver = sys.argv[1], int(sys.argv[2])
 me = os.getpid()
+
+def alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+while alive(driver):  # the pipe also closes while the driver is still shutting down: never signal it
+    time.sleep(0.2)
 
 def holders():
     found = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
-        if int(pid) == me:
+        if int(pid) in (me, driver):
             continue
         try:
             for fd in os.listdir(f"/proc/{pid}/fd"):
@@ -160,7 +170,7 @@ def _start_reaper(session_dir: str) -> None:
     global _reaper
     if not sys.platform.startswith("linux") or not os.path.isdir("/proc"):
         return
-    _reaper = subprocess.Popen([sys.executable, "-c", _REAPER, session_dir], stdin=subprocess.PIPE,
+    _reaper = subprocess.Popen([sys.executable, "-c", _REAPER, session_dir, str(os.getpid())], stdin=subprocess.PIPE,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True)
 
 

@@ -142,7 +142,7 @@ def test_train_save_load_eval_round_trip(tmp_path, monkeypatch):
     assert json.loads((out / META_NAME).read_text())["kind"] == "sum"  # saved beside its table
     r = CliRunner().invoke(app, ["eval", "--root", str(tmp_path), "--json", "--fingerprint", fid])
     assert r.exit_code == 0, r.output
-    res = json.loads(r.output.strip().splitlines()[-1])
+    res = json.loads(r.stdout)  # --json: stdout holds the JSON document alone
     for k in ("within_10pct", "spearman", "rmspe", "n_test", "kendall", "within_5pct"):
         assert k in res
     assert res["n_test"] > 0 and res["kind"] == "sum"
