@@ -273,18 +273,7 @@ class FBNetFamily(Family):
         return build(candidate, space, num_classes)
 
     def weights(self, candidate: Candidate, space: SearchSpace, data, settings):
-        from autocomp.families.mbv2 import supernet_path
-
-        ckpt = supernet_path(space, settings.weights)
-        if ckpt is not None:
-            if not getattr(settings, "bn_after_extract", False):  # statistics are re-estimated once, after compression
-                return extract(candidate, space, ckpt)
-            return extract(candidate, space, ckpt, data, bn_batches=max(1, settings.bn_images // settings.bn_batch_size),
-                           seed=settings.seed)
-        from autocomp.models.train import train
-
-        model = self.build(candidate, space, data.num_classes)
-        return train(model, data, settings.train_steps, settings.batch_size, settings.lr, settings.seed)
+        return self._inherited_or_trained(candidate, space, data, settings, extract)
 
     def groups(self, candidate: Candidate, space: SearchSpace | None = None) -> list[LayerGroup]:
         out = [LayerGroup("stem", ("stem",), candidate.stem_precision)]
