@@ -117,6 +117,17 @@ class Layer:
         return dict(self.__dict__)
 
 
+def stem_blocks_head(candidate: "Candidate") -> list[LayerGroup]:
+    """The layer groups of a network made of a stem, the candidate's blocks in order and a head +
+    classifier (``stem``, ``blocks.<i>``, ``head``, ``classifier``): mbv2's and fbnet's."""
+    out = [LayerGroup("stem", ("stem",), candidate.stem_precision)]
+    blocks = [b for s in candidate.stages for b in s.blocks]
+    out += [LayerGroup(f"blocks.{i}", (f"blocks.{i}",), b.precision, b.keep, b.rank) for i, b in enumerate(blocks)]
+    out += [LayerGroup("head", ("head",), candidate.head_precision),
+            LayerGroup("classifier", ("classifier",), candidate.head_precision)]
+    return out
+
+
 class Family:
     """What a model family provides (see the module docs). Subclasses override the methods."""
 

@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from autocomp.errors import UserError
-from autocomp.families import Family, Layer, LayerGroup, register
+from autocomp.families import Family, Layer, LayerGroup, register, stem_blocks_head
 from autocomp.models.mbv2 import ConvBNAct
 from autocomp.space import GROUPED, Block, Candidate, SearchSpace, Stage, op_genes, op_name
 
@@ -276,11 +276,7 @@ class FBNetFamily(Family):
         return self._inherited_or_trained(candidate, space, data, settings, extract)
 
     def groups(self, candidate: Candidate, space: SearchSpace | None = None) -> list[LayerGroup]:
-        out = [LayerGroup("stem", ("stem",), candidate.stem_precision)]
-        blocks = [b for s in candidate.stages for b in s.blocks]
-        out += [LayerGroup(f"blocks.{i}", (f"blocks.{i}",), b.precision, b.keep, b.rank) for i, b in enumerate(blocks)]
-        out += [LayerGroup("head", ("head",), candidate.head_precision), LayerGroup("classifier", ("classifier",), candidate.head_precision)]
-        return out
+        return stem_blocks_head(candidate)
 
     def prune(self, model, candidate: Candidate, space: SearchSpace, importance: Any = "l1", batches=None):
         for block, b in zip(model.blocks, (b for s in candidate.stages for b in s.blocks), strict=True):

@@ -13,7 +13,7 @@ import math
 from pathlib import Path
 
 from autocomp.errors import UserError
-from autocomp.families import Family, Layer, LayerGroup, register
+from autocomp.families import Family, Layer, LayerGroup, register, stem_blocks_head
 from autocomp.space import Candidate, SearchSpace
 
 
@@ -63,11 +63,7 @@ class MBV2(Family):
         return self._inherited_or_trained(candidate, space, data, settings, extract)
 
     def groups(self, candidate: Candidate, space: SearchSpace | None = None) -> list[LayerGroup]:
-        out = [LayerGroup("stem", ("stem",), candidate.stem_precision)]
-        blocks = [b for s in candidate.stages for b in s.blocks]
-        out += [LayerGroup(f"blocks.{i}", (f"blocks.{i}",), b.precision, b.keep, b.rank) for i, b in enumerate(blocks)]
-        out += [LayerGroup("head", ("head",), candidate.head_precision), LayerGroup("classifier", ("classifier",), candidate.head_precision)]
-        return out
+        return stem_blocks_head(candidate)
 
     def prune(self, model, candidate: Candidate, space: SearchSpace, importance="l1", batches=None):
         from autocomp.compress import prune
