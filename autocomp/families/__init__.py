@@ -143,25 +143,6 @@ class Family:
         """The uncompressed network of ``candidate`` with trained weights (fp32, eval mode)."""
         raise NotImplementedError
 
-    def _inherited_or_trained(self, candidate: "Candidate", space: "SearchSpace", data, settings,
-                              extract: Callable[..., "nn.Module"]) -> "nn.Module":
-        """:meth:`weights` of a family with a supernet: ``extract`` from the checkpoint the settings
-        name (BatchNorm is re-estimated once, after compression, unless ``bn_after_extract``), or the
-        network trained from scratch when there is none."""
-        from autocomp.families.mbv2 import supernet_path
-
-        ckpt = supernet_path(space, settings.weights)
-        if ckpt is not None:
-            if not getattr(settings, "bn_after_extract", False):
-                return extract(candidate, space, ckpt)
-            return extract(candidate, space, ckpt, data, bn_batches=max(1, settings.bn_images // settings.bn_batch_size),
-                           bn_batch_size=settings.bn_batch_size, seed=settings.seed)
-        from autocomp.training import train
-
-        model = self.build(candidate, space, data.num_classes)
-        return train(model, data, settings.train_steps, settings.batch_size, settings.lr, settings.seed,
-                     getattr(settings, "train_device", "cpu"))
-
     def recover(self, model: "nn.Module", space: "SearchSpace", data, settings) -> "nn.Module":
         """Recovery after pruning and factorisation, before quantization: ``settings.finetune_steps``
         supervised steps (0: none)."""

@@ -273,7 +273,9 @@ class FBNetFamily(Family):
         return build(candidate, space, num_classes)
 
     def weights(self, candidate: Candidate, space: SearchSpace, data, settings):
-        return self._inherited_or_trained(candidate, space, data, settings, extract)
+        from autocomp.models.supernet import inherited_or_trained
+
+        return inherited_or_trained(self, candidate, space, data, settings, extract)
 
     def groups(self, candidate: Candidate, space: SearchSpace | None = None) -> list[LayerGroup]:
         return stem_blocks_head(candidate)

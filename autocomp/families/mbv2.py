@@ -14,24 +14,8 @@ from pathlib import Path
 
 from autocomp.errors import UserError
 from autocomp.families import Family, Layer, LayerGroup, register, stem_blocks_head
+from autocomp.models.supernet import supernet_path  # noqa: F401  (the families' weights come from it)
 from autocomp.space import Candidate, SearchSpace
-
-
-def supernet_path(space: SearchSpace, weights: str) -> Path | None:
-    """The supernet checkpoint the settings ask for, or None for training from scratch."""
-    from autocomp.models.supernet import default_checkpoint
-
-    if weights == "scratch":
-        return None
-    if weights in ("auto", "supernet"):
-        ckpt = default_checkpoint(space.name)
-        if ckpt is None and weights == "supernet":
-            raise UserError("--weights", f"no supernet checkpoint for space {space.name!r}", "supernets/<space>.pt (autocomp supernet train) or --weights scratch")
-        return ckpt
-    p = Path(weights)
-    if not p.is_file():
-        raise UserError("--weights", f"no such checkpoint {weights!r}", "auto, supernet, scratch or a supernet .pt path")
-    return p
 
 
 def _lowrank(cin: int, cout: int, ratio: float) -> int | None:
@@ -58,9 +42,9 @@ class MBV2(Family):
         return build(candidate, space, num_classes)
 
     def weights(self, candidate: Candidate, space: SearchSpace, data, settings):
-        from autocomp.models.supernet import extract
+        from autocomp.models.supernet import extract, inherited_or_trained
 
-        return self._inherited_or_trained(candidate, space, data, settings, extract)
+        return inherited_or_trained(self, candidate, space, data, settings, extract)
 
     def groups(self, candidate: Candidate, space: SearchSpace | None = None) -> list[LayerGroup]:
         return stem_blocks_head(candidate)

@@ -239,6 +239,39 @@ def sort_channels(net: SuperNet, optimizer: torch.optim.Optimizer | None = None)
 # --------------------------------------------------------------------------- checkpoints
 
 
+def supernet_path(space: SearchSpace, weights: str) -> Path | None:
+    """The supernet checkpoint the settings ask for, or None for training from scratch."""
+    if weights == "scratch":
+        return None
+    if weights in ("auto", "supernet"):
+        ckpt = default_checkpoint(space.name)
+        if ckpt is None and weights == "supernet":
+            raise UserError("--weights", f"no supernet checkpoint for space {space.name!r}", "supernets/<space>.pt (autocomp supernet train) or --weights scratch")
+        return ckpt
+    p = Path(weights)
+    if not p.is_file():
+        raise UserError("--weights", f"no such checkpoint {weights!r}", "auto, supernet, scratch or a supernet .pt path")
+    return p
+
+
+def inherited_or_trained(family, candidate: Candidate, space: SearchSpace, data, settings, extract) -> nn.Module:
+    """The weights of a candidate of a family with a supernet (mbv2, fbnet): ``extract(candidate,
+    space, checkpoint, ...)`` from the checkpoint the settings name (BatchNorm is re-estimated once,
+    after compression, unless ``settings.bn_after_extract``), or ``family.build`` trained from
+    scratch when there is none."""
+    ckpt = supernet_path(space, settings.weights)
+    if ckpt is not None:
+        if not getattr(settings, "bn_after_extract", False):
+            return extract(candidate, space, ckpt)
+        return extract(candidate, space, ckpt, data, bn_batches=max(1, settings.bn_images // settings.bn_batch_size),
+                       bn_batch_size=settings.bn_batch_size, seed=settings.seed)
+    from autocomp.training import train
+
+    model = family.build(candidate, space, data.num_classes)
+    return train(model, data, settings.train_steps, settings.batch_size, settings.lr, settings.seed,
+                 getattr(settings, "train_device", "cpu"))
+
+
 def default_checkpoint(space_name: str) -> Path | None:
     """``supernets/<space>.pt`` when it exists (checkout or installed package data), else the one
     `autocomp supernet train` wrote by default (``<user cache>/supernets/<space>.pt``), else None."""
