@@ -161,11 +161,12 @@ def check_runtime_precision(layers: list[tuple[str, str, list[str]]], policy: di
 
 def measure(onnx_path: Path, *, device: str, precision: str, threads: int = 1, batch: int = 1, warmup: int = 20,
             repeats: int = 100, min_time_s: float = 0.3, retries: int = 2, cv_threshold: float = CV_THRESHOLD,
-            clock: str = "wall", reference: bool = False, blocks: int = 4, max_time_s: float = 8.0) -> Measurement:
+            clock: str = "wall", reference: bool = False, blocks: int = 4, max_time_s: float = 8.0,
+            window_s: float | None = None) -> Measurement:
     """Time ``onnx_path`` compiled by OpenVINO; the options and their meaning are those of
     :func:`autocomp.measure.onnxruntime.measure` (``reference``: the normal-phase protocol)."""
     from autocomp.measure import reference as reference_model
-    from autocomp.measure.onnxruntime import reference_timer, sample
+    from autocomp.measure.onnxruntime import WINDOW_S, reference_timer, sample
     from autocomp.measure.trtexec import onnx_policy
 
     if clock == "thread_cpu" and threads != 1:
@@ -180,11 +181,13 @@ def measure(onnx_path: Path, *, device: str, precision: str, threads: int = 1, b
              "policy_nodes_unmatched": check["unmatched"][:20]}
     if ref is not None:
         notes.update(reference=f"v{reference_model.VERSION}", reference_runtime="onnxruntime",
-                     reference_nominal_ms=round(ref.nominal, 5), blocks=blocks)
+                     reference_nominal_ms=round(ref.nominal, 5), blocks=blocks, statistic="fastest-blocks",
+                     window_s=WINDOW_S if window_s is None else window_s)
     protocol = dict(device=device, backend="openvino", backend_version=version(), precision=precision, batch=batch,
                     threads=threads, warmup=warmup, notes=json.dumps(notes))
     best = sample(timed, ref, protocol, warmup=warmup, repeats=repeats, min_time_s=min_time_s, retries=retries,
-                  cv_threshold=cv_threshold, blocks=blocks, max_time_s=max_time_s)
+                  cv_threshold=cv_threshold, blocks=blocks, max_time_s=max_time_s,
+                  window_s=WINDOW_S if window_s is None else window_s)
     if check["problems"] and not best.flagged:
         best = Measurement(**{**best.to_dict(), "flagged": True})
     return best
