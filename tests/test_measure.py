@@ -35,6 +35,13 @@ def test_campaign_resume_no_duplicates(tmp_path, tiny_yaml):
     assert len(df2) == 3 and len(seen) == 3  # only the third candidate was measured
     run_campaign(space, dev, 3, tmp_path, seed=0, progress=False, on_row=lambda r: seen.append(r["id"]))
     assert len(seen) == 3
+    # a second pass measures the first two again, keeps the faster figures and records both passes
+    df3 = run_campaign(space, dev, 2, tmp_path, seed=0, progress=False, passes=2, on_row=lambda r: seen.append(r["id"]))
+    assert seen[3:] == seen[:2] and len(df3) == 3
+    twice = df3[df3["id"].isin(seen[:2])]
+    assert all(len(p) == 2 and m == pytest.approx(min(p)) for p, m in zip(twice["pass_ms"], twice["median_ms"]))
+    run_campaign(space, dev, 2, tmp_path, seed=0, progress=False, passes=2, on_row=lambda r: seen.append(r["id"]))
+    assert len(seen) == 5  # resumed: both passes are done
     fid = fingerprint_id(dev.fingerprint())
     assert tables("cpu-ort-test", tmp_path) == [table_path("cpu-ort-test", fid, tmp_path)]  # one table: this fingerprint's
     table = read_table(table_path("cpu-ort-test", fid, tmp_path))

@@ -30,6 +30,7 @@ def measure(
     model: Optional[str] = typer.Option(None, help="Measure candidates of your own network instead of --space: 'torchvision:NAME' or 'package.module:factory'."),
     weights: Optional[str] = typer.Option(None, help="Weights of --model (a state_dict)."),
     input: Optional[str] = typer.Option(None, "--input", help="Input size CxHxW of --model (default 3x224x224)."),
+    passes: int = typer.Option(1, min=1, help="Measure every candidate this many times, a whole pass apart, and keep the fastest (a shared host's slow phases can outlast one measurement)."),
     json_out: bool = typer.Option(False, "--json", help="Print the campaign's figures as JSON on stdout (messages go to stderr)."),
 ) -> None:
     """Sample, export and measure candidates on a device (resumable)."""
@@ -49,7 +50,7 @@ def measure(
 
     quiet_stdout = contextlib.redirect_stdout(sys.stderr) if json_out else contextlib.nullcontext()  # --json: stdout is the JSON
     with quiet_stdout:
-        df = run_campaign(sp, dev, n, out, seed, progress=progress, address=address, overrides=overrides)
+        df = run_campaign(sp, dev, n, out, seed, progress=progress, address=address, overrides=overrides, passes=passes)
     ok = df[df["id"].notna()]
     path = table_path(dev.name, str(ok["fingerprint_id"].iloc[-1]), out) if len(ok) else None
     out_json = {"device": dev.name, "space": sp.name, "seed": seed, "measurements": int(len(ok)), "table": str(path) if path else None,
