@@ -30,7 +30,7 @@ from autocomp.cluster import on_device
 from autocomp.data import Dataset
 from autocomp.errors import UserError
 from autocomp.evaluate import EvalSettings, measure_onnx, score
-from autocomp.measure import Device, get_device
+from autocomp.measure import Device, get_device, quiet
 from autocomp.rundir import RESULT_COLUMNS, ResultsTable, read_results, set_aside_torn
 from autocomp.search import check_controller, get_controller
 from autocomp.space import Candidate, SearchSpace
@@ -242,7 +242,8 @@ def evaluate_trial(config: dict, space: SearchSpace, data: Dataset, settings: Ev
     # as many threads as CPUs the trial holds: concurrent trials must not oversubscribe the cores
     torch.set_num_threads(max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1))))
     try:
-        s = score(cand, space, data, settings)
+        with quiet.computing():  # never beside a CPU latency measurement on this node
+            s = score(cand, space, data, settings)
     except Exception as e:  # recorded in the table; the search goes on
         tune.report({"status": "error", "error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]})
         return

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from autocomp.errors import UserError
-from autocomp.measure import fingerprint
+from autocomp.measure import fingerprint, quiet
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,8 @@ class Device:
 
     def measure(self, onnx_path: Path, precision: str = "fp32", **overrides: Any) -> Measurement:
         options = {**self.options, **overrides}
-        m = backend(self.backend).measure(onnx_path, device=self.name, precision=precision, **options)
+        with quiet.measuring(self.backend):  # the other trials on this node pause their computing
+            m = backend(self.backend).measure(onnx_path, device=self.name, precision=precision, **options)
         fp = self.fingerprint(**overrides)
         return replace(m, fingerprint=fingerprint.dumps(fp), fingerprint_id=fingerprint.fingerprint_id(fp))
 
