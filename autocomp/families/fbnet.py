@@ -27,6 +27,7 @@ on a GPU when there is one), else a candidate is trained from scratch.
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 import sys
@@ -264,6 +265,24 @@ def _pw(cin: int, cout: int, groups: int, rank: float, stride: int, in_hw: float
             Layer("conv", "pw", r, cout, 1, 1, 1, out_hw, out_hw, prec, level, group)]
 
 
+@functools.lru_cache(maxsize=1 << 16)
+def _block_rows(i: int, cin: int, cout: int, stride: int, in_hw: float, out_hw: float, lin: int, level: int, k: int,
+                e: int, groups: int, keep: float, rank: float, p: str) -> tuple[Layer, ...]:
+    """The rows of searchable layer ``i`` (``k`` 0: skip). Layers are immutable and a batch of
+    candidates repeats the same few thousand (layer, op, genes), so the rows are cached: the latency
+    predictor analyses thousands of candidates a second from their layer tables."""
+    g = f"blocks.{i}"
+    if k == 0:  # skip
+        return tuple(_pw(cin, cout, 1, rank, stride, in_hw, out_hw, p, level, g)) if stride != 1 or cin != cout else ()
+    hid = kept_hidden(cin * e, keep, groups)
+    rows = _pw(cin, hid, groups, rank, 1, in_hw, in_hw, p, lin, g)
+    rows.append(Layer("conv", "dw", hid, hid, k, stride, hid, in_hw, out_hw, p, level, g))
+    rows += _pw(hid, cout, groups, rank, 1, out_hw, out_hw, p, level, g)
+    if stride == 1 and cin == cout:
+        rows.append(Layer("add", "pw", cout, cout, 1, 1, 1, out_hw, out_hw, p, level, g, residual=True))
+    return tuple(rows)
+
+
 # --------------------------------------------------------------------------- the family
 
 
@@ -321,18 +340,8 @@ class FBNetFamily(Family):
             in_hw, lin = h * w, level
             if stride == 2:
                 h, w, level = math.ceil(h / 2), math.ceil(w / 2), level + 1
-            out_hw, g, p = h * w, f"blocks.{i}", b.precision
             k, e, groups = _op(b)
-            if k == 0:  # skip
-                if stride != 1 or cin != cout:
-                    rows += _pw(cin, cout, 1, b.rank, stride, in_hw, out_hw, p, level, g)
-                continue
-            hid = kept_hidden(cin * e, b.keep, groups)
-            rows += _pw(cin, hid, groups, b.rank, 1, in_hw, in_hw, p, lin, g)
-            rows.append(Layer("conv", "dw", hid, hid, k, stride, hid, in_hw, out_hw, p, level, g))
-            rows += _pw(hid, cout, groups, b.rank, 1, out_hw, out_hw, p, level, g)
-            if stride == 1 and cin == cout:
-                rows.append(Layer("add", "pw", cout, cout, 1, 1, 1, out_hw, out_hw, p, level, g, residual=True))
+            rows += _block_rows(i, cin, cout, stride, in_hw, h * w, lin, level, k, e, groups, b.keep, b.rank, b.precision)
         hp, last = candidate.head_precision, layer_specs(space)[-1][1]
         rows.append(Layer("conv", "pw", last, candidate.head_width, 1, 1, 1, h * w, h * w, hp, level, "head", blocked=False))
         rows.append(Layer("gemm", "fc", candidate.head_width, space.num_classes, 1, 1, 1, 1, 1, hp, level, "classifier", blocked=False))

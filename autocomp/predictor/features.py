@@ -492,59 +492,85 @@ def network_features(candidates: Sequence[Candidate] | None, space: SearchSpace,
 def table_acc(tables: Sequence[Sequence], n_levels: int, block: int = NCHWC_BLOCK) -> _Acc:
     """The same analysis as :func:`analyse`, from each candidate's layer table
     (:meth:`autocomp.families.Family.layer_table`): how any family other than the vectorised mbv2 is
-    analysed. Row by row: MACs / activation traffic / group count / params per (precision, kind),
+    analysed. Per layer: MACs / activation traffic / group count / params per (precision, kind),
     QDQ on the input of every int8 layer, MACs per resolution level, float convs outside the blocked
     (NCHWc) layout (rows with ``blocked``), depthwise MACs by kernel, residual adds, and fp16 casts
     at the borders of layer groups (the cast of the network input into an fp16 first group counts
-    in ``cast_elems`` only, as in :func:`analyse`)."""
+    in ``cast_elems`` only, as in :func:`analyse`). One Python pass gathers the rows of all tables
+    into arrays; the sums are vectorised (``np.add.at``)."""
     acc = _Acc(len(tables), n_levels)
     kinds = {k: i for i, k in enumerate(KINDS)}
+    pc = PRECISION_CODES
+    cols: list[tuple] = []
+    starts: list[tuple] = []  # per group: (candidate, precision, input elements of its first row, first-group flag)
+    ends: list[tuple] = []  # per candidate with rows: (candidate, precision of its last group, output elements of its last row)
     for n, rows in enumerate(tables):
-        v = acc.v[n:n + 1]
-        a = _Acc(1, n_levels, v)
-        groups: list[tuple[str, int, float]] = []  # (group, precision code, input elements of its first row)
+        group = None
+        r = None
         for r in rows:
-            p = PRECISION_CODES[r.precision]
-            if not groups or groups[-1][0] != r.group:
-                groups.append((r.group, p, r.cin * r.in_hw))
-            if r.op == "add":
-                a.adds[:] += 1.0
-                a.add_elems[:] += r.cout * r.out_hw
-                continue
-            k = kinds[r.kind]
-            macs, traffic, params = r.macs, r.cin * r.in_hw + r.cout * r.out_hw, r.params
-            a.macs[0, p, k] += macs
-            a.traffic[0, p, k] += traffic
-            a.count[0, p, k] += 1.0
-            a.params[0, p] += params
-            a.level_macs[0, min(r.level, n_levels - 1)] += macs
-            if p == 2:
-                a.qdq_elems[:] += r.cin * r.in_hw
-                a.qdq_pairs[:] += 2.0
-            if r.kind == "dw":
-                if r.kernel in DW_KERNELS:
-                    a.dw_macs_k[0, 0 if p != 2 else 1, DW_KERNELS.index(r.kernel)] += macs
-                if r.blocked and p != 2:
-                    plain = 1.0 - float(_dw_blocked(np.array(float(r.cout)), block))
-                    a.nchw_macs[0, 1] += plain * macs
-                    a.nchw_groups[:] += plain
-                    a.nchw_traffic[:] += plain * traffic
-            elif r.blocked and p != 2 and r.kind != "fc":
-                plain = float(_unblocked(np.array(float(r.cin)), np.array(float(r.cout)), block))
-                a.nchw_macs[0, 0] += plain * macs
-                a.nchw_groups[:] += plain
-                a.nchw_traffic[:] += plain * traffic
-        if groups:
-            if groups[0][1] == 1:
-                a.cast_elems[:] += groups[0][2]
-            for (_, p0, _), (_, p1, elems) in zip(groups, groups[1:]):
-                if p0 != p1 and 1 in (p0, p1):
-                    a.casts[:] += 1.0
-                    a.cast_elems[:] += elems
-            if groups[-1][1] == 1:
-                last = rows[-1]
-                a.casts[:] += 1.0
-                a.cast_elems[:] += last.cout * last.out_hw
+            p = pc[r.precision]
+            if r.group != group:
+                starts.append((n, p, r.cin * r.in_hw, group is None))
+                group = r.group
+            cols.append((n, p, kinds.get(r.kind, 0), r.op == "add", r.cin, r.cout, r.kernel, r.groups, r.in_hw,
+                         r.out_hw, r.level, r.kind == "dw", r.kind == "fc", r.blocked))
+        if r is not None:
+            ends.append((n, starts[-1][1], r.cout * r.out_hw))
+    if not cols:
+        return acc
+    a = np.array(cols, dtype=float)
+    cand, prec, kind = a[:, 0].astype(int), a[:, 1].astype(int), a[:, 2].astype(int)
+    is_add, cin, cout, kernel, grp, in_hw, out_hw = a[:, 3] > 0, a[:, 4], a[:, 5], a[:, 6], a[:, 7], a[:, 8], a[:, 9]
+    level, dw, fc, blocked = np.minimum(a[:, 10].astype(int), n_levels - 1), a[:, 11] > 0, a[:, 12] > 0, a[:, 13] > 0
+    conv = ~is_add
+    params = np.where(conv, cin / grp * cout * kernel * kernel, 0.0)
+    macs = params * out_hw
+    traffic = cin * in_hw + cout * out_hw
+    lay = acc.layout
+    v = acc.v
+
+    def put(name: str, flat_index: np.ndarray, values: np.ndarray, mask: np.ndarray) -> None:
+        col = lay[name][0]
+        np.add.at(v, (cand[mask], col + flat_index[mask]), values[mask] if np.ndim(values) else values)
+
+    pk = prec * len(KINDS) + kind
+    zero = np.zeros(len(a), dtype=int)
+    put("adds", zero, np.ones(len(a)), is_add)
+    put("add_elems", zero, cout * out_hw, is_add)
+    put("macs", pk, macs, conv)
+    put("traffic", pk, traffic, conv)
+    put("count", pk, np.ones(len(a)), conv)
+    put("params", prec, params, conv)
+    put("level_macs", level, macs, conv)
+    q = conv & (prec == 2)
+    put("qdq_elems", zero, cin * in_hw, q)
+    put("qdq_pairs", zero, np.full(len(a), 2.0), q)
+    dwk = np.array([DW_KERNELS.index(int(k)) if int(k) in DW_KERNELS else -1 for k in kernel])
+    m = conv & dw & (dwk >= 0)
+    put("dw_macs_k", (prec == 2) * len(DW_KERNELS) + dwk, macs, m)
+    float_blocked = conv & blocked & (prec != 2)
+    plain_dw = np.where(float_blocked & dw, 1.0 - _dw_blocked(cout, block), 0.0)
+    plain_dense = np.where(float_blocked & ~dw & ~fc, _unblocked(cin, cout, block), 0.0)
+    plain = plain_dw + plain_dense
+    put("nchw_macs", zero, plain_dense * macs, plain_dense > 0)
+    put("nchw_macs", zero + 1, plain_dw * macs, plain_dw > 0)
+    put("nchw_groups", zero, plain, plain > 0)
+    put("nchw_traffic", zero, plain * traffic, plain > 0)
+    # fp16 casts at group borders: the network input into an fp16 first group (elements only), every
+    # border between two groups where one is fp16, and the fp16 last group's output back to fp32
+    g = np.array(starts, dtype=float)
+    gc, gp, ge, first = g[:, 0].astype(int), g[:, 1].astype(int), g[:, 2], g[:, 3] > 0
+    into = first & (gp == 1)
+    np.add.at(v, (gc[into], lay["cast_elems"][0]), ge[into])
+    prev_p = np.concatenate([[0], gp[:-1]])
+    border = ~first & (prev_p != gp) & ((prev_p == 1) | (gp == 1))
+    np.add.at(v, (gc[border], lay["casts"][0]), 1.0)
+    np.add.at(v, (gc[border], lay["cast_elems"][0]), ge[border])
+    e = np.array(ends, dtype=float)
+    last = e[:, 1] == 1
+    ec = e[:, 0].astype(int)
+    np.add.at(v, (ec[last], lay["casts"][0]), 1.0)
+    np.add.at(v, (ec[last], lay["cast_elems"][0]), e[last, 2])
     return acc
 
 

@@ -152,9 +152,9 @@ class Predictor:
     def _raw(self, candidates: Sequence[Candidate] | None, arrays: dict[str, np.ndarray] | None = None) -> np.ndarray:
         if arrays is None:
             arrays = block_arrays(candidates, self.space)
-        if self.kind == "sum":
-            return np.maximum(group_features(None, self.space, analyse(None, self.space, arrays, block=self.block)) @ self.coef, 1e-4)
-        x = network_features(None, self.space, arrays, block=self.block)
+        if self.kind == "sum":  # (the candidates too: families other than mbv2 read their layer tables)
+            return np.maximum(group_features(None, self.space, analyse(candidates, self.space, arrays, block=self.block)) @ self.coef, 1e-4)
+        x = network_features(candidates, self.space, arrays, block=self.block)
         log_gbm = self.booster.predict(x, num_threads=1)
         if self.kind == "whole":
             return np.exp(log_gbm)
