@@ -22,7 +22,7 @@ import autocomp.resources
 from autocomp.measure import base as measure_base
 from autocomp.measure.base import Device, register_device
 from autocomp.measure.fingerprint import fingerprint_id
-from autocomp.predictor import predictor_dir
+from autocomp.predictor import predictor_dir, space_root
 from autocomp.predictor.calibrate import (
     AUDIT_MIN,
     OnlineLatency,
@@ -92,7 +92,7 @@ def shipped(tmp_path_factory, measured, device):
     source = Predictor(pred.kind, pred.space, {**pred.meta, "fingerprint": other, "fingerprint_id": fingerprint_id(other)},
                        pred.coef, pred.booster, pred.calibration)
     root = tmp_path_factory.mktemp("shipped")
-    source.save(predictor_dir(device.name, source.fingerprint_id, root))
+    source.save(predictor_dir(device.name, source.fingerprint_id, root, pred.space.name))
     return root, source
 
 
@@ -121,7 +121,7 @@ def test_a_predictor_of_another_cpu_triggers_calibration_before_any_filtering(en
     # runs): they are not this space's calibration and must not be fit on
     other_space = _another_space_rows(here, device.name)
     if other_space is not None:
-        write_table(other_space, table_path(device.name, fid, user))
+        write_table(other_space, table_path(device.name, fid, space_root(user, tiny.name)))
 
     said: list[str] = []
     lm = latency_model(device, tiny, here, k=K, say=said.append, progress=False)
@@ -134,7 +134,7 @@ def test_a_predictor_of_another_cpu_triggers_calibration_before_any_filtering(en
     assert cal["source_fingerprint_id"] == source.fingerprint_id and cal["fingerprint_id"] == fid
     assert set(cal["loo"]) >= {"mape", "within_10pct", "rmspe"} and 0.05 <= initial_margin(lm) <= 0.5
     # k measurements of this fingerprint in the user's cache (the other space's rows kept beside them)
-    table = read_table(table_path(device.name, fid, user))
+    table = read_table(table_path(device.name, fid, space_root(user, tiny.name)))
     mine = table[table["space"] == tiny.name]
     assert len(mine) == K and set(mine["fingerprint_id"]) == {fid} and (mine["median_ms"] > 0).all()
     assert len(table) == K + (0 if other_space is None else len(other_space))
@@ -159,7 +159,7 @@ def test_a_predictor_of_another_cpu_triggers_calibration_before_any_filtering(en
     again: list[str] = []
     lm2 = latency_model(device, tiny, here, k=K, say=again.append, progress=False)
     assert lm2.how == "cached" and again == [] and lm2.calibration["k"] == K
-    assert len(read_table(table_path(device.name, fid, user))) == len(table)
+    assert len(read_table(table_path(device.name, fid, space_root(user, tiny.name)))) == len(table)
     np.testing.assert_allclose(lm2.predictor.predict(cands), lm.predictor.predict(cands), rtol=1e-9)
 
 
@@ -181,7 +181,7 @@ def _another_space_rows(fp: dict, device_name: str):
 
 def test_a_corrupt_cached_calibration_is_refused_with_one_line_set_aside_and_redone(env, device, tiny):
     here, fid, user = env["here"], env["fid"], env["user"]
-    d = predictor_dir(device.name, fid, user)
+    d = predictor_dir(device.name, fid, user, tiny.name)
     d.mkdir(parents=True)
     garbage = '{"schema_version": 1, "kind": "sum", "coef": [0.1, 0.2'  # a half-written file
     (d / "predictor.json").write_text(garbage)
@@ -197,7 +197,7 @@ def test_a_corrupt_cached_calibration_is_refused_with_one_line_set_aside_and_red
     assert Predictor.load(d).fingerprint_id == fid  # redone in its place
     # and the set-aside folder is no predictor to anyone: the next search takes the new calibration
     assert latency_model(device, tiny, here, k=K, say=said.append, progress=False).how == "cached" and len(said) == 2
-    assert [p.name for p in autocomp.predictor.predictor_dirs(device.name)] == [fid, env["source"].fingerprint_id]
+    assert [p.name for p in autocomp.predictor.predictor_dirs(device.name, space=tiny.name)] == [fid, env["source"].fingerprint_id]
 
 
 def test_no_calibrate_filters_nothing_and_says_so(env, device, tiny):
@@ -369,7 +369,7 @@ def test_live_error_and_recorded_measurements(env, device, measured, tiny):
     run = [run_row(0), run_row(1), run_row(1), run_row(2, fingerprint_id="another-host-00000000"), run_row(3, status="error")]
     assert record_measurements(device.name, env["here"], tiny, run) == 2
     assert record_measurements(device.name, env["here"], tiny, run) == 0  # already there
-    got = read_table(table_path(device.name, fid, env["user"]))
+    got = read_table(table_path(device.name, fid, space_root(env["user"], tiny.name)))
     assert list(got["id"]) == list(table["id"].iloc[:2]) and set(got["fingerprint_id"]) == {fid}
     assert all(json.loads(n)["from_run"] for n in got["notes"])
 
@@ -416,12 +416,12 @@ def test_a_cached_calibration_is_refit_once_runs_have_measured_enough(env, devic
             "latency_p90_ms": float(r["p90_ms"]), "latency_cv": float(r["cv"]), "latency_flagged": "False",
             "params": int(r["params"]), "onnx_bytes": int(r["onnx_bytes"])} for i, r in table.iterrows()]
     added = record_measurements(device.name, here, tiny, run)
-    before = read_table(table_path(device.name, fid, env["user"]))
+    before = read_table(table_path(device.name, fid, space_root(env["user"], tiny.name)))
     assert added >= 6 and len(before) >= 12
     said: list[str] = []
     lm = latency_model(device, tiny, here, k=K, say=said.append, progress=False)
     assert lm.how == "refit" and len(said) == 1 and "refitting" in said[0]
     assert lm.calibration["n_table"] == len(before) and lm.predictor.fingerprint_id == fid
-    assert len(read_table(table_path(device.name, fid, env["user"]))) == len(before)  # nothing new measured
+    assert len(read_table(table_path(device.name, fid, space_root(env["user"], tiny.name)))) == len(before)  # nothing new measured
     # and it is what the next search loads, without refitting again
     assert latency_model(device, tiny, here, k=K, say=said.append, progress=False).how == "cached" and len(said) == 1

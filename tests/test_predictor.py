@@ -217,6 +217,16 @@ def test_a_predictor_is_found_only_for_its_own_fingerprint(tmp_path):
         assert len(diff) == 1 and diff[0].startswith(next(iter(change)) + ":"), diff
     assert "Some Other CPU" in differences({**here, "cpu_model": "Some Other CPU"}, here)[0]
     assert differences(here, dict(here)) == []
+    # one fingerprint, two spaces: each space finds its own predictor, side by side (a calibration
+    # of a user's network never replaces the default space's)
+    fbnet = get_space("fbnet-224")
+    other = Predictor("sum", fbnet, {**pred.meta}, coef=2 * pred.coef)
+    folder = predictor_dir("cpu-ort", fingerprint_id(here), tmp_path, fbnet.name)
+    other.save(folder)
+    assert folder == tmp_path / "spaces" / "fbnet-224" / "cpu-ort" / fingerprint_id(here)
+    assert find_predictor("cpu-ort", here, [tmp_path], fbnet.name).space.name == "fbnet-224"
+    assert find_predictor("cpu-ort", here, [tmp_path]).space.name == SPACE.name
+    assert find_predictor("cpu-ort", here, [tmp_path], SPACE.name).space.name == SPACE.name
 
 
 def test_transfer_recalibration_recovers_a_new_device():

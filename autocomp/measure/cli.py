@@ -21,7 +21,7 @@ def measure(
     device: str = typer.Option("cpu-ort", help="Device to measure on (see `autocomp devices`)."),
     n: int = typer.Option(50, min=0, help="Candidates of the seeded campaign (ids already measured are skipped)."),
     seed: int = typer.Option(0, help="Campaign seed: candidate i is the i-th sample of this seed."),
-    out: Optional[Path] = typer.Option(None, help="Predictors folder (default: predictors/); the table is <out>/<device>/measurements.parquet."),
+    out: Optional[Path] = typer.Option(None, help="Folder of the table: <out>/<device>/<fingerprint id>/measurements.parquet (default: predictors/, or predictors/spaces/<space>/ for any space but the default)."),
     address: Optional[str] = typer.Option(None, help="Ray cluster ('auto', 'ray://host:port'): measure on the node holding the device."),
     noise: int = typer.Option(0, min=0, help="Also measure the first candidate this many times and report the noise floor."),
     repeats: Optional[int] = typer.Option(None, min=1, help="Timed runs per measurement (default: the device's)."),
@@ -52,7 +52,11 @@ def measure(
     with quiet_stdout:
         df = run_campaign(sp, dev, n, out, seed, progress=progress, address=address, overrides=overrides, passes=passes)
     ok = df[df["id"].notna()]
-    path = table_path(dev.name, str(ok["fingerprint_id"].iloc[-1]), out) if len(ok) else None
+    from autocomp.predictor import space_root
+    from autocomp.resources import predictors_dir
+
+    root = out if out is not None else space_root(predictors_dir(), sp.name)
+    path = table_path(dev.name, str(ok["fingerprint_id"].iloc[-1]), root) if len(ok) else None
     out_json = {"device": dev.name, "space": sp.name, "seed": seed, "measurements": int(len(ok)), "table": str(path) if path else None,
                 "flagged": int(ok["flagged"].sum()) if len(ok) else 0,
                 "median_ms": float(ok["median_ms"].median()) if len(ok) else None,

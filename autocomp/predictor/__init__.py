@@ -1,8 +1,10 @@
 """Latency predictors trained on real device measurements (code only; artifacts live in predictors/).
 
-A predictor is an artifact of one device fingerprint (:mod:`autocomp.measure.fingerprint`): it lives
-in ``<root>/<device>/<fingerprint id>/`` beside the table it was fit on, where ``<root>`` is the
-shipped ``predictors/`` or the user's cache (``$AUTOCOMP_CACHE/predictors``: calibrations).
+A predictor is an artifact of one device fingerprint (:mod:`autocomp.measure.fingerprint`) and one
+search space: it lives in ``<root>/<device>/<fingerprint id>/`` beside the table it was fit on (the
+default space), or ``<root>/spaces/<space>/<device>/<fingerprint id>/`` (every other space: fbnet-224,
+a user's network), where ``<root>`` is the shipped ``predictors/`` or the user's cache
+(``$AUTOCOMP_CACHE/predictors``: calibrations). So calibrating one space never replaces another's.
 
 Public API (used by the search)::
 
@@ -25,31 +27,40 @@ from autocomp.predictor.model import META_NAME, Predictor, fit, metrics
 from autocomp.resources import predictors_dir, user_predictors_dir
 
 __all__ = ["Predictor", "find_predictor", "fit", "load_predictor", "metrics", "precision_facts", "predictor_dir",
-           "predictor_dirs"]
+           "predictor_dirs", "space_root"]
 
 PRECISION_NAME = "precision.json"  # what each precision costs on the fingerprint (benchmarks/precision_latency.py)
 
 
-def predictor_dir(device_name: str, fp_id: str, root: Path | str | None = None) -> Path:
-    return (Path(root) if root is not None else predictors_dir()) / device_name / fp_id
+def space_root(root: Path | str, space: str | None) -> Path:
+    """Where the tables and predictors of ``space`` live under a predictors root: the root itself for
+    the default space (and ``None``), ``<root>/spaces/<space>/`` for every other."""
+    from autocomp.space import DEFAULT_SPACE
+
+    return Path(root) if space in (None, DEFAULT_SPACE) else Path(root) / "spaces" / space
 
 
-def predictor_dirs(device_name: str, roots: list[Path] | None = None) -> list[Path]:
-    """Every fingerprint folder of ``device_name`` holding a predictor, the user's cache first (not
-    the ``<id>.corrupt-<time>`` folders a refused calibration was set aside in)."""
+def predictor_dir(device_name: str, fp_id: str, root: Path | str | None = None, space: str | None = None) -> Path:
+    return space_root(root if root is not None else predictors_dir(), space) / device_name / fp_id
+
+
+def predictor_dirs(device_name: str, roots: list[Path] | None = None, space: str | None = None) -> list[Path]:
+    """Every fingerprint folder of ``device_name`` holding a predictor of ``space``, the user's cache
+    first (not the ``<id>.corrupt-<time>`` folders a refused calibration was set aside in)."""
     roots = roots if roots is not None else [user_predictors_dir(), predictors_dir()]
-    return [d for r in roots for d in sorted((Path(r) / device_name).glob("*"))
+    return [d for r in roots for d in sorted((space_root(r, space) / device_name).glob("*"))
             if (d / META_NAME).exists() and ".corrupt-" not in d.name]
 
 
-def load_predictor(device_name: str, fp_id: str | None = None, root: Path | str | None = None) -> Predictor | None:
+def load_predictor(device_name: str, fp_id: str | None = None, root: Path | str | None = None,
+                   space: str | None = None) -> Predictor | None:
     """The predictor of ``device_name`` for fingerprint ``fp_id`` under ``root`` (default: shipped);
     with no ``fp_id``, the only one there is. None when there is none. A corrupt or incompatible
     artifact raises UserError (one line, exit 2)."""
     if fp_id is not None:
-        d = predictor_dir(device_name, fp_id, root)
+        d = predictor_dir(device_name, fp_id, root, space)
         return Predictor.load(d) if (d / META_NAME).exists() else None
-    dirs = predictor_dirs(device_name, [Path(root) if root is not None else predictors_dir()])
+    dirs = predictor_dirs(device_name, [Path(root) if root is not None else predictors_dir()], space)
     if len(dirs) > 1:
         from autocomp.errors import UserError
 
@@ -58,24 +69,32 @@ def load_predictor(device_name: str, fp_id: str | None = None, root: Path | str 
     return Predictor.load(dirs[0]) if dirs else None
 
 
-def find_predictor(device_name: str, fingerprint: dict, roots: list[Path] | None = None) -> Predictor | None:
-    """The predictor measured on exactly this fingerprint (the user's cache first, then shipped), or None."""
+def find_predictor(device_name: str, fingerprint: dict, roots: list[Path] | None = None,
+                   space: str | None = None) -> Predictor | None:
+    """The predictor of ``space`` measured on exactly this fingerprint (the user's cache first, then
+    shipped), or None."""
     fid = fingerprint_id(fingerprint)
     for root in roots if roots is not None else [user_predictors_dir(), predictors_dir()]:
-        pred = load_predictor(device_name, fid, root)
+        pred = load_predictor(device_name, fid, root, space)
         if pred is not None:
             return pred
     return None
 
 
 def nearest_predictor(device_name: str, fingerprint: dict, devices: list[str] | None = None,
-                      roots: list[Path] | None = None) -> Predictor | None:
-    """The shipped or cached predictor whose fingerprint is closest to ``fingerprint`` (the source of
-    a calibration), among ``device_name``'s and then those of ``devices``; None when there is none."""
+                      roots: list[Path] | None = None, space: str | None = None) -> Predictor | None:
+    """The shipped or cached predictor of ``space`` whose fingerprint is closest to ``fingerprint``
+    (the source of a calibration), among ``device_name``'s and then those of ``devices``; None when
+    there is none. A predictor that does not load is passed over (it is not this fingerprint's)."""
+    from autocomp.errors import UserError
+
     best, best_score = None, 0.0
     for name in [device_name, *(devices or [])]:
-        for d in predictor_dirs(name, roots):
-            pred = Predictor.load(d)
+        for d in predictor_dirs(name, roots, space):
+            try:
+                pred = Predictor.load(d)
+            except UserError:
+                continue
             score = similarity(pred.fingerprint, fingerprint) + (0.25 if name == device_name else 0.0)
             if score > best_score:
                 best, best_score = pred, score

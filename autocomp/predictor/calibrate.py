@@ -38,7 +38,7 @@ import numpy as np
 from autocomp.errors import UserError
 from autocomp.measure import Device
 from autocomp.measure.fingerprint import differences, fingerprint_id
-from autocomp.predictor import find_predictor, nearest_predictor, predictor_dir
+from autocomp.predictor import find_predictor, nearest_predictor, predictor_dir, space_root
 from autocomp.predictor.model import Predictor, candidates_of, fit, host_info, metrics
 from autocomp.resources import predictors_dir, user_predictors_dir
 from autocomp.space import Candidate, SearchSpace
@@ -74,13 +74,14 @@ class LatencyModel:
 def load_model(device: str, space: SearchSpace, fingerprint: dict) -> Predictor | None:
     """The predictor of exactly this fingerprint for ``space`` (a calibration in the user's cache first,
     then the shipped one), or None. What the search's controller loads, in every process."""
-    pred = find_predictor(device, fingerprint)
+    pred = find_predictor(device, fingerprint, space=space.name)
     return pred if pred is not None and pred.space.name == space.name else None
 
 
-def _load_cached(device: str, fp: dict, say: Callable[[str], None]) -> Predictor | None:
-    """This fingerprint's predictor from the user's cache; a corrupt one is set aside and None returned."""
-    d = predictor_dir(device, fingerprint_id(fp), user_predictors_dir())
+def _load_cached(device: str, fp: dict, space: SearchSpace, say: Callable[[str], None]) -> Predictor | None:
+    """This fingerprint's predictor of ``space`` from the user's cache; a corrupt one is set aside and
+    None returned."""
+    d = predictor_dir(device, fingerprint_id(fp), user_predictors_dir(), space.name)
     if not (d / "predictor.json").exists():
         return None
     try:
@@ -100,7 +101,7 @@ def latency_model(device: Device, space: SearchSpace, fingerprint: dict[str, Any
                   source_devices: Sequence[str] = ()) -> LatencyModel:
     """The latency model of ``device`` (whose node has ``fingerprint`` now) for ``space``; see the module docs."""
     fid = fingerprint_id(fingerprint)
-    cached = _load_cached(device.name, fingerprint, say)
+    cached = _load_cached(device.name, fingerprint, space, say)
     if cached is not None and cached.space.name == space.name:
         info = dict(cached.meta.get("calibration") or {})
         rows = _table_rows(device.name, fid, space)
@@ -110,10 +111,10 @@ def latency_model(device: Device, space: SearchSpace, fingerprint: dict[str, Any
         say(f"{rows} measurements of {fid} since its calibration on {info.get('n_table')}: refitting its latency model")
         pred, info = calibrate(device, space, fingerprint, None, 0, seed, progress=progress)  # no new measurement
         return LatencyModel(pred, info["how"], fingerprint, calibration=info)
-    shipped = find_predictor(device.name, fingerprint, [predictors_dir()])
+    shipped = find_predictor(device.name, fingerprint, [predictors_dir()], space.name)
     if shipped is not None and shipped.space.name == space.name:
         return LatencyModel(shipped, "matched", fingerprint)
-    source = nearest_predictor(device.name, fingerprint, list(source_devices))
+    source = nearest_predictor(device.name, fingerprint, list(source_devices), space=space.name)
     if source is not None and source.space.name != space.name:
         source = None
     why = (f"the latency predictor of {device.name!r} was measured on {source.fingerprint_id} "
@@ -134,7 +135,7 @@ def _table_rows(device: str, fid: str, space: SearchSpace) -> int:
     """Rows of ``space`` in the fingerprint's table in the user's cache."""
     from autocomp.predictor.campaign import read_table, table_path
 
-    table = read_table(table_path(device, fid, user_predictors_dir()))
+    table = read_table(table_path(device, fid, space_root(user_predictors_dir(), space.name)))
     return int((table["space"] == space.name).sum()) if len(table) else 0
 
 
@@ -159,13 +160,13 @@ def calibrate(device: Device, space: SearchSpace, fingerprint: dict, source: Pre
     from autocomp.predictor.transfer import adapt
 
     fid = fingerprint_id(fingerprint)
-    root = user_predictors_dir()
+    root = space_root(user_predictors_dir(), space.name)
     chosen = spread(space, k, seed, source)
     t0 = time.time()
     run_campaign(space, device, k, root, seed, progress=progress, candidates=chosen,
                  label=f"calibrating {device.name} on this fingerprint", fingerprint=fingerprint)
     table = read_table(table_path(device.name, fid, root))
-    # the fingerprint's table also holds the runs of other spaces (record_measurements): only this space's rows
+    # (a table from before tables were kept per space may hold other spaces' rows: only this space's)
     table = table[(table["fingerprint_id"] == fid) & (table["space"] == space.name)].reset_index(drop=True)
     info: dict[str, Any] = {"k": k, "seed": seed, "fingerprint_id": fid, "n_table": int(len(table)),
                             "source_fingerprint_id": source.fingerprint_id if source else None,
@@ -213,7 +214,7 @@ def record_measurements(device: str, fingerprint: dict, space: SearchSpace, rows
     from autocomp.predictor.campaign import COLUMNS, SCHEMA_VERSION, read_table, table_path, write_table
 
     fid = fingerprint_id(fingerprint)
-    path = table_path(device, fid, user_predictors_dir())
+    path = table_path(device, fid, space_root(user_predictors_dir(), space.name))
     table = read_table(path)
     have = set(table["id"])
     new = []

@@ -244,6 +244,10 @@ def run_campaign(space: SearchSpace | str, device: Device | str, n: int, out_dir
     # on the device's node when measuring through Ray, else here (a Device need not be registered to measure here)
     fp = fingerprint if fingerprint is not None else (
         probe_fingerprint(device, overrides) if use_ray else device.fingerprint(**overrides))
+    if out_dir is None:  # the shipped tables: predictors/ for the default space, predictors/spaces/<space>/ otherwise
+        from autocomp.predictor import space_root
+
+        out_dir = space_root(predictors_dir(), space.name)
     path = table_path(device.name, fingerprint_id(fp), out_dir)
     table = read_table(path)
     wanted = list(candidates if candidates is not None else campaign_candidates(space, n, seed))
