@@ -147,8 +147,9 @@ def check_onnx(path: Path) -> int:
 @torch.no_grad()
 def compare_outputs(model: nn.Module, onnx_path: Path, x: torch.Tensor) -> tuple[float, float]:
     """(largest absolute logit difference, share of identical top-1 predictions) between PyTorch and
-    ONNX Runtime on ``x`` (fp16 layers differ by float rounding; int8 layers agree because ORT runs
-    the QDQ graph as DequantizeLinear + float ops, see autocomp.measure.onnxruntime)."""
+    ONNX Runtime on ``x`` (fp16 layers differ by float rounding; int8 layers agree up to rounding:
+    ORT runs the QDQ graph as DequantizeLinear + float ops, or, fused, as integer kernels whose
+    int32 sums are exact; see autocomp.measure.onnxruntime)."""
     from autocomp.measure.onnxruntime import session
 
     model.eval()
