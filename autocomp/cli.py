@@ -217,22 +217,26 @@ def devices(
     from autocomp.predictor import int8_warning, precision_facts, predictor_dirs
     from autocomp.resources import predictors_dir
 
-    t = Table("device", "backend", "precisions", "predictors (fingerprint)", "this machine now", "match")
+    t = Table("device", "backend", "precisions", "int8 export", "predictors (fingerprint)", "this machine now", "match")
     rows = []
     for d in DEVICES.values():
         dirs = predictor_dirs(d.name)
         names = [f"{p.name}{'' if p.parent.parent == predictors_dir() else ' (calibrated)'}" for p in dirs]
-        here, match = "not probed", ""
+        here, match, fp = "not probed", "", None
         if probe and not d.options.get("ssh"):
             try:
-                here = fingerprint_id(d.fingerprint())
+                fp = d.fingerprint()
+                here = fingerprint_id(fp)
             except Exception as e:  # a backend whose runtime is not installed here
                 here = f"unavailable ({type(e).__name__})"
             else:
                 match = "yes" if here in {p.name for p in dirs} else "no: a search calibrates first"
-        t.add_row(d.name, d.backend, ",".join(d.precisions), "\n".join(names) or "none", here, match)
+        # how int8 layers are exported for it (autocomp.measure.Device.int8_scheme), on this machine's CPU
+        scheme = d.int8_scheme(fp).label + ("" if d.int8_export else " (default)")
+        t.add_row(d.name, d.backend, ",".join(d.precisions), scheme, "\n".join(names) or "none", here, match)
         int8 = {p.name: w for p in dirs if (w := int8_warning(precision_facts(d.name, p.name)))}
-        rows.append({"device": d.name, "backend": d.backend, "precisions": list(d.precisions), "description": d.description,
+        rows.append({"device": d.name, "backend": d.backend, "precisions": list(d.precisions), "int8_export": d.int8_scheme(fp).label,
+                     "int8_export_source": "device file" if d.int8_export else "backend default", "description": d.description,
                      "predictors": names, "this_machine": here, "match": match.startswith("yes") if match else None,
                      "int8_slower_than_fp32": int8})
     if json_out:

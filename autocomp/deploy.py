@@ -27,6 +27,7 @@ from autocomp.errors import UserError
 from autocomp.evaluate import EvalSettings, _chain
 from autocomp.export import OPSET, check_onnx, compare_outputs, to_onnx, trtexec_script
 from autocomp.measure import Device
+from autocomp.measure.base import Int8Scheme
 from autocomp.measure.onnxruntime import accuracy as ort_accuracy
 from autocomp.families import get_family
 from autocomp.measure.trtexec import onnx_policy
@@ -69,14 +70,18 @@ def onnx_precision_report(path: Path, candidate: Candidate, space: SearchSpace |
 def export_winner(
     candidate: Candidate, space: SearchSpace, data: Dataset, device: Device, teacher: nn.Module | None, out_dir: Path,
     settings: EvalSettings, kd: KDConfig | None, predicted_latency_ms: float | None = None, budget_ms: float | None = None,
-    console: Console | None = None,
+    console: Console | None = None, int8: Int8Scheme | None = None,
 ) -> dict:
-    """Distil (when ``teacher`` and ``kd`` are given), export and verify one candidate into ``out_dir``."""
+    """Distil (when ``teacher`` and ``kd`` are given), export and verify one candidate into ``out_dir``.
+    ``int8``: the int8 export scheme (a search's row records the one it scored with); None: the device's."""
+    from autocomp.evaluate import device_int8_scheme
+
     console = console or Console()
     space.validate_candidate(candidate)
     out_dir.mkdir(parents=True, exist_ok=True)
+    int8 = int8 or device_int8_scheme(device)
     # weights -> prune -> low-rank -> BN recalibration -> recovery -> int8 (fp16 casts after distillation)
-    model = _chain(candidate, space, data, settings, "no-fp16")
+    model = _chain(candidate, space, data, settings, "no-fp16", int8)
     macs = int(sum(layer.macs for layer in get_family(space).layer_table(candidate, space)))
     before = onnx_accuracy(apply_fp16(_clone(model), candidate, space), data)
     kd_summary = None
@@ -119,6 +124,7 @@ def export_winner(
         "max_abs_output_diff_vs_torch": diff,
         "top1_agreement_vs_torch": agreement,
         "tensorrt_engine": engine,
+        "int8_export": int8.label,
     }
     (out_dir / "policy.json").write_text(json.dumps({"schema_version": SCHEMA_VERSION, "candidate": candidate.to_dict()}, indent=2))
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
@@ -194,7 +200,8 @@ def deploy_run(run_dir: Path, top_k: int, kd: KDConfig | None, teacher_spec: str
         cand = Candidate.from_json(row["policy"])
         console.print(f"[bold]winner candidate[/] {cand.id}: search accuracy {row['accuracy']:.4f}, {row['latency_ms']:.3f} ms")
         m = export_winner(cand, space, data, device, teacher, models_dir / cand.id, settings, kd,
-                          predicted_latency_ms=positive_ms(row.get("predicted_latency_ms")), budget_ms=budget, console=console)
+                          predicted_latency_ms=positive_ms(row.get("predicted_latency_ms")), budget_ms=budget, console=console,
+                          int8=Int8Scheme.from_label(row.get("int8_export")))  # as the search scored and measured it
         m["search_accuracy_val"] = row["accuracy"]
         m["search_latency_ms"] = row["latency_ms"]
         (models_dir / cand.id / "metrics.json").write_text(json.dumps(m, indent=2))
@@ -241,4 +248,4 @@ def reexport(run_dir: Path, cand_id: str, kd: KDConfig | None, console: Console 
     teacher = load_teacher(None, None, space=run.space, data=run.data) if kd else None
     return export_winner(cand, run.space, run.data, run.device, teacher, run_dir / "models" / cand_id, run.settings, kd,
                          predicted_latency_ms=positive_ms(rows[cand_id].get("predicted_latency_ms")),
-                         budget_ms=run.budget_ms, console=console)
+                         budget_ms=run.budget_ms, console=console, int8=Int8Scheme.from_label(rows[cand_id].get("int8_export")))

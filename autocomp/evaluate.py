@@ -33,6 +33,7 @@ from autocomp.export import to_onnx
 from autocomp.families import get_family
 from autocomp.families.mbv2 import supernet_path  # noqa: F401  (where it used to live)
 from autocomp.measure import get_device
+from autocomp.measure.base import Int8Scheme
 from autocomp.measure.onnxruntime import accuracy as ort_accuracy
 from autocomp.models.mbv2 import count_params
 from autocomp.space import Candidate, SearchSpace
@@ -78,6 +79,7 @@ class Scored:
     wall_s: float
     accuracy_se: float = 0.0  # binomial standard error of ``accuracy`` on ``val_images`` images
     val_images: int = 0
+    int8_export: str = "dequant"  # the int8 export scheme (Int8Scheme.label) the model was exported with
 
 
 def base_model(candidate: Candidate, space: SearchSpace, data: Dataset, settings: EvalSettings) -> nn.Module:
@@ -101,14 +103,18 @@ def bn_batches(data: Dataset, settings: EvalSettings) -> list[torch.Tensor]:
     return [_layout(x, settings) for x, _ in data.batches(split, settings.bn_batch_size)]
 
 
-def _chain(candidate: Candidate, space: SearchSpace, data: Dataset, settings: EvalSettings, precision: str) -> nn.Module:
-    """weights -> the compress chain (prune -> low-rank -> BN recalibration -> recovery -> quantize)."""
+def _chain(candidate: Candidate, space: SearchSpace, data: Dataset, settings: EvalSettings, precision: str,
+           int8: Int8Scheme | None = None) -> nn.Module:
+    """weights -> the compress chain (prune -> low-rank -> BN recalibration -> recovery -> quantize);
+    ``int8``: the target device's int8 export scheme (:meth:`autocomp.measure.Device.int8_scheme`;
+    None: ``dequant``, full-range weights)."""
     fam = get_family(space)
     model = fam.weights(candidate, space, data, settings)
     bn = bn_batches(data, settings) if settings.bn_images > 0 else None
     recover = lambda m: fam.recover(m, space, data, settings)  # noqa: E731
     calib = calibration_batches(data, settings) if precision != "none" else None
-    return compress(model, candidate, fam, space, calib, bn_batches=bn, recover=recover, precision=precision)
+    return compress(model, candidate, fam, space, calib, bn_batches=bn, recover=recover, precision=precision,
+                    **(int8 or Int8Scheme()).compress_kwargs())
 
 
 def pruned_model(candidate: Candidate, space: SearchSpace, data: Dataset, settings: EvalSettings) -> nn.Module:
@@ -116,9 +122,11 @@ def pruned_model(candidate: Candidate, space: SearchSpace, data: Dataset, settin
     return _chain(candidate, space, data, settings, "none")
 
 
-def compressed_model(candidate: Candidate, space: SearchSpace, data: Dataset, settings: EvalSettings) -> nn.Module:
-    """weights -> prune -> low-rank -> BN recalibration -> quantize: the model that is exported."""
-    return _chain(candidate, space, data, settings, "all")
+def compressed_model(candidate: Candidate, space: SearchSpace, data: Dataset, settings: EvalSettings,
+                     int8: Int8Scheme | None = None) -> nn.Module:
+    """weights -> prune -> low-rank -> BN recalibration -> quantize: the model that is exported
+    (``int8``: the device's int8 export scheme, see :func:`_chain`)."""
+    return _chain(candidate, space, data, settings, "all", int8)
 
 
 def standard_error(accuracy: float, n: int) -> float:
@@ -126,16 +134,20 @@ def standard_error(accuracy: float, n: int) -> float:
     return math.sqrt(max(accuracy * (1.0 - accuracy), 0.0) / n) if n > 0 else float("nan")
 
 
-def score(candidate: Candidate, space: SearchSpace, data: Dataset, settings: EvalSettings) -> Scored:
+def score(candidate: Candidate, space: SearchSpace, data: Dataset, settings: EvalSettings,
+          int8: Int8Scheme | None = None) -> Scored:
+    """Compress ``candidate`` as the device's int8 scheme says (``int8``: :func:`device_int8_scheme`
+    of the run's device; None: ``dequant``), export it and score the exported model."""
     t0 = time.perf_counter()
-    model = compressed_model(candidate, space, data, settings)
+    int8 = int8 or Int8Scheme()
+    model = compressed_model(candidate, space, data, settings, int8)
     params = count_params(model)
     with tempfile.TemporaryDirectory() as tmp:
         path = to_onnx(model.to(memory_format=torch.contiguous_format), Path(tmp) / "model.onnx", data.input_shape)
         val = data.val.subset(settings.val_size, seed=settings.seed)
         acc = ort_accuracy(path, data.batches(val, settings.val_batch_size))
         blob = path.read_bytes()
-    return Scored(blob, acc, params, len(blob), time.perf_counter() - t0, standard_error(acc, len(val)), len(val))
+    return Scored(blob, acc, params, len(blob), time.perf_counter() - t0, standard_error(acc, len(val)), len(val), int8.label)
 
 
 def confirm(onnx: bytes, data: Dataset, batch_size: int = 100) -> tuple[float, float, int]:
@@ -148,10 +160,24 @@ def confirm(onnx: bytes, data: Dataset, batch_size: int = 100) -> tuple[float, f
     return acc, standard_error(acc, len(data.val)), len(data.val)
 
 
-def confirm_candidates(candidates: list[Candidate], space: SearchSpace, data: Dataset, settings: EvalSettings) -> list[Scored]:
+def confirm_candidates(candidates: list[Candidate], space: SearchSpace, data: Dataset, settings: EvalSettings,
+                       int8: Int8Scheme | None = None) -> list[Scored]:
     """``candidates`` scored again on the whole validation split (the winners of a search, chosen on a subset)."""
     full = settings.model_copy(update={"val_size": len(data.val)})
-    return [score(c, space, data, full) for c in candidates]
+    return [score(c, space, data, full, int8) for c in candidates]
+
+
+def device_int8_scheme(device) -> Int8Scheme:
+    """The int8 export scheme of ``device`` (a Device), decided on the node that holds it when Ray
+    runs (its CPU decides; :meth:`autocomp.measure.Device.int8_scheme`), else here."""
+    from autocomp.cluster import on_device
+
+    return Int8Scheme(**on_device(device, _int8_scheme_here, device.name))
+
+
+def _int8_scheme_here(device_name: str) -> dict:
+    s = get_device(device_name).int8_scheme()
+    return {"export": s.export, "reduce_range": s.reduce_range}
 
 
 def measure_onnx(onnx: bytes, device: str, precision: str) -> dict:

@@ -1,4 +1,11 @@
-"""ONNX export. int8 layers carry QuantizeLinear/DequantizeLinear, fp16 layers are fp16 in the graph."""
+"""ONNX export. int8 layers carry QuantizeLinear/DequantizeLinear, fp16 layers are fp16 in the graph.
+
+A model with int8 layers records its export scheme in the ONNX metadata (``autocomp.int8_export``:
+``fused``, ``fused-7bit`` or ``dequant``; ``autocomp.int8_weight_qmax``: 127, or 63 with
+reduce_range; see :mod:`autocomp.compress.quantize`). In the ``fused`` scheme the weights are stored
+as int8 initializers read by DequantizeLinear (the QuantizeLinear of each float weight folded, with
+the ONNX rounding), the form integer runtimes expect.
+"""
 
 from __future__ import annotations
 
@@ -25,7 +32,70 @@ def to_onnx(model: nn.Module, path: Path, input_shape: tuple[int, int, int], dyn
             dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}} if dynamic_batch else None,
         )
     unshare_initializers(path)
+    from autocomp.compress.quantize import int8_metadata
+
+    meta = int8_metadata(model)
+    if meta:
+        finish_int8(path, meta, fold_weights="fused" in meta["autocomp.int8_export"])
     return path
+
+
+def finish_int8(path: Path, metadata: dict[str, str], fold_weights: bool) -> int:
+    """Write ``metadata`` into the ONNX file and, with ``fold_weights``, fold the QuantizeLinear of
+    every constant float weight into an int8 initializer; returns how many were folded."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    g = model.graph
+    consts = {i.name: i for i in g.initializer}
+    for n in g.node:
+        if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
+            consts[n.output[0]] = n.attribute[0].t
+    readers: dict[str, int] = {}
+    for n in g.node:
+        for i in n.input:
+            readers[i] = readers.get(i, 0) + 1
+    keep, folded = [], 0
+    for n in g.node:
+        if (fold_weights and n.op_type == "QuantizeLinear" and len(n.input) == 3 and n.input[0] in consts
+                and n.input[1] in consts and n.input[2] in consts):
+            w = numpy_helper.to_array(consts[n.input[0]]).astype(np.float32)
+            scale = numpy_helper.to_array(consts[n.input[1]]).astype(np.float32)
+            zp = numpy_helper.to_array(consts[n.input[2]])
+            if scale.ndim == 1 and scale.size > 1:  # per axis
+                axis = next((a.i for a in n.attribute if a.name == "axis"), 1) % w.ndim
+                shape = [1] * w.ndim
+                shape[axis] = -1
+                scale, zp = scale.reshape(shape), zp.reshape(shape)
+            info = np.iinfo(zp.dtype)
+            q = np.clip(np.rint(w / scale) + zp.astype(np.int32), info.min, info.max).astype(zp.dtype)
+            g.initializer.append(numpy_helper.from_array(q, n.output[0]))
+            for i in n.input:
+                readers[i] -= 1
+            folded += 1
+            continue
+        keep.append(n)
+    if folded:
+        del g.node[:]
+        g.node.extend(keep)
+        unused = [i for i in g.initializer if readers.get(i.name, 1) <= 0 and i.name not in {o.name for o in g.output}]
+        for i in unused:
+            g.initializer.remove(i)
+    onnx.helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props}, **metadata})
+    tmp = path.with_name(path.name + ".tmp")
+    onnx.save(model, str(tmp))
+    tmp.replace(path)
+    return folded
+
+
+def int8_export_of(path: Path) -> str | None:
+    """The int8 export scheme recorded in an exported ONNX file (None: no int8 layers, or not ours)."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return next((p.value for p in model.metadata_props if p.key == "autocomp.int8_export"), None)
 
 
 def unshare_initializers(path: Path) -> int:
@@ -77,8 +147,9 @@ def check_onnx(path: Path) -> int:
 @torch.no_grad()
 def compare_outputs(model: nn.Module, onnx_path: Path, x: torch.Tensor) -> tuple[float, float]:
     """(largest absolute logit difference, share of identical top-1 predictions) between PyTorch and
-    ONNX Runtime on ``x`` (fp16 layers differ by float rounding; int8 layers agree because ORT runs
-    the QDQ graph as DequantizeLinear + float ops, see autocomp.measure.onnxruntime)."""
+    ONNX Runtime on ``x`` (fp16 layers differ by float rounding; int8 layers agree up to rounding:
+    ORT runs the QDQ graph as DequantizeLinear + float ops, or, fused, as integer kernels whose
+    int32 sums are exact; see autocomp.measure.onnxruntime)."""
     from autocomp.measure.onnxruntime import session
 
     model.eval()

@@ -249,7 +249,11 @@ def _confirm(rows: list[dict], budget_ms: float, k: int, space, data, settings: 
     from autocomp.space import Candidate
 
     top = under_budget([r for r in rows if r["status"] == "ok"], budget_ms)[:k]
-    scored = confirm_candidates([Candidate.from_json(r["policy"]) for r in top], space, data, settings)
+    from autocomp.measure.base import Int8Scheme
+
+    # each exported as it was scored (its row's int8 export scheme)
+    scored = [confirm_candidates([Candidate.from_json(r["policy"])], space, data, settings,
+                                 Int8Scheme.from_label(r.get("int8_export")))[0] for r in top]
     return [{"id": r["id"], "accuracy_subset": r["accuracy"], "accuracy": round(s.accuracy, 5),
              "accuracy_se": round(s.accuracy_se, 5), "val_images": s.val_images} for r, s in zip(top, scored)]
 

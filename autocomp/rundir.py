@@ -46,6 +46,7 @@ RESULT_COLUMNS = [
     "device", "backend", "backend_version", "precision", "batch", "threads", "warmup", "repeats", "host",
     "predicted_latency_ms", "measure_node", "measure_pid", "fingerprint_id", "fingerprint", "latency_state",
     "accuracy_se",  # binomial standard error of accuracy (validation subset)
+    "int8_export",  # how int8 layers were exported: fused | fused-7bit | dequant (autocomp.measure.base.Int8Scheme.label)
 ]
 REQUIRED_COLUMNS = ("trial", "id", "status", "accuracy", "latency_ms", "summary", "policy", "error")
 FLOAT_COLUMNS = ("accuracy", "accuracy_se", "latency_ms", "latency_p90_ms", "latency_cv", "score_s", "predicted_latency_ms")
@@ -64,8 +65,10 @@ class ResultsTable:
     def __init__(self, path: Path):
         self.path = path
         new = not path.exists() or path.stat().st_size == 0
+        # a table written before a column was added keeps its header: new rows fill its columns only
+        fields = RESULT_COLUMNS if new else (_header(path) or RESULT_COLUMNS)
         self._f = path.open("a", newline="", encoding="utf-8")
-        self._w = csv.DictWriter(self._f, fieldnames=RESULT_COLUMNS, extrasaction="ignore")
+        self._w = csv.DictWriter(self._f, fieldnames=fields, extrasaction="ignore")
         if new:
             self._w.writeheader()
             self._flush()
@@ -81,6 +84,15 @@ class ResultsTable:
 
     def close(self) -> None:
         self._f.close()
+
+
+def _header(path: Path) -> list[str] | None:
+    """The header row of a results table (None when it cannot be read)."""
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            return next(csv.reader(f), None)
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return None
 
 
 def write_json(path: Path, obj: Any) -> None:

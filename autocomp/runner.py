@@ -29,7 +29,7 @@ from ray.tune.search import Searcher
 from autocomp.cluster import on_device
 from autocomp.data import Dataset
 from autocomp.errors import UserError
-from autocomp.evaluate import EvalSettings, measure_onnx, score
+from autocomp.evaluate import EvalSettings, device_int8_scheme, measure_onnx, score
 from autocomp.measure import Device, get_device, quiet
 from autocomp.rundir import RESULT_COLUMNS, ResultsTable, read_results, set_aside_torn
 from autocomp.search import check_controller, get_controller
@@ -234,8 +234,12 @@ class ResultsCallback(tune.Callback):
         self._append(_row_from_trial(trial, "error", f"evaluation process failed after retries: {msg}"))
 
 
-def evaluate_trial(config: dict, space: SearchSpace, data: Dataset, settings: EvalSettings, device: str) -> None:
-    """One Tune trial: score the candidate here, time it on a device node, report one result."""
+def evaluate_trial(config: dict, space: SearchSpace, data: Dataset, settings: EvalSettings, device: str,
+                   int8: dict | None = None) -> None:
+    """One Tune trial: score the candidate here (int8 exported as the device's scheme ``int8``:
+    :class:`autocomp.measure.base.Int8Scheme` fields), time it on a device node, report one result."""
+    from autocomp.measure.base import Int8Scheme
+
     cand = Candidate.from_json(config["candidate"])
     import torch
 
@@ -243,7 +247,7 @@ def evaluate_trial(config: dict, space: SearchSpace, data: Dataset, settings: Ev
     torch.set_num_threads(max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1))))
     try:
         with quiet.computing():  # never beside a CPU latency measurement on this node
-            s = score(cand, space, data, settings)
+            s = score(cand, space, data, settings, Int8Scheme(**(int8 or {})))
     except Exception as e:  # recorded in the table; the search goes on
         tune.report({"status": "error", "error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]})
         return
@@ -251,7 +255,8 @@ def evaluate_trial(config: dict, space: SearchSpace, data: Dataset, settings: Ev
         out = on_device(get_device(device), _measure, s.onnx, device, cand.precision)
     except Exception as e:  # the measuring worker died
         out = {"ok": False, "error": f"{type(e).__name__}: {str(e).splitlines()[0]}"}
-    row = {"accuracy": s.accuracy, "accuracy_se": round(s.accuracy_se, 5), "params": s.params, "onnx_bytes": s.onnx_bytes, "score_s": round(s.wall_s, 3)}
+    row = {"accuracy": s.accuracy, "accuracy_se": round(s.accuracy_se, 5), "params": s.params, "onnx_bytes": s.onnx_bytes,
+           "score_s": round(s.wall_s, 3), "int8_export": s.int8_export}
     if not out["ok"]:
         tune.report({**row, "status": "error", "error": "measurement: " + out["error"][:300],
                      "measure_node": out.get("measure_node"), "measure_pid": out.get("measure_pid")})
@@ -281,7 +286,9 @@ def run_tune(
     remaining = n_trials - searcher.replayed
     callback = ResultsCallback(results, on_row, searcher)
     if remaining > 0:
-        trainable = tune.with_parameters(evaluate_trial, space=space, data=data, settings=settings, device=device.name)
+        scheme = device_int8_scheme(device)  # decided on the device's node: every trial exports int8 the same way
+        trainable = tune.with_parameters(evaluate_trial, space=space, data=data, settings=settings, device=device.name,
+                                         int8={"export": scheme.export, "reduce_range": scheme.reduce_range})
         if resources:  # e.g. {"cpu": 1, "gpu": 0.5} on a cluster with GPUs (pipeline: autocomp.training.gpus_per_trial)
             trainable = tune.with_resources(trainable, resources)
         storage = tempfile.mkdtemp(prefix="autocomp-tune-")  # Tune's state: outside the run, never restored

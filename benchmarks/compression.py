@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> dict:
             if prec == "int8":
                 r["ort_vs_torch_gap"] = round(abs(r["accuracy"] - r["torch_fakequant_accuracy"]), 4)
         cand = with_policy(base_c, 1.0, "int8")
-        m = quantize.apply(copy.deepcopy(model), cand, calib, method=args.calibration, quantize_outputs=True)
+        m = quantize.apply(copy.deepcopy(model), cand, calib, method=args.calibration, int8_export="fused")
         r = score("int8-qlinear", m, cand, "int8", keep=1.0, torch_fakequant_accuracy=round(torch_accuracy(m, data, test), 4))
         r["ort_vs_torch_gap"] = round(abs(r["accuracy"] - r["torch_fakequant_accuracy"]), 4)
         # int8 on top of keep 0.5

@@ -6,20 +6,22 @@ precision dimension is measured, not assumed.
     nice python benchmarks/precision_latency.py --devices cpu-openvino --images 2000
 
 Whole network: the largest member of the default space with supernet weights (BatchNorm
-recalibrated), every layer group at one precision, exported as the search exports it:
+recalibrated), every layer group at one precision, exported through the compress chain:
 
 * ``fp32``, ``fp16`` (fp16 layers, casts at the group borders);
-* ``int8`` — today's export: Q/DQ on every int8 layer's input activation and weight;
-* ``int8-fused`` — the same with the outputs between int8 layers quantized too
-  (``quantize.apply(..., quantize_outputs=True)``), the graph integer engines fuse into int8
-  convolutions with int8 outputs (ONNX Runtime's QLinearConv, OpenVINO's low-precision pipeline).
+* ``int8-dequant`` — the export before issue 18: Q/DQ on every int8 layer's input activation and weight;
+* ``int8-fused`` (``int8-fused-7bit`` on hosts without int8 dot products) — the outputs between
+  int8 layers quantized too and the weights stored as int8, the graph integer engines fuse into
+  int8 convolutions with int8 outputs (ONNX Runtime's QLinearConv, OpenVINO's low-precision pipeline);
+* ``int8`` — what the search exports for the device: the variant of its int8 export scheme
+  (``Device.int8_scheme``, shown by ``autocomp devices``).
 
 Each is measured with the device's own protocol (devices/<name>.yaml) and its top-1 agreement with
 the fp32 network is taken on ``--images`` MNIST test images, computed by the device's runtime.
 
 Layer types: stacks of six identical layers (1x1 conv 64->64 at 14x14, 3x3 depthwise 64 at 14x14,
-3x3 conv 32->32 at 14x14, fully connected 256->256) at fp32, fp16 and int8 (Q/DQ on input and
-weight, random calibration). A layer type whose int8 is slower than its fp32 is listed per device.
+3x3 conv 32->32 at 14x14, fully connected 256->256) at fp32, fp16 and int8 (exported as the device's
+int8 scheme, random calibration). A layer type whose int8 is slower than its fp32 is listed per device.
 
 Prints a table and, as its last stdout line, one JSON object (also saved to
 benchmarks/results/precision_latency.json); every figure carries the device's fingerprint id.
@@ -46,11 +48,12 @@ from autocomp.data import load_dataset
 from autocomp.evaluate import EvalSettings, calibration_batches, pruned_model
 from autocomp.export import to_onnx
 from autocomp.measure import get_device
+from autocomp.measure.base import Int8Scheme
 from autocomp.measure.fingerprint import fingerprint_id
 from autocomp.space import get_space
 
 RESULTS = Path(__file__).parent / "results" / "precision_latency.json"
-VARIANTS = ("fp32", "fp16", "int8", "int8-fused")
+VARIANTS = ("fp32", "fp16", "int8-dequant", "int8-fused", "int8")
 
 
 def log(msg: str) -> None:
@@ -70,19 +73,20 @@ def predict(device_name: str, path: Path, x: np.ndarray) -> np.ndarray:
     return sess.run(None, {sess.get_inputs()[0].name: x})[0].argmax(1)
 
 
-def network_exports(space_name: str, data, out: Path) -> dict[str, Path]:
-    """The largest member of the space at each uniform precision, exported (trained weights)."""
+def network_exports(space_name: str, data, out: Path, schemes: list[Int8Scheme]) -> dict[str, Path]:
+    """The largest member of the space at each uniform precision, exported (trained weights); int8
+    once per scheme (``int8-<label>``: dequant, fused and the devices' own)."""
     space = get_space(space_name)
     settings = EvalSettings()
     calib = calibration_batches(data, settings)
     base = pruned_model(space.largest("fp32"), space, data, settings)
     paths = {}
-    for variant in VARIANTS:
-        prec = variant.split("-")[0]
-        cand = space.largest(prec)
-        model = quantize.apply(copy.deepcopy(base), cand, calib if prec == "int8" else None,
-                               quantize_outputs=variant == "int8-fused")
+    for variant in ("fp32", "fp16"):
+        model = quantize.apply(copy.deepcopy(base), space.largest(variant), None)
         paths[variant] = to_onnx(model, out / f"largest-{variant}.onnx", data.input_shape)
+    for scheme in {Int8Scheme(), Int8Scheme("fused"), *schemes}:
+        model = quantize.apply(copy.deepcopy(base), space.largest("int8"), calib, **scheme.compress_kwargs())
+        paths[f"int8-{scheme.label}"] = to_onnx(model, out / f"largest-int8-{scheme.label}.onnx", data.input_shape)
     return paths
 
 
@@ -111,7 +115,7 @@ def layer_models() -> dict[str, tuple[nn.Module, tuple[int, int, int]]]:
     }
 
 
-def layer_exports(out: Path) -> dict[str, dict[str, Path]]:
+def layer_exports(out: Path, scheme: Int8Scheme) -> dict[str, dict[str, Path]]:
     paths: dict[str, dict[str, Path]] = {}
     for name, (model, shape) in layer_models().items():
         model.eval()
@@ -119,10 +123,10 @@ def layer_exports(out: Path) -> dict[str, dict[str, Path]]:
         for prec in ("fp32", "fp16", "int8"):
             m = copy.deepcopy(model)
             if prec == "int8":
-                m = quantize.quantize_model(m, calib)
+                m = quantize.quantize_model(m, calib, **scheme.compress_kwargs())
             elif prec == "fp16":
                 m.layers = nn.Sequential(*[quantize.Half(layer) for layer in m.layers])
-            paths.setdefault(name, {})[prec] = to_onnx(m, out / f"{name}-{prec}.onnx", shape)
+            paths.setdefault(name, {})[prec] = to_onnx(m, out / f"{name}-{prec}-{scheme.label}.onnx", shape)
     return paths
 
 
@@ -148,12 +152,18 @@ def main() -> None:
     result: dict = {"space": args.space, "images": args.images, "devices": {}}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        log("exporting the largest member at fp32 / fp16 / int8 / int8-fused")
-        nets = network_exports(args.space, data, tmp)
-        layers = layer_exports(tmp)
+        fps = {dev: get_device(dev).fingerprint() for dev in args.devices}
+        schemes = {dev: get_device(dev).int8_scheme(fps[dev]) for dev in args.devices}
+        log("exporting the largest member at fp32 / fp16 / int8 (dequant, fused, the devices' schemes)")
+        all_nets = network_exports(args.space, data, tmp, list(schemes.values()))
         for dev in args.devices:
-            fp = get_device(dev).fingerprint()
-            entry: dict = {"fingerprint_id": fingerprint_id(fp), "fingerprint": fp, "network": {}, "layers": {}}
+            fp, scheme = fps[dev], schemes[dev]
+            # the device's own int8 ("int8") is the export of its scheme; dequant and fused beside it
+            nets = {v: all_nets[v] for v in ("fp32", "fp16", "int8-dequant", "int8-fused")}
+            nets["int8"] = all_nets[f"int8-{scheme.label}"]
+            layers = layer_exports(tmp, scheme)
+            entry: dict = {"fingerprint_id": fingerprint_id(fp), "fingerprint": fp, "int8_export": scheme.label,
+                           "network": {}, "layers": {}}
             ref = np.concatenate([predict(dev, nets["fp32"], x) for x in xs])
             for variant, path in nets.items():
                 log(f"{dev}: largest {variant}")
@@ -167,9 +177,10 @@ def main() -> None:
                     entry["layers"].setdefault(name, {})[prec] = measure(dev, path, prec)
             net = entry["network"]
             entry["summary"] = {
+                "int8_export": scheme.label,  # the scheme of "int8" (what the search exports for this device)
                 "int8_over_fp32": round(net["int8"]["median_ms"] / net["fp32"]["median_ms"], 3),
                 "int8_fused_over_fp32": round(net["int8-fused"]["median_ms"] / net["fp32"]["median_ms"], 3),
-                "int8_over_int8_fused": round(net["int8"]["median_ms"] / net["int8-fused"]["median_ms"], 3),
+                "int8_dequant_over_int8_fused": round(net["int8-dequant"]["median_ms"] / net["int8-fused"]["median_ms"], 3),
                 "fp16_over_fp32": round(net["fp16"]["median_ms"] / net["fp32"]["median_ms"], 3),
                 "int8_slower_than_fp32": sorted(n for n, v in entry["layers"].items() if v["int8"]["median_ms"] > v["fp32"]["median_ms"]),
             }

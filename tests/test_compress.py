@@ -336,7 +336,7 @@ def test_quantize_generic_model(tmp_path):
 
 def test_output_quantization_keeps_placement_and_lets_ort_fuse_integer_convs(tmp_path):
     c = small(["int8", "int8", "fp32", "int8"], stem="int8", head="fp32")
-    q = quantize.apply(net(c), c, [x28(16, 1)], quantize_outputs=True)
+    q = quantize.apply(net(c), c, [x28(16, 1)], int8_export="fused")
     path = export(q, tmp_path)
     assert qinspect.check_placement(path, c) == []
     lps = qinspect.layer_precisions(path)

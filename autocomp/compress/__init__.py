@@ -30,7 +30,8 @@ def _family(family: Any, space: Any):
 def compress(model: nn.Module, candidate: Candidate, family: Any = None, space: Any = None,
              calib: Iterable[torch.Tensor] | None = None, *, bn_batches: Iterable[torch.Tensor] | None = None,
              recover: Callable[[nn.Module], nn.Module] | None = None, importance: str = "l1",
-             precision: str = "all", method: str = "minmax") -> nn.Module:
+             precision: str = "all", method: str = "minmax", int8_export: str = "dequant",
+             reduce_range: bool = False) -> nn.Module:
     """The compressed ``model`` of ``candidate`` (in place where the operators allow).
 
     ``family``: a Family, its name, or None (the space's; mbv2 without a space). ``bn_batches``:
@@ -38,7 +39,12 @@ def compress(model: nn.Module, candidate: Candidate, family: Any = None, space: 
     none). ``recover``: a function run on the fp32 pruned model before quantization (recovery
     fine-tuning or distillation). ``calib``: int8 calibration batches. ``precision``: ``all``
     (the candidate's precisions), ``no-fp16`` (int8 only; fp16 casts come later, see
-    :func:`apply_fp16`) or ``none`` (stop before quantization, fp32)."""
+    :func:`apply_fp16`) or ``none`` (stop before quantization, fp32). ``int8_export`` (``fused`` | ``dequant``) and
+    ``reduce_range``: the int8 export scheme of the device that will run the model
+    (:meth:`autocomp.measure.Device.int8_scheme`; see :mod:`autocomp.compress.quantize`): the
+    search, the latency campaigns and deployment pass the same one, so what is measured, predicted
+    and deployed is one model."""
+    quantize.check_scheme(int8_export)
     fam = _family(family, space)
     model = fam.prune(model, candidate, space, importance)
     model = fam.factorize(model, candidate, space)
@@ -57,7 +63,8 @@ def compress(model: nn.Module, candidate: Candidate, family: Any = None, space: 
     groups = fam.groups(candidate, space)
     if precision == "no-fp16":
         groups = [g if g.precision != "fp16" else _as(g, "fp32") for g in groups]
-    return quantize.apply(model, candidate, calib, method=method, groups=groups)
+    return quantize.apply(model, candidate, calib, method=method, groups=groups, int8_export=int8_export,
+                          reduce_range=reduce_range)
 
 
 def _as(group, precision: str):

@@ -11,17 +11,29 @@ percentile of |x|), ``mse`` (the clipping threshold minimising the quantization 
 ``entropy`` (TensorRT's KL-divergence threshold). The last three read a 2048-bin histogram of |x|
 taken in a second pass over the calibration batches.
 
-``quantize_outputs`` (default off): when an int8 conv feeds another int8 conv of the same network
-(stem -> first block conv, expand -> depthwise -> project), its *output* is also quantized, with the
-consumer's input scale, before the activation. For symmetric int8 (zero point 0) ReLU commutes
-with quantization, so this is lossless w.r.t. quantizing after the ReLU; it is the graph integer
-engines fuse into int8 convs with int8 outputs (TensorRT; ONNX Runtime's QLinearConv). It is off by
-default: on the 2-core AVX2 machine without VNNI used here (ONNX Runtime 1.32, 1 thread) the
-integer kernels were ~2x slower than fp32 for these small convs, and their u8s8 int16 accumulation
-saturates with full-range weights (ORT accuracy fell ~16 points). autocomp's ONNX Runtime sessions
-therefore switch that fusion off on hosts without VNNI/AMX (``autocomp.measure.onnxruntime.qdq_fusion``): ORT runs
-DequantizeLinear + float ops, which agrees with PyTorch fake-quant to float rounding; TensorRT
-fuses the same explicit Q/DQ graph into int8 kernels on its own.
+The int8 export scheme (``int8_export``, chosen per device: :meth:`autocomp.measure.Device.int8_scheme`):
+
+* ``dequant`` (the scheme before issue 18): Q/DQ on the input and weight of every int8 layer only.
+  Runtimes without integer fusion run DequantizeLinear + float conv, which agrees with PyTorch
+  fake-quant to float rounding; on ONNX Runtime it was 7.5x *slower* than fp32 (weights and
+  activations dequantized every run).
+* ``fused``: the *output* of an int8 layer that feeds another int8 layer directly (through ReLU,
+  Identity, flatten/reshape or a channel permutation only: stem -> first block conv, expand ->
+  depthwise -> project, the two halves of a low-rank pair; found by tracing the model with
+  ``torch.fx``) is quantized too, with the consumer's input scale, before the activation. For
+  symmetric int8 (zero point 0) ReLU commutes with quantization, so this is lossless w.r.t.
+  quantizing after the ReLU; it is the DQ -> Conv -> Q graph integer engines fuse into int8 convs
+  with int8 outputs (ONNX Runtime's QLinearConv, OpenVINO's low-precision pipeline, TensorRT). The
+  export stores the weights as int8 initializers (``autocomp.export`` folds their QuantizeLinear),
+  as those runtimes expect them. A model that cannot be traced keeps its links unset (it is then
+  exported as ``dequant`` would export it: correct, not faster).
+
+``reduce_range`` (7-bit weights, [-63, 63]): x86 integer kernels without VNNI/AMX multiply u8
+activations by s8 weights with ``vpmaddubsw``, whose int16 pair sums saturate with full-range
+weights (2 * 255 * 127 > 32767; ONNX Runtime's accuracy fell ~16 points on an AVX2 host);
+with 7-bit weights they cannot (2 * 255 * 64 <= 32767). It is chosen per device host from its CPU
+flags (:func:`autocomp.measure.fingerprint.has_int8_dot`) for the ``fused`` scheme on CPU
+runtimes; hosts with VNNI/AMX (or ARM's dot product) keep full-range weights.
 
 PTQ is :func:`apply`; QAT is :func:`qat` (fine-tuning through the fake-quant ops with the
 straight-through estimator; weight scales follow the weights, activation scales stay calibrated).
@@ -33,12 +45,15 @@ from typing import Iterable
 
 import numpy as np
 import torch
+import torch.fx
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from autocomp.space import Candidate
 
 CALIBRATION_METHODS = ("minmax", "percentile", "mse", "entropy")
+INT8_EXPORTS = ("fused", "dequant")  # see the module docs
+WEIGHT_QMAX = {False: 127, True: 63}  # the largest int8 weight magnitude, by reduce_range
 HIST_BINS = 2048
 
 
@@ -130,9 +145,10 @@ class Observer:
 # --------------------------------------------------------------------------- int8 layer
 
 
-def weight_scale(weight: torch.Tensor) -> torch.Tensor:
-    """Per-output-channel symmetric int8 scale of a Conv/Linear weight."""
-    return (weight.detach().flatten(1).abs().amax(1) / 127.0).clamp_min(1e-8)
+def weight_scale(weight: torch.Tensor, qmax: int = 127) -> torch.Tensor:
+    """Per-output-channel symmetric int8 scale of a Conv/Linear weight (``qmax``: 127, or 63 with
+    ``reduce_range``)."""
+    return (weight.detach().flatten(1).abs().amax(1) / float(qmax)).clamp_min(1e-8)
 
 
 def _fq(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -143,11 +159,13 @@ class QuantLayer(nn.Module):
     """Fake-quantized Conv2d/Linear: int8 per-tensor symmetric input, int8 per-channel weight,
     optionally an int8 output (quantized with the consumer's input scale, see module docs)."""
 
-    def __init__(self, layer: nn.Conv2d | nn.Linear):
+    def __init__(self, layer: nn.Conv2d | nn.Linear, int8_export: str = "dequant", reduce_range: bool = False):
         super().__init__()
         self.layer = layer
+        self.int8_export = int8_export  # the export scheme this layer was made for (written into the ONNX metadata)
+        self.qmax = WEIGHT_QMAX[bool(reduce_range)]
         self.register_buffer("act_scale", torch.tensor(1.0))
-        self.register_buffer("w_scale", weight_scale(layer.weight))
+        self.register_buffer("w_scale", weight_scale(layer.weight, self.qmax))
         self.phase: str | None = None  # "max" | "hist" while calibrating
         self.observer: Observer | None = None
         self._consumer: list[QuantLayer] = []  # a plain list: the consumer is not a submodule
@@ -166,7 +184,7 @@ class QuantLayer(nn.Module):
             return self.layer(x)
         if self.training:  # QAT: the weight scales follow the weights
             with torch.no_grad():
-                self.w_scale.copy_(weight_scale(self.layer.weight))
+                self.w_scale.copy_(weight_scale(self.layer.weight, self.qmax))
         zp = torch.zeros(len(self.w_scale), dtype=torch.int32)
         w = torch.fake_quantize_per_channel_affine(self.layer.weight, self.w_scale, zp, 0, -128, 127)  # symmetric scale never reaches -128
         x = _fq(x, self.act_scale)
@@ -178,6 +196,13 @@ class QuantLayer(nn.Module):
         if self._consumer:
             y = _fq(y, self._consumer[0].act_scale)
         return y
+
+    def train(self, mode: bool = True) -> "QuantLayer":
+        super().train(mode)
+        if not mode:  # the last training step moved the weights after the scale was taken: exported weights stay in range
+            with torch.no_grad():
+                self.w_scale.copy_(weight_scale(self.layer.weight, self.qmax))
+        return self
 
 
 def fold_bn(module: nn.Module) -> None:
@@ -196,55 +221,71 @@ def fold_bn(module: nn.Module) -> None:
                 child[i], child[i + 1] = fused, nn.Identity()
 
 
-def _wrap_int8(module: nn.Module) -> None:
+def _wrap_int8(module: nn.Module, **scheme) -> None:
     for name, child in module.named_children():
         if isinstance(child, (nn.Conv2d, nn.Linear)):
-            setattr(module, name, QuantLayer(child))
+            setattr(module, name, QuantLayer(child, **scheme))
         elif not isinstance(child, QuantLayer):
-            _wrap_int8(child)
+            _wrap_int8(child, **scheme)
 
 
-def _first_quant(m: nn.Module | None) -> QuantLayer | None:
-    """The QuantLayer that reads ``m``'s input first (a low-rank pair: its first half)."""
-    if isinstance(m, QuantLayer):
-        return m
-    if isinstance(m, nn.Sequential) and len(m) > 0:
-        return _first_quant(m[0])
-    return None
+# what an int8 output may pass through on its way to the next int8 layer: ops that commute with
+# symmetric per-tensor quantization (ReLU with zero point 0, identities, moves of elements)
+_PASS_MODULES = (nn.Identity, nn.ReLU, nn.Dropout, nn.Flatten)
+_PASS_FUNCTIONS = (torch.relu, torch.nn.functional.relu, torch.flatten, torch.reshape, torch.transpose, torch.permute)
+_PASS_METHODS = ("relu", "reshape", "view", "flatten", "transpose", "permute", "contiguous")
 
 
-def _last_quant(m: nn.Module | None) -> QuantLayer | None:
-    if isinstance(m, QuantLayer):
-        return m
-    if isinstance(m, nn.Sequential) and len(m) > 0:
-        return _last_quant(m[-1]) if isinstance(m[-1], (QuantLayer, nn.Sequential)) else None
-    return None
+class _Tracer(torch.fx.Tracer):
+    """QuantLayers and autocomp's parameter-free modules that declare ``quant_transparent`` (e.g. a
+    channel shuffle) stay single nodes."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return isinstance(m, QuantLayer) or getattr(m, "quant_transparent", False) or super().is_leaf_module(m, qualname)
 
 
-def _link_outputs(model: nn.Module) -> None:
-    """Quantize the outputs of int8 convs whose consumer is an int8 conv (see module docs)."""
-    def conv_of(m: nn.Module) -> nn.Module | None:
-        return m[0] if isinstance(m, nn.Sequential) and len(m) > 0 else None
+def _passes(node, modules: dict[str, nn.Module]) -> bool:
+    if node.op == "call_module":
+        m = modules[node.target]
+        return isinstance(m, _PASS_MODULES) or bool(getattr(m, "quant_transparent", False))
+    if node.op == "call_function":
+        return node.target in _PASS_FUNCTIONS
+    return node.op == "call_method" and node.target in _PASS_METHODS
 
-    def link(prod: nn.Module | None, cons: nn.Module | None) -> None:
-        p, c = _last_quant(prod), _first_quant(cons)
-        if p is not None and c is not None:
-            p.quantize_output_as(c)
-        # inside a factorised pair (Sequential of two QuantLayers) the middle is int8 too
-        for m in (prod, cons):
-            if isinstance(m, nn.Sequential) and all(isinstance(x, QuantLayer) for x in m):
-                for a, b in zip(m, list(m)[1:]):
-                    a.quantize_output_as(b)
 
-    blocks = list(getattr(model, "blocks", []))
-    if blocks and hasattr(model, "stem"):
-        b0 = blocks[0]
-        first = conv_of(b0.expand) if isinstance(b0.expand, nn.Sequential) else conv_of(b0.dw)
-        link(conv_of(model.stem), first)
-    for b in blocks:
-        if isinstance(b.expand, nn.Sequential):
-            link(conv_of(b.expand), conv_of(b.dw))
-        link(conv_of(b.dw), conv_of(b.project))
+def _link_outputs(model: nn.Module) -> int:
+    """Quantize the output of every int8 layer that feeds another int8 layer through ops that
+    commute with quantization only (see module docs), with that layer's input scale; returns how
+    many were linked (0 when the model cannot be traced with torch.fx). Other readers of the same
+    value (a residual add) then read the quantized value too: PyTorch and the export agree."""
+    try:
+        graph = _Tracer().trace(model)
+    except Exception:  # an untraceable network keeps the dequant placement (correct, not fused)
+        return 0
+    modules = dict(model.named_modules())
+
+    def is_quant(n) -> bool:
+        return n.op == "call_module" and isinstance(modules[n.target], QuantLayer)
+
+    linked = 0
+    for node in graph.nodes:
+        if not is_quant(node):
+            continue
+        frontier, consumer = [node], None
+        while frontier and consumer is None:
+            cur = frontier.pop(0)
+            for user in cur.users:
+                if not user.args or user.args[0] is not cur:
+                    continue
+                if is_quant(user):
+                    consumer = modules[user.target]
+                    break
+                if _passes(user, modules):
+                    frontier.append(user)
+        if consumer is not None:
+            modules[node.target].quantize_output_as(consumer)
+            linked += 1
+    return linked
 
 
 def _groups(model: nn.Module, candidate: Candidate, groups=None) -> list[tuple[nn.Module, str, str]]:
@@ -297,10 +338,13 @@ def calibrate(model: nn.Module, calib: Iterable[torch.Tensor], method: str = "mi
 
 @torch.no_grad()
 def apply(model: nn.Module, candidate: Candidate, calib: Iterable[torch.Tensor] | None = None, method: str = "minmax",
-          percentile: float = 99.99, quantize_outputs: bool = False, groups=None) -> nn.Module:
+          percentile: float = 99.99, int8_export: str = "dequant", reduce_range: bool = False, groups=None) -> nn.Module:
     """Set each layer group's precision; int8 activation scales are calibrated on ``calib`` batches
     (tensors or (x, y) pairs) with ``method`` (one of :data:`CALIBRATION_METHODS`). ``groups``: the
-    family's layer groups (default: those of an mbv2 Net, see :func:`_groups`)."""
+    family's layer groups (default: those of an mbv2 Net, see :func:`_groups`). ``int8_export``
+    (one of :data:`INT8_EXPORTS`) and ``reduce_range``: the export scheme (see module docs)."""
+    check_scheme(int8_export)
+    scheme = {"int8_export": int8_export, "reduce_range": reduce_range}
     model.eval()
     mbv2 = groups is None
     groups = _groups(model, candidate, groups)
@@ -314,18 +358,39 @@ def apply(model: nn.Module, candidate: Candidate, calib: Iterable[torch.Tensor] 
             m = getattr(parent, attr)
             fold_bn(m)
             if isinstance(m, (nn.Conv2d, nn.Linear)):
-                setattr(parent, attr, QuantLayer(m))
+                setattr(parent, attr, QuantLayer(m, **scheme))
             else:
-                _wrap_int8(m)
+                _wrap_int8(m, **scheme)
             int8 = True
     if int8:
         if calib is None:
             raise ValueError("int8 layers need calibration batches")
-        if quantize_outputs:
+        if int8_export == "fused":
             _link_outputs(model)
         calibrate(model, calib, method, percentile)
     _half(groups)
     return model
+
+
+def check_scheme(int8_export: str) -> None:
+    if int8_export not in INT8_EXPORTS:
+        raise ValueError(f"unknown int8 export scheme {int8_export!r}; expected one of {INT8_EXPORTS}")
+
+
+def scheme_label(int8_export: str, reduce_range: bool) -> str:
+    """``fused``, ``fused-7bit`` (reduce_range) or ``dequant``: the scheme as tables and metadata record it."""
+    return int8_export + ("-7bit" if reduce_range else "")
+
+
+def int8_metadata(model: nn.Module) -> dict[str, str]:
+    """What the ONNX export of ``model`` records of its int8 layers (``autocomp.int8_export``: the
+    :func:`scheme_label`, ``autocomp.int8_weight_qmax``: the largest int8 weight magnitude); empty
+    without int8 layers."""
+    qs = [m for m in model.modules() if isinstance(m, QuantLayer)]
+    if not qs:
+        return {}
+    labels = sorted({scheme_label(q.int8_export, q.qmax < 127) for q in qs})
+    return {"autocomp.int8_export": "+".join(labels), "autocomp.int8_weight_qmax": str(max(q.qmax for q in qs))}
 
 
 def _half(groups: list[tuple[nn.Module, str, str]]) -> None:
@@ -341,10 +406,10 @@ def apply_fp16(model: nn.Module, groups) -> nn.Module:
 
 
 def quantize_model(model: nn.Module, calib: Iterable[torch.Tensor], method: str = "minmax", percentile: float = 99.99,
-                   skip: Iterable[nn.Module] = ()) -> nn.Module:
+                   skip: Iterable[nn.Module] = (), int8_export: str = "dequant", reduce_range: bool = False) -> nn.Module:
     """int8 PTQ of a generic model (every Conv2d/Linear except ``skip``), BatchNorm folded where it
-    directly follows a conv in an ``nn.Sequential``. Output quantization is not linked (generic
-    graphs have no known producer/consumer chain)."""
+    directly follows a conv in an ``nn.Sequential``; ``int8_export``/``reduce_range`` as :func:`apply`."""
+    check_scheme(int8_export)
     model.eval()
     fold_bn(model)
     skip_ids = {id(m) for m in skip}
@@ -352,11 +417,13 @@ def quantize_model(model: nn.Module, calib: Iterable[torch.Tensor], method: str 
     def wrap(module: nn.Module) -> None:
         for name, child in module.named_children():
             if isinstance(child, (nn.Conv2d, nn.Linear)) and id(child) not in skip_ids:
-                setattr(module, name, QuantLayer(child))
+                setattr(module, name, QuantLayer(child, int8_export, reduce_range))
             elif not isinstance(child, QuantLayer):
                 wrap(child)
 
     wrap(model)
+    if int8_export == "fused":
+        _link_outputs(model)
     return calibrate(model, calib, method, percentile)
 
 
@@ -399,5 +466,5 @@ def qat(model: nn.Module, data, steps: int, lr: float = 1e-4, batch_size: int = 
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, QuantLayer):
-                m.w_scale.copy_(weight_scale(m.layer.weight))
+                m.w_scale.copy_(weight_scale(m.layer.weight, m.qmax))
     return model

@@ -89,6 +89,8 @@ def from_ops(names: Sequence[str], space: SearchSpace, keep: float = 1.0, rank: 
 
 
 class ChannelShuffle(nn.Module):
+    quant_transparent = True  # a channel permutation: an int8 output may pass it (autocomp.compress.quantize, fused export)
+
     def __init__(self, groups: int):
         super().__init__()
         self.groups = groups

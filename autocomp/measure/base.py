@@ -66,6 +66,7 @@ class Device:
     ray_resource: str | None = None  # the Ray custom resource of its node; None: device:<name>
     expected_fingerprint: dict[str, Any] | None = None  # what the device's probe should find (devices/*.yaml)
     source: str = ""  # the device file it was read from ("" when registered in code)
+    int8_export: str | None = None  # fused | dequant; None: the backend's default (see int8_scheme)
 
     @property
     def resource(self) -> str:
@@ -84,6 +85,65 @@ class Device:
         call it on the device's node)."""
         return backend(self.backend).fingerprint(**{**self.options, **overrides})
 
+    def int8_scheme(self, fp: dict[str, Any] | None = None) -> "Int8Scheme":
+        """How int8 layers are exported for this device (:mod:`autocomp.compress.quantize`):
+
+        * ``export``: the device file's ``int8_export``, else the backend's default
+          (:data:`INT8_EXPORT_DEFAULTS`): ``fused`` where its runtime fuses Q/DQ into integer
+          kernels (OpenVINO, TensorRT; ONNX Runtime on hosts with VNNI/AMX or ARM's dot product,
+          where autocomp keeps its QDQ fusion on: :func:`autocomp.measure.onnxruntime.qdq_fusion`),
+          else ``dequant``;
+        * ``reduce_range``: 7-bit weights for a ``fused`` export on a CPU runtime whose host lacks
+          int8 dot products (:func:`fingerprint.has_int8_dot`), where u8s8 kernels would saturate.
+
+        ``fp``: the device's fingerprint (its ``isa`` names the host's CPU features); None: this
+        machine's CPU (call it on the device's node)."""
+        isa = fp["isa"] if fp is not None and "isa" in fp else fingerprint.this_cpu_flags()
+        cpu = self.backend in CPU_BACKENDS
+        export = self.int8_export or INT8_EXPORT_DEFAULTS.get(self.backend, "dequant")
+        if export == "fused-if-int8-dot":
+            export = "fused" if fingerprint.has_int8_dot(isa) else "dequant"
+        return Int8Scheme(export, export == "fused" and cpu and not fingerprint.has_int8_dot(isa))
+
+
+INT8_EXPORTS = ("fused", "dequant")  # autocomp.compress.quantize.INT8_EXPORTS (measure is a leaf: not imported)
+# the default int8 export of each backend (a device file's int8_export overrides it); a backend added
+# with register_backend gives its own or gets dequant (the placement every runtime runs correctly).
+# "fused-if-int8-dot": fused on hosts with int8 dot products, where autocomp keeps ONNX Runtime's QDQ
+# fusion on (autocomp.measure.onnxruntime.qdq_fusion), dequant elsewhere
+INT8_EXPORT_DEFAULTS: dict[str, str] = {
+    "onnxruntime": "fused-if-int8-dot", "openvino": "fused", "tensorrt": "fused", "trtexec": "fused",
+}
+CPU_BACKENDS = {"onnxruntime", "openvino"}  # u8s8 integer kernels on the host CPU: reduce_range matters
+
+
+@dataclass(frozen=True)
+class Int8Scheme:
+    """The int8 export scheme of a device: ``export`` (fused | dequant) and ``reduce_range`` (7-bit weights)."""
+
+    export: str = "dequant"
+    reduce_range: bool = False
+
+    @property
+    def label(self) -> str:
+        """``fused``, ``fused-7bit`` or ``dequant``: the value of the ``int8_export`` column of
+        results.csv and measurement tables, and of the exported ONNX's ``autocomp.int8_export``."""
+        return self.export + ("-7bit" if self.reduce_range else "")
+
+    @classmethod
+    def from_label(cls, label: str | None) -> "Int8Scheme":
+        """The scheme of a recorded :attr:`label` (empty or None: ``dequant``, what tables written
+        before the column existed hold)."""
+        label = (label or "dequant").strip()
+        export, _, bits = label.partition("-")
+        if export not in INT8_EXPORTS or bits not in ("", "7bit"):
+            raise UserError("int8_export", f"{label!r}", "fused, fused-7bit or dequant")
+        return cls(export, bits == "7bit")
+
+    def compress_kwargs(self) -> dict[str, Any]:
+        """The arguments of :func:`autocomp.compress.compress` that select this scheme."""
+        return {"int8_export": self.export, "reduce_range": self.reduce_range}
+
 
 # backend name -> module providing ``measure(onnx_path, *, device, precision, **options) -> Measurement``
 # and ``fingerprint(**options) -> dict``; imported lazily, so a missing TensorRT only matters to the
@@ -94,9 +154,16 @@ BACKENDS: dict[str, str] = {
 }
 
 
-def register_backend(name: str, module: str) -> None:
-    """Register a backend module (``pkg.module`` with ``measure`` and ``fingerprint``) by name."""
+def register_backend(name: str, module: str, int8_export: str = "dequant", cpu: bool = False) -> None:
+    """Register a backend module (``pkg.module`` with ``measure`` and ``fingerprint``) by name;
+    ``int8_export``: its devices' default int8 export (fused where its runtime fuses Q/DQ into
+    integer kernels); ``cpu``: it runs on the host CPU (7-bit weights where u8s8 would saturate)."""
+    if int8_export not in INT8_EXPORTS:
+        raise ValueError(f"int8_export {int8_export!r}: expected one of {INT8_EXPORTS}")
     BACKENDS[name] = module
+    INT8_EXPORT_DEFAULTS[name] = int8_export
+    if cpu:
+        CPU_BACKENDS.add(name)
 
 
 def backend(name: str) -> Any:
@@ -122,6 +189,8 @@ def backend(name: str) -> Any:
 #   ray_resource: device:orin-lab-3    optional, the Ray custom resource of the node holding it
 #   expected_fingerprint: {...}        optional, fields the device's probe must find (see
 #                                      :func:`fingerprint_mismatches`)
+#   int8_export: fused                 optional, fused | dequant: how int8 layers are exported for it
+#                                      (default: the backend's, see :meth:`Device.int8_scheme`)
 #
 # Files are read once, on the first lookup (:func:`reload_devices` reads them again). A malformed
 # file is a UserError naming the file and the field (exit code 2 in the CLI).
@@ -129,7 +198,7 @@ def backend(name: str) -> Any:
 DEVICE_SCHEMA = 1
 PRECISIONS = ("fp32", "fp16", "int8")
 DEVICE_KEYS = ("schema_version", "name", "backend", "precisions", "description", "options", "host", "ray_resource",
-               "expected_fingerprint")
+               "expected_fingerprint", "int8_export")
 DEVICES_ENV = "AUTOCOMP_DEVICES"
 
 
@@ -295,7 +364,10 @@ def load_device_file(path: Path) -> Device:
     expected = doc.get("expected_fingerprint")
     if expected is not None and not isinstance(expected, dict):
         raise bad("expected_fingerprint", f"holds {type(expected).__name__}", "a mapping of fingerprint fields")
-    return Device(name, backend_name, tuple(precisions), options, description, resource, expected, str(path))
+    int8_export = doc.get("int8_export")
+    if int8_export is not None and int8_export not in INT8_EXPORTS:
+        raise bad("int8_export", f"{int8_export!r}", f"one of {list(INT8_EXPORTS)} (or no int8_export: the backend's default)")
+    return Device(name, backend_name, tuple(precisions), options, description, resource, expected, str(path), int8_export)
 
 
 def check_device_options(device: Device) -> None:

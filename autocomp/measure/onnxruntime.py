@@ -37,16 +37,32 @@ WINDOW_S = 3.0
 # is disabled, and every int8 layer runs as DequantizeLinear + float op: exactly the QDQ semantics
 # TensorRT and PyTorch fake-quant use. Hosts with VNNI / AMX (or ARM's dot product) accumulate in
 # int32 without that saturation and keep the fusion: their integer kernels are the fast path.
+# A model exported with 7-bit weights (reduce_range: ONNX metadata autocomp.int8_weight_qmax <= 63,
+# see autocomp.compress.quantize) cannot saturate them (2 * 255 * 64 <= 32767): its sessions keep the
+# fusion on every host. The workaround so remains only for full-range weights on hosts without int8 dot.
 QDQ_FUSION = "QDQSelectorActionTransformer"
 
 
-def qdq_fusion() -> bool:
-    """Whether autocomp's sessions keep ONNX Runtime's QDQ integer fusion on this host (see above)."""
-    return fingerprint_mod.has_int8_dot(fingerprint_mod.this_cpu_flags())
+def qdq_fusion(isa: list[str] | None = None) -> bool:
+    """Whether autocomp's sessions keep ONNX Runtime's QDQ integer fusion for full-range int8 weights
+    on this host (``isa``: another host's CPU flags) (see above)."""
+    return fingerprint_mod.has_int8_dot(fingerprint_mod.this_cpu_flags() if isa is None else isa)
 
 
-def disabled_optimizers() -> list[str]:
-    return [] if qdq_fusion() else [QDQ_FUSION]
+def disabled_optimizers(onnx_path: Path | None = None, isa: list[str] | None = None) -> list[str]:
+    """The optimizers a session of ``onnx_path`` runs without on this host (``isa``: another's)."""
+    if qdq_fusion(isa) or (onnx_path is not None and _weight_qmax(onnx_path) <= 63):
+        return []
+    return [QDQ_FUSION]
+
+
+def _weight_qmax(onnx_path: Path) -> int:
+    """The largest int8 weight magnitude an autocomp export records (127 when it records none)."""
+    import onnx
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    value = next((p.value for p in model.metadata_props if p.key == "autocomp.int8_weight_qmax"), "127")
+    return int(value) if value.isdigit() else 127
 
 
 def fingerprint(threads: int = 1, batch: int = 1, **_options) -> dict:
@@ -61,7 +77,8 @@ def session(onnx_path: Path, threads: int = 1) -> ort.InferenceSession:
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.log_severity_level = 3
-    return ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"], disabled_optimizers=disabled_optimizers())
+    return ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"],
+                                disabled_optimizers=disabled_optimizers(onnx_path))
 
 
 def _input_shape(sess: ort.InferenceSession, batch: int) -> list[int]:

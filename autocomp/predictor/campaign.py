@@ -38,6 +38,10 @@ cpu_model          the measuring host's CPU model (``/proc/cpuinfo``)
 notes              backend-specific protocol details (JSON string; e.g. the trtexec command)
 measured_at        UTC timestamp (ISO 8601)
 fingerprint        the device fingerprint of the measurement (JSON), fingerprint_id its name
+int8_export        how the int8 layers were exported: fused | fused-7bit | dequant (the
+                   device's :meth:`autocomp.measure.Device.int8_scheme` on the measuring node;
+                   rows written before the column existed read as ``dequant``). The latencies of
+                   int8 layers differ by scheme: fit on rows of the device's current one.
 pass_ms            list<float>: the median of each pass (``passes``); the figures are those of the
                    fastest pass (a shared host's slow phases can outlast one measurement window)
 =================  =========================================================================
@@ -73,7 +77,7 @@ COLUMNS = [
     "schema_version", "id", "space", "candidate", "encoding", "precision", "params", "onnx_bytes", "seed", "index",
     "device", "backend", "backend_version", "batch", "threads", "warmup", "repeats", "statistic", "host",
     "median_ms", "mean_ms", "p90_ms", "p99_ms", "cv", "flagged", "cpu_model", "notes", "measured_at",
-    "fingerprint", "fingerprint_id", "pass_ms",
+    "fingerprint", "fingerprint_id", "int8_export", "pass_ms",
 ]
 # the figures a later, faster pass replaces
 PASS_FIELDS = ("statistic", "median_ms", "mean_ms", "p90_ms", "p99_ms", "cv", "flagged", "notes", "repeats", "measured_at")
@@ -119,6 +123,9 @@ def read_table(path: Path) -> pd.DataFrame:
     versions = set(int(v) for v in df["schema_version"].unique())
     if versions - {SCHEMA_VERSION}:
         raise UserError(str(path), f"schema_version {sorted(versions)}", f"schema_version {SCHEMA_VERSION}")
+    if "int8_export" not in df.columns:  # written before the column: today's int8 export was dequant
+        df["int8_export"] = "dequant"
+    df["int8_export"] = df["int8_export"].fillna("dequant")
     return df
 
 
@@ -133,7 +140,8 @@ def write_table(df: pd.DataFrame, path: Path) -> None:
 # --------------------------------------------------------------------------- export
 
 
-def export_candidate(candidate: Candidate, space: SearchSpace, path: Path, calib_batches: int = 2, seed: int = 0) -> tuple[Path, int]:
+def export_candidate(candidate: Candidate, space: SearchSpace, path: Path, calib_batches: int = 2, seed: int = 0,
+                     int8: Any = None) -> tuple[Path, int]:
     """Build ``candidate`` with random weights and export it compressed (:func:`export_compressed`)."""
     import torch
 
@@ -142,12 +150,16 @@ def export_candidate(candidate: Candidate, space: SearchSpace, path: Path, calib
     torch.manual_seed(seed)
     with torch.no_grad():
         model = get_family(space).build(candidate, space).eval()
-    return export_compressed(model, candidate, space, path, calib_batches)
+    return export_compressed(model, candidate, space, path, calib_batches, int8)
 
 
-def export_compressed(model, candidate: Candidate, space: SearchSpace, path: Path, calib_batches: int = 2) -> tuple[Path, int]:
+def export_compressed(model, candidate: Candidate, space: SearchSpace, path: Path, calib_batches: int = 2,
+                      int8: Any = None) -> tuple[Path, int]:
     """Compress ``model`` as ``candidate`` says (prune -> low-rank -> quantize with random calibration
-    inputs) and export ONNX to ``path``. Returns (path, parameter count)."""
+    inputs) and export ONNX to ``path``. Returns (path, parameter count). ``int8``: the device's
+    int8 export scheme (:class:`autocomp.measure.base.Int8Scheme`; None: ``dequant``)."""
+    from autocomp.measure.base import Int8Scheme
+
     import torch
 
     from autocomp.compress import compress
@@ -160,7 +172,7 @@ def export_compressed(model, candidate: Candidate, space: SearchSpace, path: Pat
     try:
         with torch.no_grad():
             calib = [torch.randn(8, *shape) for _ in range(calib_batches)]
-            model = compress(model, candidate, None, space, calib)
+            model = compress(model, candidate, None, space, calib, **(int8 or Int8Scheme()).compress_kwargs())
             params = count_params(model)
         to_onnx(model, path, shape)
     finally:
@@ -175,9 +187,11 @@ def campaign_candidates(space: SearchSpace, n: int, seed: int) -> list[Candidate
 
 
 def measure_candidate(candidate: Candidate, space: SearchSpace, device: Device, **overrides: Any) -> dict:
-    """Export and measure one candidate here; returns the table row (without campaign fields)."""
+    """Export and measure one candidate here (int8 exported as the device's scheme on this node, the
+    one it measures on); returns the table row (without campaign fields)."""
+    int8 = device.int8_scheme()
     with tempfile.TemporaryDirectory() as tmp:
-        path, params = export_candidate(candidate, space, Path(tmp) / "model.onnx")
+        path, params = export_candidate(candidate, space, Path(tmp) / "model.onnx", int8=int8)
         onnx_bytes = path.stat().st_size
         m = device.measure(path, candidate.precision, **overrides)
     d = m.to_dict()
@@ -186,7 +200,7 @@ def measure_candidate(candidate: Candidate, space: SearchSpace, device: Device, 
         "schema_version": SCHEMA_VERSION, "id": candidate.id, "space": space.name, "candidate": candidate.to_json(),
         "encoding": space.encode(candidate), "precision": candidate.precision,
         "params": int(params), "onnx_bytes": int(onnx_bytes), **d, "cpu_model": cpu_model(),
-        "measured_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "measured_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "int8_export": int8.label,
     }
 
 
@@ -250,6 +264,13 @@ def run_campaign(space: SearchSpace | str, device: Device | str, n: int, out_dir
         out_dir = space_root(predictors_dir(), space.name)
     path = table_path(device.name, fingerprint_id(fp), out_dir)
     table = read_table(path)
+    scheme = device.int8_scheme(fp).label
+    stale = int(sum('"int8"' in c and e != scheme for c, e in zip(table["candidate"], table["int8_export"])))
+    if stale:  # kept (ids are unique in a table): the fitting code must not mix them with this scheme's rows
+        from rich.console import Console
+
+        Console(stderr=True).print(f"[yellow]notice:[/] {path} holds {stale} int8 rows exported other than as "
+                                   f"{scheme} (column int8_export); they are not measured again")
     wanted = list(candidates if candidates is not None else campaign_candidates(space, n, seed))
     rows = table.to_dict("records")
     by_id = {r["id"]: r for r in rows}
@@ -314,7 +335,7 @@ def noise_floor(candidate: Candidate, space: SearchSpace, device: Device, repeat
     """Measure one model ``repeats`` times (fresh sessions): the run-to-run CV of the median and
     the mean within-run CV — the floor below which predictor error cannot go."""
     with tempfile.TemporaryDirectory() as tmp:
-        path, _ = export_candidate(candidate, space, Path(tmp) / "model.onnx")
+        path, _ = export_candidate(candidate, space, Path(tmp) / "model.onnx", int8=device.int8_scheme())
         ms = [device.measure(path, candidate.precision, **overrides) for _ in range(repeats)]
     med = np.array([m.median_ms for m in ms])
     return {
