@@ -17,7 +17,12 @@ with open(log, "a") as f:
 ctx = quiet.computing() if kind.startswith("compute") else quiet.measuring(kind)
 with ctx:
     t0 = time.time()
-    time.sleep(hold)
+    if hold < 0:  # hold until the test says so
+        import os
+        while not os.path.exists(log + ".release"):
+            time.sleep(0.02)
+    else:
+        time.sleep(hold)
     t1 = time.time()
 with open(log, "a") as f:
     f.write(f"span {kind} {t0} {t1}\\n")
@@ -40,7 +45,7 @@ def _wait_for(log, text: str) -> None:
 def test_measurement_waits_for_computing_and_is_not_starved(tmp_path):
     env = {**os.environ, "AUTOCOMP_QUIET_DIR": str(tmp_path)}
     log = tmp_path / "log"
-    procs = [_start("compute1", 2.0, log, env)]
+    procs = [_start("compute1", -1, log, env)]  # computes until released below
     _wait_for(log, "want compute1")
     time.sleep(0.3)
     procs.append(_start("onnxruntime", 0.5, log, env))  # a CPU measurement: waits for the first trial
@@ -48,6 +53,10 @@ def test_measurement_waits_for_computing_and_is_not_starved(tmp_path):
     time.sleep(0.3)
     procs.append(_start("compute2", 0.5, log, env))  # a trial that starts while the measurement waits
     procs.append(_start("trtexec", 0.1, log, env))  # a remote backend: not held back at all
+    _wait_for(log, "want compute2")
+    _wait_for(log, "span trtexec")
+    time.sleep(0.3)
+    (tmp_path / "log.release").write_text("")
     for p in procs:
         assert p.wait(timeout=60) == 0
     spans, wants = {}, {}
