@@ -131,6 +131,14 @@ def _is_network_spec(text: str) -> bool:
     return text.startswith("torchvision:") or (":" in text and not Path(text).exists() and not text.endswith((".yaml", ".yml")))
 
 
+def _is_module(obj) -> bool:
+    try:
+        from torch import nn
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(obj, nn.Module)
+
+
 def _space_of(model_or_space, weights: str = "auto", input: str | None = None):
     """(space name for config.json, SearchSpace or None for the pipeline to look up, network spec or None)."""
     from autocomp.space import SearchSpace
@@ -145,17 +153,17 @@ def _space_of(model_or_space, weights: str = "auto", input: str | None = None):
         return text, None, None
     if isinstance(model_or_space, SearchSpace):
         return model_or_space.name, model_or_space, None
-    try:
-        from torch import nn
-    except ImportError:  # pragma: no cover
-        nn = None
-    if nn is not None and isinstance(model_or_space, nn.Module):
-        # Ray workers rebuild the network from an importable spec, so an object from this session is
-        # named by that spec instead: its class's factory and its state_dict saved with torch.save.
-        raise UserError("model_or_space", f"a {type(model_or_space).__name__} object",
-                        "the network as 'torchvision:NAME' or 'package.module:factory' with weights='state_dict.pt'")
+    if _is_module(model_or_space):  # the object itself: Ray ships it to the workers
+        from autocomp.families.network import live_space, parse_input
+
+        if weights != "auto":
+            raise UserError("weights", f"{weights!r} given with an nn.Module object", "the weights loaded into the object (no weights=)")
+        if input is None:
+            raise UserError("input", "not given and not inferred from the data", "input='CxHxW', the size the network takes")
+        space = live_space(model_or_space, parse_input(input))
+        return space.name, space, space.network.model
     raise UserError("model_or_space", f"a {type(model_or_space).__name__}",
-                    "a search space name, a YAML path, a SearchSpace, or 'torchvision:NAME' / 'module:factory'")
+                    "a search space name, a YAML path, a SearchSpace, an nn.Module, or 'torchvision:NAME' / 'module:factory'")
 
 
 def as_dataset(data, input_shape: tuple[int, int, int] | None = None):
@@ -207,13 +215,18 @@ def search(model_or_space="mnist-mbv2", data="mnist", budget: str | float = "10m
         raise UserError("budget", f"{budget!r}", "a positive finite number of milliseconds or a string like '10ms'")
     if resume and out is None:
         raise UserError("resume", "needs the run directory to continue", "out= the directory of the interrupted run")
+    dataset = None
+    if input is None and _is_module(model_or_space):  # the network's input size: the data's
+        data_name, dataset = as_dataset(data)
+        input = "x".join(map(str, dataset.input_shape)) if dataset is not None else "1x28x28" if data == "mnist" else None
     space_name, space, network = _space_of(model_or_space, weights, input)
     if space is None and not isinstance(data, str):
         from autocomp.space import get_space
 
         space = get_space(space_name)
     shape = (space.input.channels, space.input.height, space.input.width) if space is not None else None
-    data_name, dataset = as_dataset(data, shape)
+    if dataset is None:
+        data_name, dataset = as_dataset(data, shape)
     cfg = SearchConfig(budget_ms=budget_ms, trials=trials, seed=seed, space=space_name, device=device, data=data_name,
                        out=Path(out) if out is not None else default_run_dir(), controller=controller, address=address,
                        concurrency=concurrency, weights=weights, model=network, input=input if network else None)
