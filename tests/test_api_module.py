@@ -46,7 +46,7 @@ class SmallCNN(nn.Module):
         return self.head(self.layer2(self.layer1(self.stem(x))))
 
 
-N_TRIALS, OPTS = 3, dict(budget="50ms", trials=3, seed=2, calibrate=0, concurrency=2, verbose=False)
+N_TRIALS, OPTS = 2, dict(budget="50ms", trials=2, seed=2, calibrate=0, concurrency=2, verbose=False)
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +59,7 @@ def user(mnist):
     train, test = torch.utils.data.Subset(full, range(2000)), torch.utils.data.Subset(full, range(2000, 2300))
     net = SmallCNN()
     opt = torch.optim.Adam(net.parameters(), 3e-3)
-    for step in range(120):
+    for step in range(80):
         i = torch.randint(0, 2000, (64,))
         opt.zero_grad()
         nn.functional.cross_entropy(net(x[i]), y[i]).backward()
