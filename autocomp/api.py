@@ -12,8 +12,18 @@ the same pipeline).
     run.report()             # report.html + summary.md in the run directory
     run.export(run.best["id"])   # ONNX + policy.json + metrics, verified on the device
 
+    run = autocomp.search(my_cnn, (train_ds, test_ds), budget="1ms")   # your nn.Module object, your torch Datasets
+
     model = autocomp.compress(net, policy, data)           # prune -> low-rank -> quantize
     autocomp.measure("model.onnx", "cpu-ort")              # median / p90 ms with its protocol
+
+The network is a space name or YAML path, a SearchSpace, a spec of the command line
+(``'torchvision:NAME'`` with ``weights=`` and ``input=``, ``'package.module:factory'``), or an
+``nn.Module`` object (its weights loaded): the ``network`` family derives its space from the object
+(:func:`autocomp.families.network.live_space`; ``input`` defaults to the data's item size), Ray ships
+it to the trial workers through its object store, and the object itself is never changed.
+config.json records it as ``python:ClassName`` with the SHA-256 of its state_dict
+(``model_sha256``): such a run resumes from Python only, with an object of the same state_dict.
 
 Data are the dataset spec of the command line (``"mnist"``, ``"imagefolder:PATH"``,
 ``"module:factory"``), an :class:`autocomp.data.Dataset`, or the user's torch Datasets: one
@@ -195,9 +205,10 @@ def search(model_or_space="mnist-mbv2", data="mnist", budget: str | float = "10m
            weights: str = "auto", train_steps: int = 100, train_device: str = "auto", val_size: int | None = None,
            calibrate: int = 20, top_k: int = 0, distill_steps: int = 0, resume: bool = False,
            callbacks: Iterable[Callback] = (), verbose: bool = True, input: str | None = None) -> Run:
-    """Search ``model_or_space`` (a space name or YAML path, a SearchSpace, or the user's own network
-    as ``'torchvision:NAME'`` / ``'package.module:factory'`` with ``weights='w.pt'`` and ``input='3x32x32'``:
-    the ``network`` family derives its space) for the most accurate candidates under ``budget`` (``"10ms"`` or a number
+    """Search ``model_or_space`` (a space name or YAML path, a SearchSpace, or the user's own network:
+    an nn.Module object, or ``'torchvision:NAME'`` / ``'package.module:factory'`` with ``weights='w.pt'``;
+    ``input='3x32x32'``, for an object by default the data's item size: the ``network`` family derives
+    its space) for the most accurate candidates under ``budget`` (``"10ms"`` or a number
     of milliseconds) on ``device``. The options are those of ``autocomp search`` (``calibrate=0``:
     no latency model, nothing filtered). Returns the :class:`Run`; its directory is ``out`` (default
     ``reports/<timestamp>``). Bad input raises :class:`autocomp.errors.UserError` before anything runs."""

@@ -114,6 +114,12 @@ def test_search_on_a_module_object(module_run, user):
     for f in run.dir.rglob("*"):
         if f.is_file():
             assert not f.read_bytes()[:2] in (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05"), f
+    # the object went to the workers through Ray's object store, put there once for the run
+    import pickle
+
+    handle = space.network._handle
+    ref = handle._ref
+    assert ref is not None and pickle.loads(pickle.dumps(space)).network._handle._ref == ref and handle._ref is ref
     # the same object gives the same space (the same candidates again: a run replays)
     assert live_space(net, (1, 28, 28)).model_dump() == space.model_dump()
 

@@ -1,5 +1,7 @@
 """The ``network`` family: the user's own trained CNN (``--model torchvision:resnet18 --weights w.pt``
-or ``--model package.module:factory``, input ``--input 3x224x224``).
+or ``--model package.module:factory``, input ``--input 3x224x224``; from Python, the nn.Module object
+itself: :func:`live_space`, whose copy Ray's workers receive through the object store, see
+:class:`LiveModule`).
 
 Its space is derived from the network (:func:`derive_space`, ``autocomp space --model ... --write``):
 
@@ -357,6 +359,10 @@ def structure_of(space: SearchSpace) -> Structure:
     shape = (space.input.channels, space.input.height, space.input.width)
     if isinstance(space.network, LiveNetwork):
         return space.network.structure(shape)
+    if space.network.model.startswith("python:"):  # the space of an object, read back from JSON (a saved predictor)
+        key = _live_key(space)
+        if key is not None:
+            return _live_structure(key, shape)
     return structure(space.network.model, space.network.weights, shape)
 
 
@@ -502,6 +508,17 @@ class LiveNetwork(NetworkSpec):
 @functools.lru_cache(maxsize=8)
 def _live_structure(key: str, input_shape: tuple[int, int, int]) -> Structure:
     return _trace(copy.deepcopy(_LIVE[key]).eval(), key.split('@')[0], input_shape, field="model")
+
+
+def _live_key(space: SearchSpace) -> str | None:
+    """The key of the object in this process that ``space`` (a plain copy of a live space) was derived from."""
+    sha = (space.network.weights or "").removeprefix("sha256:")
+    for key in _LIVE:
+        spec, _, rest = key.partition("@")
+        arch, _, short = rest.partition("-")
+        if spec == space.network.model and sha.startswith(short) and f"-{arch}-" in space.name:
+            return key
+    return None
 
 
 def state_sha256(model) -> str:
