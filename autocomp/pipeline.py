@@ -103,7 +103,8 @@ def run_search(cfg: SearchConfig, train_steps: int = 100, console: Console | Non
     if space is None and (cfg.model or "").startswith("python:"):  # an nn.Module object of the session that started the run
         raise UserError("--resume" if resume else "--model", f"the run's network {cfg.model[:60]} was a Python object handed to "
                         "autocomp.search; the command line cannot rebuild it",
-                        f"to resume from Python: autocomp.search(model, data, ..., out={str(cfg.out)!r}, resume=True)")
+                        (f"to resume from Python: autocomp.search(model, data, ..., out={str(cfg.out)!r}, resume=True)" if resume
+                         else "autocomp.search(model, data, ...) in the Python session that holds the object"))
     device = get_device(cfg.device)
     train_device = check_train_device(train_device)  # cuda without a GPU: one line, before Ray starts
     space = (space if space is not None else space_for(cfg.space, cfg.model, cfg.weights, cfg.input)).restrict_precisions(list(device.precisions))

@@ -111,7 +111,8 @@ def load_network(spec: str, weights: str | None = None):
         return model.eval()
     if spec.startswith("python:"):  # what autocomp.search records for an nn.Module object it was handed
         raise UserError("--model", f"the run's network {spec[:60]!r} was a Python object handed to autocomp.search; it cannot be rebuilt here",
-                        "the Python session that holds it: autocomp.search(model, ..., out=RUN_DIR, resume=True)")
+                        "the Python session that holds the object: the Run autocomp.search(model, ...) returned (run.export), "
+                        "or autocomp.search(model, ..., out=RUN_DIR, resume=True)")
     mod_name, _, fn_name = spec.partition(":")
     if not mod_name or not fn_name:
         raise UserError("--model", f"{spec!r} is neither 'torchvision:NAME' nor 'module:factory'", MODEL_HELP)
