@@ -273,10 +273,10 @@ def _check_run_dir(cfg: SearchConfig, config: dict, resume: bool) -> None:
         raise UserError("--resume", f"{out} holds no run to resume (no config.json)", "the directory of an interrupted run")
     old = read_json(out / "config.json", "run configuration")
     mine, theirs = config.get("model_sha256"), old.get("model_sha256")
-    if mine != theirs:
-        was = f"an nn.Module object whose state_dict has sha256 {theirs[:12]}" if theirs else f"{old.get('model') or old.get('space')!r}"
-        raise UserError("model", f"the run in {out} searched {was}, this call " + (f"one with sha256 {mine[:12]}" if mine else repr(config.get("model") or config.get("space"))),
-                        "the same network with the same weights to resume the run")
+    if mine != theirs:  # an nn.Module object's run resumes with an object of the same state_dict only
+        was = f"an nn.Module object whose state_dict has sha256 {str(theirs)[:12]}" if theirs else repr(old.get("model") or old.get("space"))
+        now = f"one with sha256 {mine[:12]}" if mine else repr(config.get("model") or config.get("space"))
+        raise UserError("model", f"the run in {out} searched {was}, this call {now}", "the same network with the same weights to resume the run")
     keys = ("space", "device", "data", "controller", "seed", "budget_ms", "trials", "eval", "controller_options")
     def same(a, b) -> bool:  # settings added since the run was written do not count as changes
         if isinstance(a, dict) and isinstance(b, dict):
