@@ -12,8 +12,18 @@ the same pipeline).
     run.report()             # report.html + summary.md in the run directory
     run.export(run.best["id"])   # ONNX + policy.json + metrics, verified on the device
 
+    run = autocomp.search(my_cnn, (train_ds, test_ds), budget="1ms")   # your nn.Module object, your torch Datasets
+
     model = autocomp.compress(net, policy, data)           # prune -> low-rank -> quantize
     autocomp.measure("model.onnx", "cpu-ort")              # median / p90 ms with its protocol
+
+The network is a space name or YAML path, a SearchSpace, a spec of the command line
+(``'torchvision:NAME'`` with ``weights=`` and ``input=``, ``'package.module:factory'``), or an
+``nn.Module`` object (its weights loaded): the ``network`` family derives its space from the object
+(:func:`autocomp.families.network.live_space`; ``input`` defaults to the data's item size), Ray ships
+it to the trial workers through its object store, and the object itself is never changed.
+config.json records it as ``python:ClassName`` with the SHA-256 of its state_dict
+(``model_sha256``): such a run resumes from Python only, with an object of the same state_dict.
 
 Data are the dataset spec of the command line (``"mnist"``, ``"imagefolder:PATH"``,
 ``"module:factory"``), an :class:`autocomp.data.Dataset`, or the user's torch Datasets: one
@@ -131,6 +141,14 @@ def _is_network_spec(text: str) -> bool:
     return text.startswith("torchvision:") or (":" in text and not Path(text).exists() and not text.endswith((".yaml", ".yml")))
 
 
+def _is_module(obj) -> bool:
+    try:
+        from torch import nn
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(obj, nn.Module)
+
+
 def _space_of(model_or_space, weights: str = "auto", input: str | None = None):
     """(space name for config.json, SearchSpace or None for the pipeline to look up, network spec or None)."""
     from autocomp.space import SearchSpace
@@ -145,17 +163,17 @@ def _space_of(model_or_space, weights: str = "auto", input: str | None = None):
         return text, None, None
     if isinstance(model_or_space, SearchSpace):
         return model_or_space.name, model_or_space, None
-    try:
-        from torch import nn
-    except ImportError:  # pragma: no cover
-        nn = None
-    if nn is not None and isinstance(model_or_space, nn.Module):
-        # Ray workers rebuild the network from an importable spec, so an object from this session is
-        # named by that spec instead: its class's factory and its state_dict saved with torch.save.
-        raise UserError("model_or_space", f"a {type(model_or_space).__name__} object",
-                        "the network as 'torchvision:NAME' or 'package.module:factory' with weights='state_dict.pt'")
+    if _is_module(model_or_space):  # the object itself: Ray ships it to the workers
+        from autocomp.families.network import live_space, parse_input
+
+        if weights != "auto":
+            raise UserError("weights", f"{weights!r} given with an nn.Module object", "the weights loaded into the object (no weights=)")
+        if input is None:
+            raise UserError("input", "not given and not inferred from the data", "input='CxHxW', the size the network takes")
+        space = live_space(model_or_space, parse_input(input))
+        return space.name, space, space.network.model
     raise UserError("model_or_space", f"a {type(model_or_space).__name__}",
-                    "a search space name, a YAML path, a SearchSpace, or 'torchvision:NAME' / 'module:factory'")
+                    "a search space name, a YAML path, a SearchSpace, an nn.Module, or 'torchvision:NAME' / 'module:factory'")
 
 
 def as_dataset(data, input_shape: tuple[int, int, int] | None = None):
@@ -187,9 +205,10 @@ def search(model_or_space="mnist-mbv2", data="mnist", budget: str | float = "10m
            weights: str = "auto", train_steps: int = 100, train_device: str = "auto", val_size: int | None = None,
            calibrate: int = 20, top_k: int = 0, distill_steps: int = 0, resume: bool = False,
            callbacks: Iterable[Callback] = (), verbose: bool = True, input: str | None = None) -> Run:
-    """Search ``model_or_space`` (a space name or YAML path, a SearchSpace, or the user's own network
-    as ``'torchvision:NAME'`` / ``'package.module:factory'`` with ``weights='w.pt'`` and ``input='3x32x32'``:
-    the ``network`` family derives its space) for the most accurate candidates under ``budget`` (``"10ms"`` or a number
+    """Search ``model_or_space`` (a space name or YAML path, a SearchSpace, or the user's own network:
+    an nn.Module object, or ``'torchvision:NAME'`` / ``'package.module:factory'`` with ``weights='w.pt'``;
+    ``input='3x32x32'``, for an object by default the data's item size: the ``network`` family derives
+    its space) for the most accurate candidates under ``budget`` (``"10ms"`` or a number
     of milliseconds) on ``device``. The options are those of ``autocomp search`` (``calibrate=0``:
     no latency model, nothing filtered). Returns the :class:`Run`; its directory is ``out`` (default
     ``reports/<timestamp>``). Bad input raises :class:`autocomp.errors.UserError` before anything runs."""
@@ -207,13 +226,18 @@ def search(model_or_space="mnist-mbv2", data="mnist", budget: str | float = "10m
         raise UserError("budget", f"{budget!r}", "a positive finite number of milliseconds or a string like '10ms'")
     if resume and out is None:
         raise UserError("resume", "needs the run directory to continue", "out= the directory of the interrupted run")
+    dataset = None
+    if input is None and _is_module(model_or_space):  # the network's input size: the data's
+        data_name, dataset = as_dataset(data)
+        input = "x".join(map(str, dataset.input_shape)) if dataset is not None else "1x28x28" if data == "mnist" else None
     space_name, space, network = _space_of(model_or_space, weights, input)
     if space is None and not isinstance(data, str):
         from autocomp.space import get_space
 
         space = get_space(space_name)
     shape = (space.input.channels, space.input.height, space.input.width) if space is not None else None
-    data_name, dataset = as_dataset(data, shape)
+    if dataset is None:
+        data_name, dataset = as_dataset(data, shape)
     cfg = SearchConfig(budget_ms=budget_ms, trials=trials, seed=seed, space=space_name, device=device, data=data_name,
                        out=Path(out) if out is not None else default_run_dir(), controller=controller, address=address,
                        concurrency=concurrency, weights=weights, model=network, input=input if network else None)

@@ -127,14 +127,14 @@ def read_json_file(path: Path, field: str, what: str = "a JSON object") -> Any:
 # --------------------------------------------------------------------------- --config FILE
 
 
-RUN_FILE_KEYS = (*SearchConfig.model_fields, "eval", "controller_options", "schema_version", "device_protocol")
+RUN_FILE_KEYS = (*SearchConfig.model_fields, "eval", "controller_options", "schema_version", "device_protocol", "model_sha256")
 _RUN_FILE_WHAT = "a run configuration (the fields of a run's config.json) in YAML or JSON"
 
 
 def read_run_file(path: Path, field: str = "--config") -> dict:
     """A run configuration from a YAML or JSON file (a run's config.json is one): a mapping of
     :data:`RUN_FILE_KEYS`; ``budget`` may be given as text ('10ms') instead of ``budget_ms``.
-    schema_version and device_protocol (written by a search, for the record) are dropped. Values are
+    schema_version, device_protocol and model_sha256 (written by a search, for the record) are dropped. Values are
     checked by :class:`SearchConfig` when the search builds it."""
     raw = read_yaml(path, field, _RUN_FILE_WHAT)
     if not isinstance(raw, dict):
@@ -152,6 +152,7 @@ def read_run_file(path: Path, field: str = "--config") -> dict:
             raise UserError(f"{path}: {key}", f"is a {type(raw[key]).__name__}", "a mapping")
     raw.pop("schema_version", None)
     raw.pop("device_protocol", None)
+    raw.pop("model_sha256", None)
     return raw
 
 

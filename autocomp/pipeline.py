@@ -46,7 +46,7 @@ from autocomp.rundir import (
 from autocomp.runner import ControllerFactory, run_tune
 from autocomp.search import check_controller
 from autocomp.search.pareto import pareto_front
-from autocomp.families.network import space_for
+from autocomp.families.network import live_sha256, space_for
 
 SCHEMA_VERSION = 1
 MODEL_DIR = "latency_model"
@@ -100,6 +100,11 @@ def run_search(cfg: SearchConfig, train_steps: int = 100, console: Console | Non
     from autocomp.training import check_train_device
 
     console = console or Console()
+    if space is None and (cfg.model or "").startswith("python:"):  # an nn.Module object of the session that started the run
+        raise UserError("--resume" if resume else "--model", f"the run's network {cfg.model[:60]} was a Python object handed to "
+                        "autocomp.search; the command line cannot rebuild it",
+                        (f"to resume from Python: autocomp.search(model, data, ..., out={str(cfg.out)!r}, resume=True)" if resume
+                         else "autocomp.search(model, data, ...) in the Python session that holds the object"))
     device = get_device(cfg.device)
     train_device = check_train_device(train_device)  # cuda without a GPU: one line, before Ray starts
     space = (space if space is not None else space_for(cfg.space, cfg.model, cfg.weights, cfg.input)).restrict_precisions(list(device.precisions))
@@ -108,6 +113,8 @@ def run_search(cfg: SearchConfig, train_steps: int = 100, console: Console | Non
                             **({"val_size": val_size} if val_size else {}))
     config = {"schema_version": SCHEMA_VERSION, **json.loads(cfg.model_dump_json()), "eval": settings.model_dump(),
               "device_protocol": device.options, "controller_options": controller_options or {}}
+    if live_sha256(space):  # the nn.Module object's state_dict: a resume from Python must hand over the same
+        config["model_sha256"] = live_sha256(space)
     check_out_dir(cfg.out, "--resume" if resume else "--out")
     _check_run_dir(cfg, config, resume)
     _check_weights(space, settings)
@@ -269,6 +276,11 @@ def _check_run_dir(cfg: SearchConfig, config: dict, resume: bool) -> None:
     if not (out / "config.json").is_file():
         raise UserError("--resume", f"{out} holds no run to resume (no config.json)", "the directory of an interrupted run")
     old = read_json(out / "config.json", "run configuration")
+    mine, theirs = config.get("model_sha256"), old.get("model_sha256")
+    if mine != theirs:  # an nn.Module object's run resumes with an object of the same state_dict only
+        was = f"an nn.Module object whose state_dict has sha256 {str(theirs)[:12]}" if theirs else repr(old.get("model") or old.get("space"))
+        now = f"one with sha256 {mine[:12]}" if mine else repr(config.get("model") or config.get("space"))
+        raise UserError("model", f"the run in {out} searched {was}, this call {now}", "the same network with the same weights to resume the run")
     keys = ("space", "device", "data", "controller", "seed", "budget_ms", "trials", "eval", "controller_options")
     def same(a, b) -> bool:  # settings added since the run was written do not count as changes
         if isinstance(a, dict) and isinstance(b, dict):

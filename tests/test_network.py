@@ -81,19 +81,17 @@ def test_derived_space_resnet18(trained, tmp_path):
 
 def test_the_library_takes_the_network_by_its_spec(trained):
     """autocomp.search names the user's network as the CLI does ('torchvision:NAME' + weights + input):
-    the library derives the same space; an nn.Module object is refused in one line that says how to
-    name it (Ray workers rebuild the network from an importable spec)."""
-    import torchvision
-
-    import autocomp
+    the library derives the same space; the nn.Module object itself (its weights loaded) gives the
+    same blocks, stages and choices (tests/test_api_module.py searches one)."""
     from autocomp.api import _space_of
-    from autocomp.errors import UserError
 
     name, sp, spec = _space_of("torchvision:resnet18", str(trained["resnet18"]), "3x32x32")
     assert spec == "torchvision:resnet18" and sp == derive_space(spec, str(trained["resnet18"]), SHAPE) and name == sp.name
     assert _space_of("mnist-mbv2")[1:] == (None, None)
-    with pytest.raises(UserError, match="torchvision:NAME"):
-        autocomp.search(torchvision.models.resnet18(num_classes=10), "mnist", budget="10ms")
+    obj = load_network("torchvision:resnet18", str(trained["resnet18"]))
+    _, live, spec = _space_of(obj, "auto", "3x32x32")
+    assert spec == "python:ResNet" and live.network.model == spec and live.name.startswith("ResNet-")
+    assert live.model_dump(exclude={"name", "network"}) == sp.model_dump(exclude={"name", "network"})
 
 
 def test_network_layer_table_and_compression(trained):

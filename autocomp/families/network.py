@@ -1,5 +1,7 @@
 """The ``network`` family: the user's own trained CNN (``--model torchvision:resnet18 --weights w.pt``
-or ``--model package.module:factory``, input ``--input 3x224x224``).
+or ``--model package.module:factory``, input ``--input 3x224x224``; from Python, the nn.Module object
+itself: :func:`live_space`, whose copy Ray's workers receive through the object store, see
+:class:`LiveModule`).
 
 Its space is derived from the network (:func:`derive_space`, ``autocomp space --model ... --write``):
 
@@ -35,9 +37,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import PrivateAttr
+
 from autocomp.errors import UserError
 from autocomp.families import Family, Layer, LayerGroup, register
-from autocomp.space import Candidate, SearchSpace
+from autocomp.space import Candidate, NetworkSpec, SearchSpace
 
 ROUND_TO = 8
 MODEL_HELP = "'torchvision:NAME' (with --weights) or 'package.module:factory' returning an nn.Module"
@@ -105,6 +109,10 @@ def load_network(spec: str, weights: str | None = None):
             raise UserError("--model", f"cannot build {spec} ({type(e).__name__}: {str(e)[:120]})", MODEL_HELP) from None
         _load_into(model, sd, spec, weights)
         return model.eval()
+    if spec.startswith("python:"):  # what autocomp.search records for an nn.Module object it was handed
+        raise UserError("--model", f"the run's network {spec[:60]!r} was a Python object handed to autocomp.search; it cannot be rebuilt here",
+                        "the Python session that holds the object: the Run autocomp.search(model, ...) returned (run.export), "
+                        "or autocomp.search(model, ..., out=RUN_DIR, resume=True)")
     mod_name, _, fn_name = spec.partition(":")
     if not mod_name or not fn_name:
         raise UserError("--model", f"{spec!r} is neither 'torchvision:NAME' nor 'module:factory'", MODEL_HELP)
@@ -224,15 +232,19 @@ def _inside(path: str, block: str) -> bool:
 
 @functools.lru_cache(maxsize=8)
 def _structure(spec: str, weights: str | None, input_shape: tuple[int, int, int], _mtime: float) -> Structure:
+    return _trace(load_network(spec, weights), spec, input_shape)
+
+
+def _trace(model, spec: str, input_shape: tuple[int, int, int], field: str = "--model") -> Structure:
+    """The structure of ``model`` (eval mode, not the user's own object: hooks and tracing run on it)."""
     import torch
     import torch_pruning as tp
     from torch import nn
 
-    model = load_network(spec, weights)
     names = {id(m): n for n, m in model.named_modules()}
     blocks = _find_blocks(model)
     if not blocks:
-        raise UserError("--model", f"no blocks found in {spec} (no nn.Sequential of modules with convolutions)",
+        raise UserError(field, f"no blocks found in {spec} (no nn.Sequential of modules with convolutions)",
                         "a CNN whose stages are nn.Sequential containers of blocks (torchvision ResNet, MobileNet, ...)")
     x = torch.zeros(1, *input_shape)
     shapes: dict[str, tuple] = {}
@@ -250,13 +262,13 @@ def _structure(spec: str, weights: str | None, input_shape: tuple[int, int, int]
         with torch.no_grad():
             out = model(x)
     except Exception as e:  # noqa: BLE001
-        raise UserError("--model", f"{spec} fails on input {'x'.join(map(str, input_shape))} ({type(e).__name__}: {str(e)[:120]})",
-                        "a model that accepts N x C x H x W images of the --input size") from None
+        raise UserError(field, f"{spec} fails on input {'x'.join(map(str, input_shape))} ({type(e).__name__}: {str(e)[:120]})",
+                        f"a model that accepts N x C x H x W images of the {'input' if field == 'model' else '--input'} size") from None
     finally:
         for h in handles:
             h.remove()
     if not isinstance(out, torch.Tensor) or out.dim() != 2:
-        raise UserError("--model", f"{spec} returns {type(out).__name__ if not isinstance(out, torch.Tensor) else tuple(out.shape)}",
+        raise UserError(field, f"{spec} returns {type(out).__name__ if not isinstance(out, torch.Tensor) else tuple(out.shape)}",
                         "logits of shape (N, classes)")
     blocks = [b for b in blocks if b in shapes]
     pos = {n: i for i, n in enumerate(order)}
@@ -275,7 +287,7 @@ def _structure(spec: str, weights: str | None, input_shape: tuple[int, int, int]
             dg = tp.DependencyGraph().build_dependency(model, example_inputs=x)
         raw_groups = list(dg.get_all_groups(ignored_layers=ignored, root_module_types=[nn.Conv2d, nn.Linear]))
     except Exception as e:  # noqa: BLE001
-        raise UserError("--model", f"{spec} cannot be traced by Torch-Pruning's dependency graph ({type(e).__name__}: {str(e)[:120]})",
+        raise UserError(field, f"{spec} cannot be traced by Torch-Pruning's dependency graph ({type(e).__name__}: {str(e)[:120]})",
                         "a model built from standard torch.nn layers") from None
     binfo = {b: BlockInfo(b, shapes[b][0][1:], shapes[b][1][1:] if shapes[b][1] else (), _count_adds(model.get_submodule(b))) for b in blocks}
     for b in binfo.values():
@@ -345,7 +357,14 @@ def structure(spec: str, weights: str | None, input_shape: tuple[int, int, int])
 def structure_of(space: SearchSpace) -> Structure:
     if space.network is None:
         raise UserError("network", f"space {space.name!r} of family network names no network", "a 'network: {model: ..., weights: ...}' mapping")
-    return structure(space.network.model, space.network.weights, (space.input.channels, space.input.height, space.input.width))
+    shape = (space.input.channels, space.input.height, space.input.width)
+    if isinstance(space.network, LiveNetwork):
+        return space.network.structure(shape)
+    if space.network.model.startswith("python:"):  # the space of an object, read back from JSON (a saved predictor)
+        key = _live_key(space)
+        if key is not None:
+            return _live_structure(key, shape)
+    return structure(space.network.model, space.network.weights, shape)
 
 
 # --------------------------------------------------------------------------- the derived space
@@ -367,6 +386,15 @@ def derive_space(spec: str, weights: str | None, input_shape: tuple[int, int, in
                  precision: tuple[str, ...] = ("fp32", "fp16", "int8")) -> SearchSpace:
     """The search space of the user's network (see the module docs)."""
     st = structure(spec, weights, input_shape)
+    model_name = spec.split(":", 1)[1] if spec.startswith("torchvision:") else spec.replace(":", ".")
+    network = {"model": spec, "weights": str(Path(weights).resolve()) if weights else None}
+    return _space_of(st, spec, network, name or f"{model_name}-{'x'.join(map(str, input_shape))}", keep_ratio, rank_ratio, precision)
+
+
+def _space_of(st: Structure, spec: str, network, name: str, keep_ratio: tuple[float, ...] = (1.0, 0.75, 0.5),
+              rank_ratio: tuple[float, ...] = (1.0, 0.5), precision: tuple[str, ...] = ("fp32", "fp16", "int8"),
+              field: str = "--model") -> SearchSpace:
+    input_shape = st.input
     stages = []
     kernels = {}
     for c in st.convs:
@@ -385,11 +413,10 @@ def derive_space(spec: str, weights: str | None, input_shape: tuple[int, int, in
         })
     stem_c = next((c.cout for c in st.convs if c.owner == "stem"), input_shape[0])
     head_c = next((c.cout for c in st.convs if c.owner == "head"), st.num_classes)
-    model_name = spec.split(":", 1)[1] if spec.startswith("torchvision:") else spec.replace(":", ".")
     raw = {
-        "name": name or f"{model_name}-{'x'.join(map(str, input_shape))}",
+        "name": name,
         "family": "network",
-        "network": {"model": spec, "weights": str(Path(weights).resolve()) if weights else None},
+        "network": network,
         "input": {"channels": input_shape[0], "height": input_shape[1], "width": input_shape[2]},
         "num_classes": st.num_classes,
         "stem": {"width": [int(stem_c)]},
@@ -400,7 +427,7 @@ def derive_space(spec: str, weights: str | None, input_shape: tuple[int, int, in
     try:
         return SearchSpace.model_validate(raw)
     except Exception as e:  # noqa: BLE001 - a network whose shape the schema cannot express
-        raise UserError("--model", f"cannot derive a search space from {spec} ({str(e).splitlines()[0][:160]})",
+        raise UserError(field, f"cannot derive a search space from {spec} ({str(e).splitlines()[0][:160]})",
                         "a CNN of blocks with stride 1 or 2") from None
 
 
@@ -411,6 +438,154 @@ def space_yaml(space: SearchSpace) -> str:
             "# Blocks, widths and strides are the network's; edit the depth lists (which blocks may be skipped)\n"
             "# and the compression lists (keep ratios, low-rank ratios, precisions).\n")
     return head + yaml.safe_dump(space.model_dump(mode="json", exclude_none=True), sort_keys=False, default_flow_style=None, width=120)
+
+
+# --------------------------------------------------------------------------- the user's nn.Module object
+
+
+_LIVE: dict[str, Any] = {}  # LiveModule key -> the private copy of the user's network, in this process
+
+
+def _ray_session() -> tuple | None:
+    """What identifies this process's Ray connection (None: Ray is not running here)."""
+    try:
+        import ray
+    except ImportError:  # pragma: no cover
+        return None
+    if not ray.is_initialized():
+        return None
+    ctx = ray.get_runtime_context()
+    return (ctx.gcs_address, ctx.namespace, ctx.get_job_id())
+
+
+class LiveModule:
+    """A handle on the nn.Module object a user handed to ``autocomp.search``: the process it was handed
+    to holds a private copy (:data:`_LIVE`); pickled while Ray runs (a trial's parameters, a
+    measuring task's space), the handle carries a reference to one copy of the network in Ray's object
+    store, put there the first time it is shipped and fetched once per worker process. Nothing else
+    pickles it: without Ray the handle carries its key alone, and no copy of the network is written to
+    any file."""
+
+    def __init__(self, key: str, ref: tuple | None = None):
+        self.key, self._ref = key, ref  # _ref: (Ray session, ObjectRef) of the shipped copy
+
+    def module(self):
+        m = _LIVE.get(self.key)
+        if m is None:
+            if self._ref is None or self._ref[0] != _ray_session():
+                raise UserError("model", f"the network object {self.key.split('@')[0]} is not in this process",
+                                "autocomp.search(model, ...) in the Python session that holds the object")
+            import ray
+
+            m = _LIVE.setdefault(self.key, ray.get(self._ref[1]))
+        return m
+
+    def __reduce__(self):
+        session = _ray_session()
+        if session is not None and (self._ref is None or self._ref[0] != session) and self.key in _LIVE:
+            import ray
+
+            self._ref = (session, ray.put(_LIVE[self.key]))  # once per Ray session
+        return (LiveModule, (self.key, self._ref if session is not None else None))
+
+    def __copy__(self):
+        return self
+
+    def __deepcopy__(self, memo):
+        return self
+
+
+class LiveNetwork(NetworkSpec):
+    """The network of a space derived from an nn.Module object: ``model`` is ``python:ClassName``,
+    ``weights`` the ``sha256:`` of its state_dict (config.json records both), the object rides along."""
+
+    _handle: Any = PrivateAttr(default=None)
+
+    def structure(self, input_shape: tuple[int, int, int]) -> Structure:
+        self._handle.module()  # here: fetched from Ray's object store once per process
+        return _live_structure(self._handle.key, tuple(input_shape))
+
+
+@functools.lru_cache(maxsize=8)
+def _live_structure(key: str, input_shape: tuple[int, int, int]) -> Structure:
+    return _trace(copy.deepcopy(_LIVE[key]).eval(), key.split('@')[0], input_shape, field="model")
+
+
+def _live_key(space: SearchSpace) -> str | None:
+    """The key of the object in this process that ``space`` (a plain copy of a live space) was derived from."""
+    sha = (space.network.weights or "").removeprefix("sha256:")
+    for key in _LIVE:
+        spec, _, rest = key.partition("@")
+        arch, _, short = rest.partition("-")
+        if spec == space.network.model and sha.startswith(short) and f"-{arch}-" in space.name:
+            return key
+    return None
+
+
+def state_sha256(model) -> str:
+    """The SHA-256 of ``model``'s state_dict: names, dtypes, shapes and the bytes of every tensor."""
+    import hashlib
+
+    import torch
+
+    h = hashlib.sha256()
+    for k, v in model.state_dict().items():
+        h.update(k.encode() + b"\0")
+        if isinstance(v, torch.Tensor):
+            t = v.detach().cpu().contiguous().reshape(-1)
+            h.update(f"{t.dtype}{tuple(v.shape)}".encode())
+            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        else:  # a module's extra state
+            h.update(repr(v).encode())
+    return h.hexdigest()
+
+
+def live_space(model, input_shape: tuple[int, int, int], keep_ratio: tuple[float, ...] = (1.0, 0.75, 0.5),
+               rank_ratio: tuple[float, ...] = (1.0, 0.5), precision: tuple[str, ...] = ("fp32", "fp16", "int8")) -> SearchSpace:
+    """The search space of an nn.Module object (as :func:`derive_space` derives it from a spec). The
+    object is copied (its copy on the CPU, in eval mode, is what the search compresses; the object
+    itself is never changed), traced and exported to ONNX once at ``input_shape``: a network that
+    cannot be is refused here, in one line."""
+    import hashlib
+    import tempfile
+
+    from torch import nn
+
+    from autocomp.data import _ship_by_value
+    from autocomp.export import to_onnx
+
+    if not isinstance(model, nn.Module):
+        raise UserError("model", f"a {type(model).__name__}", "a torch nn.Module")
+    cls = type(model).__name__
+    try:
+        snapshot = copy.deepcopy(model).cpu().eval()
+    except Exception as e:  # noqa: BLE001 - a module holding what cannot be copied
+        raise UserError("model", f"the {cls} object cannot be copied ({type(e).__name__}: {str(e)[:120]})",
+                        "an nn.Module that copy.deepcopy can copy (autocomp compresses a copy, never the object)") from None
+    sha = state_sha256(snapshot)
+    arch = hashlib.sha256(f"{type(model).__module__}.{type(model).__qualname__}\n{snapshot!r}".encode()).hexdigest()[:8]
+    spec = f"python:{cls}"
+    key = f"{spec}@{arch}-{sha[:16]}"
+    _LIVE.setdefault(key, snapshot)
+    _ship_by_value(snapshot)  # a class from the user's own (not installed) module travels by value to Ray workers
+    shape = tuple(int(v) for v in input_shape)
+    st = _live_structure(key, shape)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            to_onnx(copy.deepcopy(st.model), Path(tmp) / "model.onnx", shape)
+    except Exception as e:  # noqa: BLE001 - the exporter's refusal
+        raise UserError("model", f"{spec} cannot be exported to ONNX at input {'x'.join(map(str, shape))} "
+                        f"({type(e).__name__}: {str(e).strip().splitlines()[0][:120] if str(e).strip() else ''})",
+                        "a network that torch.onnx.export handles (standard torch.nn layers)") from None
+    net = LiveNetwork(model=spec, weights=f"sha256:{sha}")
+    net._handle = LiveModule(key)
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", cls)[:60].lstrip("._-") or "network"
+    return _space_of(st, spec, net, f"{name}-{arch}-{'x'.join(map(str, shape))}", keep_ratio, rank_ratio, precision, field="model")
+
+
+def live_sha256(space: SearchSpace) -> str | None:
+    """The state_dict hash of the nn.Module object a space was derived from (None: not from an object)."""
+    return space.network.weights.removeprefix("sha256:") if isinstance(space.network, LiveNetwork) else None
 
 
 # --------------------------------------------------------------------------- the family
