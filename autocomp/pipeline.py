@@ -163,6 +163,8 @@ def _check_weights(space, settings: EvalSettings) -> None:
     from autocomp.evaluate import supernet_path
     from autocomp.models.supernet import as_supernet
 
+    if space.family == "network":  # --weights is the user's network's state_dict, loaded and fitted when its space was derived
+        return
     try:
         ckpt = supernet_path(space, settings.weights)
         if ckpt is not None:
