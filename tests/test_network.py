@@ -28,6 +28,17 @@ DEVICE = Device("cpu-ort-net-test", "onnxruntime", ("fp32", "fp16", "int8"),
 SHAPE = (3, 32, 32)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread for this module's PyTorch passes: these networks at 3x32x32 are too small
+    for a second thread to pay, and on a busy host the two spin-wait for each other (12 training
+    steps of resnet18 took 16 s of CPU with 2 threads, 2 s with 1)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _rgb32(split: Split, n: int, seed: int) -> Split:
     s = split.subset(n, seed)
     x = np.pad(s.x, ((0, 0), (0, 0), (2, 2), (2, 2)))
