@@ -25,6 +25,16 @@ from autocomp.errors import UserError
 SHAPE = (3, 32, 32)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread for this module's PyTorch passes (small networks; on a busy host two threads
+    spin-wait for each other, see tests/test_network.py)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _cli(argv: tuple[str, ...], capsys, monkeypatch) -> tuple[int, str]:
     """(exit code, stderr) of ``autocomp ARGV`` run in-process through the CLI's entry point (the same
     ``run_app`` a shell reaches; one real subprocess case below)."""
