@@ -193,8 +193,8 @@ def search(model_or_space="mnist-mbv2", data="mnist", budget: str | float = "10m
     the ``network`` family derives its space) for the most accurate candidates under ``budget`` (``"10ms"`` or a number
     of milliseconds) on ``device``. The options are those of ``autocomp search`` (``calibrate=0``:
     no latency model, nothing filtered; ``recovery_steps``: recovery of each candidate before it is
-    quantized, by distillation from the unmodified network for a user's network, 0: none). Returns the :class:`Run`; its directory is ``out`` (default
-    ``reports/<timestamp>``). Bad input raises :class:`autocomp.errors.UserError` before anything runs."""
+    quantized, by distillation from the unmodified network for a user's network, 0: none). Returns
+    the :class:`Run`; its directory is ``out`` (default ``reports/<timestamp>``). Bad input raises :class:`autocomp.errors.UserError` before anything runs."""
     from rich.console import Console
 
     from autocomp.config import SearchConfig, default_run_dir, parse_budget
