@@ -204,14 +204,16 @@ def search(model_or_space="mnist-mbv2", data="mnist", budget: str | float = "10m
            controller_options: dict | None = None, address: str | None = None, concurrency: int | None = None,
            weights: str = "auto", train_steps: int = 100, train_device: str = "auto", val_size: int | None = None,
            calibrate: int = 20, top_k: int = 0, distill_steps: int = 0, resume: bool = False,
-           callbacks: Iterable[Callback] = (), verbose: bool = True, input: str | None = None) -> Run:
+           callbacks: Iterable[Callback] = (), verbose: bool = True, input: str | None = None,
+           recovery_steps: int = 0) -> Run:
     """Search ``model_or_space`` (a space name or YAML path, a SearchSpace, or the user's own network:
     an nn.Module object, or ``'torchvision:NAME'`` / ``'package.module:factory'`` with ``weights='w.pt'``;
     ``input='3x32x32'``, for an object by default the data's item size: the ``network`` family derives
     its space) for the most accurate candidates under ``budget`` (``"10ms"`` or a number
     of milliseconds) on ``device``. The options are those of ``autocomp search`` (``calibrate=0``:
-    no latency model, nothing filtered). Returns the :class:`Run`; its directory is ``out`` (default
-    ``reports/<timestamp>``). Bad input raises :class:`autocomp.errors.UserError` before anything runs."""
+    no latency model, nothing filtered; ``recovery_steps``: recovery of each candidate before it is
+    quantized, by distillation from the unmodified network for a user's network, 0: none). Returns
+    the :class:`Run`; its directory is ``out`` (default ``reports/<timestamp>``). Bad input raises :class:`autocomp.errors.UserError` before anything runs."""
     from rich.console import Console
 
     from autocomp.config import SearchConfig, default_run_dir, parse_budget
@@ -221,6 +223,9 @@ def search(model_or_space="mnist-mbv2", data="mnist", budget: str | float = "10m
     for cb in callbacks:
         if not callable(cb):
             raise UserError("callbacks", f"a {type(cb).__name__}", "callables taking (event, payload)")
+    from autocomp.config import check_steps
+
+    check_steps(recovery_steps, "recovery_steps")
     budget_ms = parse_budget(budget) if isinstance(budget, str) else float(budget)
     if not (budget_ms > 0 and budget_ms != float("inf")):
         raise UserError("budget", f"{budget!r}", "a positive finite number of milliseconds or a string like '10ms'")
@@ -248,7 +253,8 @@ def search(model_or_space="mnist-mbv2", data="mnist", budget: str | float = "10m
 
     summary = run_search(cfg, train_steps=train_steps, console=Console(quiet=not verbose, stderr=True), resume=resume,
                          val_size=val_size, controller_options=controller_options, top_k=top_k, distill_steps=distill_steps,
-                         calibrate=calibrate, train_device=train_device, data=dataset, space=space, row_callback=on_row)
+                         calibrate=calibrate, train_device=train_device, data=dataset, space=space, row_callback=on_row,
+                         recovery_steps=recovery_steps)
     for cb in callbacks:
         cb("summary", summary)
     return Run(cfg.out, summary, space, dataset)

@@ -27,7 +27,7 @@ _RUN_OPTIONS = {
     "space": ("space", None), "device": ("device", None), "data": ("data", None), "controller": ("controller", None),
     "address": ("address", None), "concurrency": ("concurrency", None), "weights": ("weights", None),
     "model": ("model", None), "input": ("input", None),
-    "train_steps": ("train_steps", "eval"), "val_size": ("val_size", "eval"),
+    "train_steps": ("train_steps", "eval"), "val_size": ("val_size", "eval"), "recovery_steps": ("finetune_steps", "eval"),
 }
 
 
@@ -56,6 +56,7 @@ def search(
     model: Optional[str] = typer.Option(None, help="Your own network instead of --space: 'torchvision:NAME' (with --weights w.pt) or 'package.module:factory'."),
     input: Optional[str] = typer.Option(None, "--input", help="Input size CxHxW of --model (default 3x224x224)."),
     train_device: str = typer.Option("auto", help="Where candidates train (from scratch, recovery): auto (CUDA if there is a GPU), cpu, cuda."),
+    recovery_steps: int = typer.Option(0, min=0, help="Recovery steps per scored candidate after pruning, block skipping and low-rank, before quantization: with --model a distillation from your unmodified network (the teacher), in a built-in space fine-tuning on the labels. Default 0: none (config.json: eval.finetune_steps)."),
     json_out: bool = typer.Option(False, "--json", help="Print the run's summary as JSON on stdout (progress goes to stderr)."),
 ) -> None:
     """Search the space for the most accurate candidates under the latency budget."""
@@ -65,7 +66,8 @@ def search(
     given = {name for name in _RUN_OPTIONS if _given(ctx, name)}
     flags = {"budget": budget, "trials": trials, "seed": seed, "out": out, "space": space, "device": device, "data": data,
              "controller": controller, "address": address, "concurrency": concurrency, "weights": weights,
-             "model": model, "input": input, "train_steps": train_steps, "val_size": val_size}
+             "model": model, "input": input, "train_steps": train_steps, "val_size": val_size,
+             "recovery_steps": recovery_steps}
     if config is not None and resume is not None:
         raise UserError("--config", "given with --resume", "one of them: --resume RUN_DIR continues with the run's stored configuration")
     stored, source = {}, None
@@ -105,6 +107,10 @@ def search(
     ev = stored.get("eval") or {}
     steps = ev.get("train_steps", train_steps) if not _given(ctx, "train_steps") else train_steps
     vsize = ev.get("val_size", val_size) if not _given(ctx, "val_size") else val_size
+    from autocomp.config import check_steps
+
+    rsteps = recovery_steps if _given(ctx, "recovery_steps") or "finetune_steps" not in ev else \
+        check_steps(ev["finetune_steps"], f"{source}: eval.finetune_steps")
     cfg = search_config(fields, str(config) if config is not None else "search")
     import contextlib
     import sys
@@ -115,7 +121,7 @@ def search(
                              resume=resume is not None, val_size=vsize,
                              controller_options=stored.get("controller_options") or None, top_k=top_k,
                              distill_steps=distill_steps, calibrate=0 if no_calibrate else calibrate,
-                             train_device=train_device)
+                             train_device=train_device, recovery_steps=rsteps)
     if json_out:
         print_json({**summary, "run_dir": str(cfg.out)})
 

@@ -64,6 +64,19 @@ class SearchConfig(BaseModel):
     input: str | None = None  # its input size CxHxW
 
 
+MAX_STEPS = 1_000_000
+
+
+def check_steps(value: Any, field: str, what: str = "recovery steps") -> int:
+    """``value`` as a number of training steps (a whole number, 0 .. :data:`MAX_STEPS`); one-line
+    UserError naming ``field`` otherwise (a bool, a fraction, text or a negative number)."""
+    import numbers
+
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 0 <= int(value) <= MAX_STEPS:
+        raise UserError(field, f"got {clip(repr(value), 40)}", f"a whole number of {what}, 0 .. {MAX_STEPS:,} (0: none)")
+    return int(value)
+
+
 def default_run_dir() -> Path:
     return Path("reports") / datetime.now().strftime("%Y%m%d-%H%M%S")
 

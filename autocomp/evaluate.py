@@ -51,7 +51,7 @@ class EvalSettings(BaseModel):
     bn_after_extract: bool = False  # also recalibrate right after extraction (the cost paid before issue 21)
     channels_last: bool = True  # channels-last tensors for the PyTorch passes (statistics, int8 calibration)
     train_steps: int = 200  # weights from scratch: optimiser steps before compression
-    finetune_steps: int = 0  # recovery steps after pruning / low-rank, before quantization
+    finetune_steps: int = 0  # recovery steps after pruning / low-rank, before quantization (--recovery-steps)
     batch_size: int = 128  # training batches (from scratch, recovery)
     lr: float = 3e-3
     val_size: int = 2000  # validation images used to score a candidate (standard error ~0.3 points at 98%)

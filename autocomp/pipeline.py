@@ -81,7 +81,7 @@ def _latency_model(device: Device, space, model_dir: Path, resume: bool, k: int,
 def run_search(cfg: SearchConfig, train_steps: int = 100, console: Console | None = None, *, resume: bool = False,
                val_size: int | None = None, controller_options: dict | None = None, predictor=None,
                top_k: int = 0, distill_steps: int = 0, calibrate: int = DEFAULT_K, confirm: int = 2, train_device: str = "auto",
-               data=None, space=None, row_callback=None) -> dict:
+               data=None, space=None, row_callback=None, recovery_steps: int = 0) -> dict:
     """Run (or with ``resume`` continue) a search; writes config.json, results.csv, summary.json in ``cfg.out``.
 
     A run directory that already holds a run is refused unless ``resume``; a resumed run must use the
@@ -96,7 +96,12 @@ def run_search(cfg: SearchConfig, train_steps: int = 100, console: Console | Non
     ``space`` (a SearchSpace) already built, and ``row_callback(row)``, called as each row is recorded.
     Training (from scratch, recovery) runs on ``train_device`` (:mod:`autocomp.training`); trials ask
     Tune for a share of the cluster's GPUs when it has some and training may use them.
+    ``recovery_steps``: the recovery of each scored candidate after pruning and factorisation,
+    before quantization (the network family distils from the unmodified network; the built-in
+    families fine-tune on the labels); 0: none. config.json keeps it as ``eval.finetune_steps``.
     """
+    from autocomp.config import check_steps
+
     from autocomp.training import check_train_device
 
     console = console or Console()
@@ -110,6 +115,7 @@ def run_search(cfg: SearchConfig, train_steps: int = 100, console: Console | Non
     space = (space if space is not None else space_for(cfg.space, cfg.model, cfg.weights, cfg.input)).restrict_precisions(list(device.precisions))
     check_controller(cfg.controller, controller_options)  # unknown controller or option: fail before anything starts
     settings = EvalSettings(weights=cfg.weights, train_steps=train_steps, seed=cfg.seed, train_device=train_device,
+                            finetune_steps=check_steps(recovery_steps, "recovery_steps"),
                             **({"val_size": val_size} if val_size else {}))
     config = {"schema_version": SCHEMA_VERSION, **json.loads(cfg.model_dump_json()), "eval": settings.model_dump(),
               "device_protocol": device.options, "controller_options": controller_options or {}}
@@ -164,6 +170,8 @@ def _check_weights(space, settings: EvalSettings) -> None:
     from autocomp.evaluate import supernet_path
     from autocomp.models.supernet import as_supernet
 
+    if space.family == "network":  # --weights is the user's network's state_dict, loaded and fitted when its space was derived
+        return
     try:
         ckpt = supernet_path(space, settings.weights)
         if ckpt is not None:

@@ -20,7 +20,7 @@ Its space is derived from the network (:func:`derive_space`, ``autocomp space --
 
 A candidate starts from the user's weights: skipped blocks are removed, the rest pruned and
 factorised (the compress chain), BatchNorm recalibrated, recovered by a short distillation from the
-unmodified network (``EvalSettings.finetune_steps`` steps; 0: none), quantized, exported. The
+unmodified network (``--recovery-steps``, ``EvalSettings.finetune_steps``; 0: none), quantized, exported. The
 unmodified network is the family's teacher. Its layer table is computed from the traced shapes
 and the dependency graph, without building the candidate.
 """
@@ -630,7 +630,7 @@ class Network(Family):
         from autocomp.distill import KDConfig, distill
 
         cfg = KDConfig(kinds=("logits",), steps=settings.finetune_steps, batch_size=settings.batch_size, lr=settings.lr / 3,
-                       seed=settings.seed + 1)
+                       seed=settings.seed + 1, device=getattr(settings, "train_device", "auto"))
         distill(model, self.teacher(space), data, cfg, progress=False)
         return model.eval()
 
