@@ -68,40 +68,43 @@ def layer_features(space: SearchSpace, cand: Candidate) -> list[float]:
 
     fam = get_family(space)
     rows = fam.layer_table(cand, space)
-    p_arch, m_arch, _, _, _ = _size(fam.layer_table(_uncompressed(cand), space))
-    params, macs, bits, m8, m16 = _size(rows)
-    width: dict[str, float] = {}  # per layer group: its narrowest conv (channels that flow through it)
-    hidden: dict[str, float] = {}  # its kept hidden channels (the depthwise conv's), else its narrowest 1x1's
-    residual: set[str] = set()
-    for r in rows:
-        if r.op == "add":
-            residual.add(r.group)
-        elif r.group.startswith("blocks."):
-            w = float(max(r.cin if r.kind == "dw" else min(r.cin, r.cout), 1))
-            width[r.group] = min(width.get(r.group, math.inf), w)
-            if r.kind == "dw":
-                hidden[r.group] = w
     blocks = [b for st in cand.stages for b in st.blocks]
-    outw = [st.width for st in cand.stages for _ in st.blocks]
-    logw = [math.log(width.get(f"blocks.{i}", w)) for i, w in enumerate(outw)]
-    logh = [math.log(hidden.get(f"blocks.{i}", width.get(f"blocks.{i}", w))) for i, w in enumerate(outw)]
+    compressed = any(b.keep < 1.0 or b.rank < 1.0 for b in blocks)
+    params, macs, bits, m8, m16 = _size(rows)
+    p_arch, m_arch = _size(fam.layer_table(_uncompressed(cand), space))[:2] if compressed else (params, macs)
+    index = {f"blocks.{i}": i for i in range(len(blocks))}
+    outw = [float(st.width) for st in cand.stages for _ in st.blocks]
+    width, hidden = list(outw), [0.0] * len(blocks)  # per block: its narrowest conv; its kept hidden channels (the depthwise's)
+    res = [False] * len(blocks)
+    for r in rows:
+        i = index.get(r.group)
+        if i is None:
+            continue
+        if r.op == "add":
+            res[i] = True
+        else:
+            w = float(max(r.cin if r.kind == "dw" else min(r.cin, r.cout), 1))
+            width[i] = min(width[i], w)
+            if r.kind == "dw":
+                hidden[i] = w
+    logw = [math.log(w) for w in width]
+    logh = [math.log(h) if h > 0 else lw for h, lw in zip(hidden, logw)]
     rel = [lw - math.log(w) for lw, w in zip(logw, outw)]  # a block's narrowest layer against its output width
-    on_path = [w for i, w in enumerate(logw) if f"blocks.{i}" not in residual]
-    bypassed = [w for i, w in enumerate(logw) if f"blocks.{i}" in residual]
+    on_path = [w for w, bypass in zip(logw, res) if not bypass]  # nothing bypasses these blocks
+    bypassed = [w for w, bypass in zip(logw, res) if bypass]
     f = [math.log(p_arch), math.log(m_arch + 1.0), math.log(params), math.log(macs + 1.0), math.log(p_arch / params),
          math.log((m_arch + 1.0) / (macs + 1.0)), math.log(bits / 8.0), bits / (32.0 * params), m8 / max(macs, 1.0), m16 / max(macs, 1.0),
          min(on_path, default=0.0), sum(on_path), min(bypassed, default=0.0), sum(bypassed), float(len(bypassed)),
-         sum(x for i, x in enumerate(rel) if f"blocks.{i}" not in residual), sum(x for i, x in enumerate(rel) if f"blocks.{i}" in residual)]
+         sum(x for x, bypass in zip(rel, res) if not bypass), sum(x for x, bypass in zip(rel, res) if bypass)]
     i = 0
     for st in cand.stages:  # a space's candidates have its number of stages: the vector's length is fixed per space
-        bs, lw, lh = st.blocks, logw[i: i + st.depth], logh[i: i + st.depth]
-        first = f"blocks.{i}"  # a stage's first block changes stride or width: as a rule nothing bypasses it
+        bs, lw, lh, n = st.blocks, logw[i: i + st.depth], logh[i: i + st.depth], max(st.depth, 1)
+        first_res = res[i] if bs else False  # a stage's first block changes stride or width: as a rule nothing bypasses it
         i += st.depth
-        f += [float(st.depth), math.log(st.width), float(np.mean([b.kernel for b in bs])) if bs else 0.0,
-              float(np.mean([math.log(max(b.expand % GROUPED, 1)) for b in bs])) if bs else 0.0,
+        f += [float(st.depth), math.log(st.width), sum(b.kernel for b in bs) / n, sum(math.log(max(b.expand % GROUPED, 1)) for b in bs) / n,
               float(sum(b.precision == "int8" for b in bs)), float(sum(b.precision == "fp16" for b in bs)),
               sum(math.log(b.keep) for b in bs), sum(math.log(b.rank) for b in bs), min(lw, default=0.0), min(lh, default=0.0),
-              lw[0] if lw else 0.0, float(first in residual), float(bool(bs) and bs[0].precision == "int8")]
+              lw[0] if lw else 0.0, float(first_res), float(bool(bs) and bs[0].precision == "int8")]
     keeps, ranks = [b.keep for b in blocks] or [1.0], [b.rank for b in blocks] or [1.0]
     f += [min(keeps), float(sum(k <= 0.25 for k in keeps)), min(ranks), float(sum(r <= 0.25 for r in ranks)), float(len(blocks)),
           float(sum(b.precision == "int8" and b.keep <= 0.5 for b in blocks)), float(sum(b.precision == "int8" and b.rank <= 0.5 for b in blocks)),
