@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import random
 import sys
 import time
@@ -61,8 +62,13 @@ class PoolEvaluator:
     def save(self) -> None:
         RESULTS.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
+        loads = sorted(r["load"] for r in self.pool.values() if r.get("load") is not None)
+        load_avg = {"min": loads[0], "median": loads[len(loads) // 2], "max": loads[-1],
+                    "note": "1-minute load average when each candidate was scored (2-core machine shared with other jobs)"} if loads else None
         tmp.write_text(json.dumps({"benchmark": "search_pool", "settings": "autocomp.evaluate.EvalSettings(weights='supernet'), 1 thread",
-                                   "latency": "predicted by this host's calibrated latency model", "candidates": self.pool}))
+                                   "latency": "predicted by this host's calibrated latency model", "host": platform.node(),
+                                   "updated": time.strftime("%Y-%m-%dT%H:%M:%S"), "size": len(self.pool), "load_avg": load_avg,
+                                   "candidates": self.pool}))
         tmp.replace(self.path)
 
 

@@ -5,7 +5,7 @@ import random
 import numpy as np
 from scipy.stats import spearmanr
 
-from autocomp.predictor.accuracy import AccuracyPredictor
+from autocomp.predictor.accuracy import AccuracyPredictor, layer_features
 from autocomp.search import get_controller
 from autocomp.space import get_space
 
@@ -50,3 +50,57 @@ def test_apq_controller_is_deterministic_and_prefers_predicted_best():
     first = [proxy_accuracy(c) for c, _ in ctl.history[:4]]  # random generation
     last = [proxy_accuracy(c) for c, _ in ctl.history[-4:]]  # predictor-ranked
     assert np.mean(last) > np.mean(first)
+
+
+def _with_block(c, **change):
+    """``c`` with its first prunable block's genes changed (its precision, keep or rank)."""
+    import dataclasses
+
+    stages = list(c.stages)
+    for si, st in enumerate(stages):
+        for bi, b in enumerate(st.blocks):
+            if b.expand != 1:
+                blocks = list(st.blocks)
+                blocks[bi] = dataclasses.replace(b, **change)
+                stages[si] = dataclasses.replace(st, blocks=tuple(blocks))
+                return dataclasses.replace(c, stages=tuple(stages))
+    raise AssertionError("no prunable block")
+
+
+def test_features_see_each_layers_precision_keep_and_rank():
+    space = get_space()
+    base = space.largest()  # fp32, keep 1, rank 1 everywhere
+    model = AccuracyPredictor(space)
+    extra = lambda c: np.asarray(layer_features(space, c))  # noqa: E731  (beyond the raw genes of space.encode)
+    f0 = extra(base)
+    for change in ({"precision": "int8"}, {"precision": "fp16"}, {"keep": 0.25}, {"rank": 0.25}):
+        f1 = extra(_with_block(base, **change))
+        assert f1.shape == f0.shape and not np.allclose(f1, f0), change
+    # int8 shrinks the stored bits but not the parameters; pruning shrinks both
+    i8, pruned = _with_block(base, precision="int8"), _with_block(base, keep=0.25)
+    names = {"log_params_arch": 0, "log_params": 2, "log_bits": 6}  # positions in layer_features
+    sz = {n: {k: extra(c)[i] for k, i in names.items()} for n, c in (("base", base), ("int8", i8), ("pruned", pruned))}
+    assert sz["int8"]["log_params"] == sz["base"]["log_params"] and sz["int8"]["log_bits"] < sz["base"]["log_bits"]
+    assert sz["pruned"]["log_params"] < sz["base"]["log_params"] and sz["pruned"]["log_params_arch"] == sz["base"]["log_params_arch"]
+    assert model.features([base]).shape[1] == len(space.encode(base)) + len(f0)
+
+
+def test_shipped_predictor_loads_without_pickle(monkeypatch):
+    import pickle
+
+    from autocomp.predictor.accuracy import default_accuracy_predictor
+    from autocomp.resources import data_dir
+
+    def refuse(*a, **k):
+        raise AssertionError("the accuracy predictor must not unpickle")
+
+    monkeypatch.setattr(pickle, "load", refuse)
+    monkeypatch.setattr(pickle, "loads", refuse)
+    space = get_space()
+    d = data_dir("supernets") / f"{space.name}.accuracy"
+    assert sorted(p.name for p in d.iterdir()) == ["accuracy_model.txt", "accuracy_predictor.json"]
+    pred = default_accuracy_predictor(space)
+    rng = random.Random(1)
+    cands = [space.sample(rng) for _ in range(20)]
+    acc = pred.predict(cands)
+    assert acc.shape == (20,) and np.all((acc > 0.0) & (acc <= 1.0)) and np.ptp(acc) > 0
