@@ -170,8 +170,10 @@ def confirm_candidates(candidates: list[Candidate], space: SearchSpace, data: Da
 def device_int8_scheme(device) -> Int8Scheme:
     """The int8 export scheme of ``device`` (a Device), decided on the node that holds it when Ray
     runs (its CPU decides; :meth:`autocomp.measure.Device.int8_scheme`), else here."""
-    from autocomp.cluster import on_device
+    from autocomp.cluster import measures_here, on_device
 
+    if measures_here(device):  # this process measures it: the Device itself (it need not be registered)
+        return device.int8_scheme()
     return Int8Scheme(**on_device(device, _int8_scheme_here, device.name))
 
 
