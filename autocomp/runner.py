@@ -31,7 +31,6 @@ from autocomp.data import Dataset
 from autocomp.errors import UserError
 from autocomp.evaluate import EvalSettings, device_int8_scheme, measure_onnx, score
 from autocomp.measure import Device, get_device
-from autocomp.measure.base import Int8Scheme
 from autocomp.rundir import RESULT_COLUMNS, ResultsTable, read_results, set_aside_torn
 from autocomp.search import check_controller, get_controller
 from autocomp.space import Candidate, SearchSpace
@@ -239,6 +238,7 @@ def evaluate_trial(config: dict, space: SearchSpace, data: Dataset, settings: Ev
                    int8: dict | None = None) -> None:
     """One Tune trial: score the candidate here (int8 exported as the device's scheme ``int8``:
     :class:`autocomp.measure.base.Int8Scheme` fields), time it on a device node, report one result."""
+    from autocomp.measure.base import Int8Scheme
 
     cand = Candidate.from_json(config["candidate"])
     import torch
@@ -287,6 +287,8 @@ def run_tune(
     if remaining > 0:
         # decided on the device's node; a resumed run keeps the scheme its recorded rows were exported with
         # (none recorded: a run from before the column, exported as dequant), so one run never mixes two
+        from autocomp.measure.base import Int8Scheme
+
         done = read_results(results)
         labels = [r["int8_export"] for r in done if r.get("int8_export")]
         scheme = (Int8Scheme.from_label(labels[0]) if labels else Int8Scheme() if done and "int8_export" not in done[0]
