@@ -280,19 +280,24 @@ def _candidate(policy):
     raise UserError("policy", f"a {type(policy).__name__}", "a Candidate, a policy dict, policy JSON text or a policy.json path")
 
 
-def compress(model, policy, data=None, calib_batches: int = 4, batch_size: int = 128):
+def compress(model, policy, data=None, calib_batches: int = 4, batch_size: int = 128, device: str = "cpu-ort"):
     """``model`` compressed by ``policy`` (a Candidate, a policy dict or JSON, or a policy.json
     path): pruned (channels physically removed), factorised, then quantized (int8 layers calibrated
     on ``calib_batches`` training batches of ``data``: a dataset as :func:`search` takes, or an
-    iterable of input tensors). Returns the new nn.Module (eval mode); ``model`` is left as it was."""
+    iterable of input tensors) and exported the way ``device`` runs int8
+    (:meth:`autocomp.measure.Device.int8_scheme`). Returns the new nn.Module (eval mode); ``model``
+    is left as it was."""
     import copy
 
     from torch import nn
 
     from autocomp.compress import compress as chain
 
+    from autocomp.measure import get_device
+
     if not isinstance(model, nn.Module):
         raise UserError("model", f"a {type(model).__name__}", "a torch nn.Module")
+    int8 = get_device(device).int8_scheme()  # an unknown device: one line, before any work
     cand = _candidate(policy)
     calib = None
     if data is not None:
@@ -316,7 +321,7 @@ def compress(model, policy, data=None, calib_batches: int = 4, batch_size: int =
         space = get_space(cand.space)
     except UserError:
         space = None
-    return chain(copy.deepcopy(model).eval(), cand, None, space, calib).eval()
+    return chain(copy.deepcopy(model).eval(), cand, None, space, calib, **int8.compress_kwargs()).eval()
 
 
 # --------------------------------------------------------------------------- measure

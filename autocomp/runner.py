@@ -286,7 +286,14 @@ def run_tune(
     remaining = n_trials - searcher.replayed
     callback = ResultsCallback(results, on_row, searcher)
     if remaining > 0:
-        scheme = device_int8_scheme(device)  # decided on the device's node: every trial exports int8 the same way
+        # decided on the device's node; a resumed run keeps the scheme its recorded rows were exported with
+        # (none recorded: a run from before the column, exported as dequant), so one run never mixes two
+        from autocomp.measure.base import Int8Scheme
+
+        done = read_results(results)
+        labels = [r["int8_export"] for r in done if r.get("int8_export")]
+        scheme = (Int8Scheme.from_label(labels[0]) if labels else Int8Scheme() if done and "int8_export" not in done[0]
+                  else device_int8_scheme(device))
         trainable = tune.with_parameters(evaluate_trial, space=space, data=data, settings=settings, device=device.name,
                                          int8={"export": scheme.export, "reduce_range": scheme.reduce_range})
         if resources:  # e.g. {"cpu": 1, "gpu": 0.5} on a cluster with GPUs (pipeline: autocomp.training.gpus_per_trial)

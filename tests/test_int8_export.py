@@ -167,17 +167,25 @@ def test_dequant_is_the_old_placement_and_fused_links_int8_layers(tmp_path):
     assert ort_ops(paths["fused"])["QLinearConv"] > ort_ops(paths["dequant"])["QLinearConv"]
 
 
+@pytest.fixture(scope="module")
+def trained_small(mnist):
+    """The weights of :func:`small` trained briefly on MNIST (once for the module)."""
+    from autocomp.training import train
+
+    torch.manual_seed(0)
+    return train(build(small("int8"), SPACE), mnist, 60, 128, 1e-2, 0).state_dict()
+
+
 @pytest.mark.parametrize("reduce_range", [False, True], ids=["full-range", "7bit"])
-def test_fused_export_agrees_with_pytorch_on_this_host(tmp_path, mnist, reduce_range):
+def test_fused_export_agrees_with_pytorch_on_this_host(tmp_path, mnist, trained_small, reduce_range):
     """The chain's fused export run by ONNX Runtime (integer kernels: QLinearConv) and by OpenVINO
     agrees with PyTorch's fake-quant on real MNIST images, with full-range and 7-bit weights."""
     from autocomp.measure import openvino as ovb
-    from autocomp.training import train
 
     scheme = Int8Scheme("fused", reduce_range)
     c = small("int8")
-    torch.manual_seed(0)
-    m = train(build(c, SPACE), mnist, 60, 128, 1e-2, 0)
+    m = build(c, SPACE)
+    m.load_state_dict(trained_small)
     calib = [x for x, _ in mnist.batches(mnist.train.subset(256, seed=1), 128)]
     q = compress(m, c, None, SPACE, calib, **scheme.compress_kwargs())
     from autocomp.compress import quantize

@@ -14,6 +14,7 @@ import pytest
 from autocomp.config import SearchConfig
 from autocomp.errors import UserError
 from autocomp.evaluate import EvalSettings, measure_onnx, score
+from autocomp.measure import get_device
 from autocomp.pipeline import run_search
 from autocomp.space import Candidate, get_space
 
@@ -58,7 +59,11 @@ def test_latencies_are_real_onnxruntime_measurements(small_run, mnist):
     # the figure is a timing of the candidate's exported model: re-scoring and re-measuring it agrees
     r = min(rows, key=lambda r: float(r["latency_ms"]))
     cand = Candidate.from_json(r["policy"])
-    scored = score(cand, get_space(), mnist, EvalSettings(train_steps=0, val_size=500))
+    from autocomp.measure.base import Int8Scheme
+
+    # exported as the device's int8 scheme, which every row records
+    assert {row["int8_export"] for row in rows} == {get_device("cpu-ort").int8_scheme().label}
+    scored = score(cand, get_space(), mnist, EvalSettings(train_steps=0, val_size=500), Int8Scheme.from_label(r["int8_export"]))
     again = measure_onnx(scored.onnx, "cpu-ort", r["precision"])["median_ms"]
     assert int(r["params"]) == scored.params
     assert 1 / 3 < again / float(r["latency_ms"]) < 3

@@ -231,7 +231,8 @@ def record_measurements(device: str, fingerprint: dict, space: SearchSpace, rows
                     "statistic": "median", "median_ms": float(r["latency_ms"]), "mean_ms": None,
                     "p90_ms": r.get("latency_p90_ms"), "p99_ms": None, "cv": r.get("latency_cv"),
                     "flagged": str(r.get("latency_flagged")) == "True", "cpu_model": fingerprint.get("cpu_model"),
-                    "notes": json.dumps({"from_run": True}), "measured_at": None})
+                    "notes": json.dumps({"from_run": True}), "measured_at": None,
+                    "int8_export": r.get("int8_export") or "dequant"})  # empty: a run from before the column (dequant then)
     if new:
         write_table(pd.concat([table, pd.DataFrame(new, columns=COLUMNS)], ignore_index=True), path)
     return len(new)

@@ -40,7 +40,7 @@ measured_at        UTC timestamp (ISO 8601)
 fingerprint        the device fingerprint of the measurement (JSON), fingerprint_id its name
 int8_export        how the int8 layers were exported: fused | fused-7bit | dequant (the
                    device's :meth:`autocomp.measure.Device.int8_scheme` on the measuring node;
-                   rows written before the column existed read as ``dequant``). The latencies of
+                   tables written before the column existed read as ``dequant``). The latencies of
                    int8 layers differ by scheme: fit on rows of the device's current one.
 pass_ms            list<float>: the median of each pass (``passes``); the figures are those of the
                    fastest pass (a shared host's slow phases can outlast one measurement window)
@@ -123,9 +123,8 @@ def read_table(path: Path) -> pd.DataFrame:
     versions = set(int(v) for v in df["schema_version"].unique())
     if versions - {SCHEMA_VERSION}:
         raise UserError(str(path), f"schema_version {sorted(versions)}", f"schema_version {SCHEMA_VERSION}")
-    if "int8_export" not in df.columns:  # written before the column: today's int8 export was dequant
+    if "int8_export" not in df.columns:  # written before the column: the int8 export then was dequant
         df["int8_export"] = "dequant"
-    df["int8_export"] = df["int8_export"].fillna("dequant")
     return df
 
 
