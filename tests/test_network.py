@@ -57,7 +57,6 @@ def trained(rgb, tmp_path_factory):
     """name -> weights path of a torchvision network trained briefly on ``rgb`` (the user's network)."""
     import torchvision
 
-    from autocomp.models.supernet import recalibrate_bn
     from autocomp.training import train
 
     out = {}
@@ -66,9 +65,6 @@ def trained(rgb, tmp_path_factory):
         torch.manual_seed(0)
         model = torchvision.models.get_model(name, num_classes=10)
         train(model, rgb, steps=12, batch_size=32, lr=2e-3, seed=0)
-        # mobilenet_v3's BatchNorm momentum is 0.01: after a short training its running statistics
-        # lag the weights (eval accuracy at chance while train-mode accuracy is high); re-estimate them
-        recalibrate_bn(model, [x for x, _ in rgb.batches(rgb.train.subset(256, 0), 64)])
         torch.save(model.state_dict(), d / f"{name}.pt")
         out[name] = d / f"{name}.pt"
     return out
@@ -107,6 +103,21 @@ def test_the_library_takes_the_network_by_its_spec(trained):
     _, live, spec = _space_of(obj, "auto", "3x32x32")
     assert spec == "python:ResNet" and live.network.model == spec and live.name.startswith("ResNet-")
     assert live.model_dump(exclude={"name", "network"}) == sp.model_dump(exclude={"name", "network"})
+
+
+def test_structure_is_computed_once_across_threads(trained):
+    """The latency predictor scores candidates on threads; the network's structure (traced with
+    torch.fx and Torch-Pruning, which patch torch process-wide while tracing) is computed by one of
+    them, the others get the same object (before: a NameError from a forward pass caught mid-trace)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from autocomp.families.network import _structure
+
+    _structure.cache_clear()
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda _: structure("torchvision:mobilenet_v3_small", str(trained["mobilenet_v3_small"]), SHAPE),
+                            range(4)))
+    assert all(g is got[0] for g in got)
 
 
 def test_network_layer_table_and_compression(trained):

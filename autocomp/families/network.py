@@ -33,6 +33,7 @@ import importlib
 import math
 import operator
 import re
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -349,9 +350,16 @@ def _trace(model, spec: str, input_shape: tuple[int, int, int], field: str = "--
                      sizes, stem_side)
 
 
+_STRUCTURE_LOCK = threading.Lock()
+
+
 def structure(spec: str, weights: str | None, input_shape: tuple[int, int, int]) -> Structure:
     mtime = Path(weights).stat().st_mtime if weights and Path(weights).is_file() else 0.0
-    return _structure(spec, weights, tuple(input_shape), mtime)
+    # one at a time: the latency predictor scores candidates on threads, and torch.fx's tracing (in
+    # _count_adds) patches nn.Module.__call__ process-wide, which broke another thread's forward pass
+    # (NameError: module is not installed as a submodule); the others then find it in the cache
+    with _STRUCTURE_LOCK:
+        return _structure(spec, weights, tuple(input_shape), mtime)
 
 
 def structure_of(space: SearchSpace) -> Structure:
