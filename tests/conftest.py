@@ -57,3 +57,16 @@ def pytest_collection_modifyitems(items):
     """test_calibrate measures on a device registered in this process only, so it runs before any
     test starts the session's Ray (it skips itself when Ray is already up); the rest keep their order."""
     items.sort(key=lambda item: 0 if item.path.name == "test_calibrate.py" else 1)
+
+
+@pytest.fixture
+def user_devices(tmp_path, monkeypatch):
+    """An empty $AUTOCOMP_DEVICES folder; the device registry is read again after the test."""
+    from autocomp.measure.base import reload_devices
+
+    d = tmp_path / "my-devices"
+    d.mkdir()
+    monkeypatch.setenv("AUTOCOMP_DEVICES", str(d))
+    yield d
+    monkeypatch.delenv("AUTOCOMP_DEVICES")
+    reload_devices()

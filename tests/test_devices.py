@@ -39,17 +39,6 @@ BUILT_IN = {
 }
 
 
-@pytest.fixture
-def user_devices(tmp_path, monkeypatch):
-    """An empty $AUTOCOMP_DEVICES folder; the registry is read again after the test."""
-    d = tmp_path / "my-devices"
-    d.mkdir()
-    monkeypatch.setenv("AUTOCOMP_DEVICES", str(d))
-    yield d
-    monkeypatch.delenv("AUTOCOMP_DEVICES")
-    reload_devices()
-
-
 @pytest.mark.parametrize("name", sorted(BUILT_IN))
 def test_built_in_devices_come_from_files_with_the_same_protocol(name):
     backend, options = BUILT_IN[name]

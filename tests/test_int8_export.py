@@ -60,17 +60,6 @@ def ort_ops(path: Path) -> Counter:
     return Counter(n.op_type for n in onnx.load(so.optimized_model_filepath).graph.node)
 
 
-@pytest.fixture
-def user_devices(tmp_path, monkeypatch):
-    """An empty $AUTOCOMP_DEVICES folder; the registry is read again after the test."""
-    d = tmp_path / "my-devices"
-    d.mkdir()
-    monkeypatch.setenv("AUTOCOMP_DEVICES", str(d))
-    yield d
-    monkeypatch.delenv("AUTOCOMP_DEVICES")
-    reload_devices()
-
-
 # --------------------------------------------------------------------------- the scheme of a device
 
 
