@@ -30,6 +30,12 @@ class PoolEvaluator:
         self.space, self.predictor, self.path, self.save_every = space, predictor, path, save_every
         self.pool: dict[str, dict] = json.loads(path.read_text())["candidates"] if path.exists() else {}
         self.added = 0
+        if self.pool:  # every latency from the one model the controllers filter with, not the one of its day
+            from autocomp.space import Candidate
+
+            ids = list(self.pool)
+            for i, ms in zip(ids, self.latency(Candidate.from_json(self.pool[i]["policy"]) for i in ids)):
+                self.pool[i]["predicted_ms"] = ms
         self._data = self._settings = None
 
     def latency(self, cands) -> list[float]:

@@ -252,6 +252,30 @@ def test_transfer_recalibration_recovers_a_new_device():
         np.testing.assert_allclose(again.predict(cands), adapted.predict(cands))
 
 
+def test_ridge_adaptation_learns_a_per_precision_change():
+    """A device whose int8 kernels are 3x faster and fp16 1.5x slower than the source's, everything else
+    equal: 20 measurements are enough for ``ridge`` (precision factors, then the ridge) to predict the
+    rest within 10 %, where a single log-linear correction cannot."""
+    from autocomp.predictor.features import group_feature_names
+    from autocomp.predictor.transfer import adapt
+
+    rng = random.Random(2)
+    cands = [SPACE.sample(rng) for _ in range(80)]
+    g = group_features(cands, SPACE)
+    coef = np.abs(np.random.default_rng(0).normal(size=g.shape[1])) * 0.01
+    names = group_feature_names()
+    factor = np.array([1 / 3 if ("_int8_" in n or n in ("qdq_elems", "int8_weights")) else 1.5 if "_fp16_" in n else 1.0
+                       for n in names])
+    src = Predictor("sum", SPACE, {"device": "a"}, coef=coef)
+    new = (g @ (coef * factor)) * np.exp(np.random.default_rng(1).normal(0, 0.01, len(cands)))
+    scores = {}
+    for method in ("loglinear", "ridge"):
+        adapted = adapt(src, cands[:20], new[:20], method, device="b")
+        scores[method] = metrics(adapted.predict(cands[20:]), new[20:])
+    assert scores["ridge"]["within_10pct"] >= 0.95 and scores["ridge"]["spearman"] > 0.98
+    assert scores["loglinear"]["within_10pct"] < scores["ridge"]["within_10pct"] - 0.2
+
+
 def test_batched_features_equal_one_at_a_time():
     """The analysis is vectorised over candidates and block slots: a batch gives every candidate the
     same features as scoring it alone (no cross-talk between rows), across depths and precisions."""

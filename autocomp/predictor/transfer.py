@@ -4,8 +4,11 @@
 ranking of the source predictor and learns the new device's scale and its scaling with model size.
 ``scale``: b fixed to 1 (only a constant factor; the safest with very few points).
 ``ridge``: for the ``sum`` kind, refit the per-layer-group costs on the new measurements with a
-ridge penalty that pulls each cost toward the source's (scaled) cost — the new device may weigh
-MACs, memory traffic and per-group overheads differently (strength chosen by leave-one-out).
+ridge penalty that pulls each cost toward a prior — the new device may weigh MACs, memory traffic
+and per-group overheads differently (strength chosen by leave-one-out). The prior is the source's
+costs with one factor per precision (fp32, fp16, int8, shared terms), fit first on the same
+measurements: a runtime or host mostly differs from another per precision (integer dot products,
+fp16 arithmetic), so four factors learn most of the change from few points and the ridge the rest.
 ``refit``: for the LightGBM kinds, LightGBM continues boosting from the source model
 (``init_model``) on the new measurements, a few shallow rounds, after the log-linear calibration.
 """
@@ -64,6 +67,39 @@ def adapt(source: Predictor, candidates: Sequence[Candidate], latency_ms: Sequen
     return out
 
 
+def _precision_groups() -> np.ndarray:
+    """For each ``group_features`` column, 0 fp32, 1 fp16, 2 int8, 3 shared by all precisions."""
+    from autocomp.predictor.features import PRECISIONS, group_feature_names
+
+    def group(name: str) -> int:
+        for i, prec in enumerate(PRECISIONS):
+            if f"_{prec}_" in name:
+                return i
+        if name.startswith("dw_macs_"):
+            return 2 if "_int8_" in name else 0
+        return {"qdq_elems": 2, "int8_weights": 2, "cast_elems": 1, "casts": 1}.get(name, 3)
+
+    return np.array([group(n) for n in group_feature_names()])
+
+
+def _precision_prior(g: np.ndarray, y: np.ndarray, coef: np.ndarray, groups: np.ndarray, lam: float = 0.03) -> np.ndarray:
+    """``coef`` with one factor per precision group: prediction = sum_g exp(s_g) * (g_g @ coef_g),
+    the log factors fit on relative error by Gauss-Newton, shrunk toward their mean (``lam``)."""
+    n_groups = int(groups.max()) + 1
+    parts = np.stack([g[:, groups == k] @ coef[groups == k] for k in range(n_groups)], axis=1)
+    used = parts.any(axis=0)
+    s = np.full(n_groups, np.log(max(np.mean(y / np.maximum(parts.sum(1), 1e-12)), 1e-12)))
+    for _ in range(30):
+        jac = parts * np.exp(s)[None] / y[:, None]
+        r = jac.sum(1) - 1.0
+        a = jac.T @ jac + lam * np.eye(n_groups)
+        step = np.linalg.solve(a, -(jac.T @ r) - lam * (s - s[used].mean()))
+        s = s + np.where(used, step, 0.0)
+        if np.abs(step).max() < 1e-6:
+            break
+    return coef * np.exp(s)[groups]
+
+
 def _ridge_solve(g: np.ndarray, y: np.ndarray, prior: np.ndarray, lam: float) -> np.ndarray:
     sigma = np.abs(prior) + 1e-3 * (np.abs(prior).max() + 1e-12)
     a = np.vstack([g / y[:, None], np.sqrt(lam) * np.diag(1.0 / sigma)])
@@ -74,9 +110,10 @@ def _ridge_solve(g: np.ndarray, y: np.ndarray, prior: np.ndarray, lam: float) ->
 
 def _ridge_adapt(out: Predictor, src: Predictor, candidates: Sequence[Candidate], y: np.ndarray, scale: float) -> Predictor:
     """Refit the per-layer-group costs of a ``sum`` / ``sum+gbm`` source on the new measurements, each
-    pulled toward the source's cost times the log-linear ``scale`` (strength chosen by leave-one-out
-    relative error); the LightGBM correction of ``sum+gbm`` stays as a per-candidate factor. A
-    ``whole`` source keeps the log-linear calibration."""
+    pulled toward the source's cost times its precision's factor (:func:`_precision_prior`, started
+    from the log-linear ``scale``; strength chosen by leave-one-out relative error); the LightGBM
+    correction of ``sum+gbm`` stays as a per-candidate factor. A ``whole`` source keeps the
+    log-linear calibration."""
     if src.coef is None:
         return out
     from autocomp.predictor.features import group_features, network_features
@@ -84,13 +121,15 @@ def _ridge_adapt(out: Predictor, src: Predictor, candidates: Sequence[Candidate]
     g = group_features(candidates, src.space, block=src.block)
     if src.kind == "sum+gbm":
         g = g * np.exp(src.booster.predict(network_features(candidates, src.space, block=src.block), num_threads=1))[:, None]
-    prior = src.coef * scale
+    groups = _precision_groups()
+    prior = _precision_prior(g, y, src.coef * scale, groups)
+    keeps = [np.arange(len(y)) != i for i in range(len(y))]
+    loo_priors = [_precision_prior(g[keep], y[keep], src.coef * scale, groups) for keep in keeps]
     best, best_err = prior, np.inf
     for lam in (0.3, 1.0, 3.0, 10.0, 30.0, 100.0):
         err = 0.0
-        for i in range(len(y)):  # leave-one-out relative error
-            keep = np.arange(len(y)) != i
-            c = _ridge_solve(g[keep], y[keep], prior, lam)
+        for i, (keep, p) in enumerate(zip(keeps, loo_priors)):  # leave-one-out relative error
+            c = _ridge_solve(g[keep], y[keep], p, lam)
             err += ((g[i] @ c) / y[i] - 1) ** 2
         if err < best_err:
             best, best_err = _ridge_solve(g, y, prior, lam), err
