@@ -39,7 +39,8 @@ class PoolEvaluator:
         self._data = self._settings = None
 
     def latency(self, cands) -> list[float]:
-        return [float(v) for v in self.predictor.predict(list(cands))]
+        cands = list(cands)
+        return [float(v) for v in self.predictor.predict(cands)] if cands else []
 
     def __call__(self, cand) -> dict:
         r = self.pool.get(cand.id)
@@ -66,8 +67,23 @@ class PoolEvaluator:
         return r
 
     def save(self) -> None:
+        """Write the pool, merged with what other processes (another benchmark on the other core)
+        saved since this one read it, under an exclusive lock."""
+        import fcntl
+
         RESULTS.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
+        with open(self.path.with_suffix(".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if self.path.exists():
+                from autocomp.space import Candidate
+
+                theirs = {i: r for i, r in json.loads(self.path.read_text())["candidates"].items() if i not in self.pool}
+                for (i, r), ms in zip(theirs.items(), self.latency(Candidate.from_json(r["policy"]) for r in theirs.values())):
+                    self.pool[i] = {**r, "predicted_ms": ms}
+            self._write()
+
+    def _write(self) -> None:
+        tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
         loads = sorted(r["load"] for r in self.pool.values() if r.get("load") is not None)
         load_avg = {"min": loads[0], "median": loads[len(loads) // 2], "max": loads[-1],
                     "note": "1-minute load average when each candidate was scored (2-core machine shared with other jobs)"} if loads else None

@@ -148,7 +148,7 @@ def main() -> None:
                "sequential": not args.no_sequential, "table": table, "wall_s": round(time.time() - t0, 1), "load_avg": load_avg(),
                "runs": {k: {n: {s: [r["id"] for r in rows] for s, rows in v.items()} for n, v in by_n.items()} for k, by_n in runs.items()}}
     full = set(args.controllers) == {"random", "evolution", "nsga2", "apq", "budget"} and args.trials == [16, 64] and len(args.seeds) == 3
-    path = save("search_quality" if full else "search_quality_reduced", payload)
+    path = save("search_quality" if full else f"search_quality_t{'-'.join(map(str, args.trials))}_s{len(args.seeds)}", payload)
     print(f"saved {path}")
 
 
