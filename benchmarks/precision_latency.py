@@ -194,7 +194,11 @@ def main() -> None:
             print(f"{'':14} {name:12} " + " ".join(f"{v[p]['median_ms']:>8.3f} ms" if p in v else f"{'':>11}" for p in VARIANTS))
         print(f"{'':14} {entry['fingerprint_id']}: {entry['summary']}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1))
+    saved = dict(result)
+    if args.out.exists():  # a run of some devices keeps the other devices' entries of an earlier run
+        earlier = json.loads(args.out.read_text()).get("devices", {})
+        saved["devices"] = {**{d: e for d, e in earlier.items() if d not in result["devices"]}, **result["devices"]}
+    args.out.write_text(json.dumps(saved, indent=1))
     if args.save_facts:
         from autocomp.predictor import PRECISION_NAME, predictor_dir
 

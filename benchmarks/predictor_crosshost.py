@@ -3,6 +3,7 @@ measurements of another, scored on other measurements of that other one.
 
     python benchmarks/predictor_crosshost.py                       # shipped cpu-ort source -> this host's table
     python benchmarks/predictor_crosshost.py --source-fp ID --target PATH/measurements.parquet
+    python benchmarks/predictor_crosshost.py --space fbnet-224 --source-device cpu-ort --target PATH  # another space
 
 Source: a predictor of one fingerprint (``predictors/<device>/<id>/``). Target: a measurement table
 of another fingerprint. The target table is split in two by a seeded permutation: the adaptation
@@ -27,7 +28,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from autocomp.predictor import load_predictor  # noqa: E402
+from autocomp.predictor import load_predictor, space_root  # noqa: E402
 from autocomp.predictor.campaign import read_table, tables  # noqa: E402
 from autocomp.predictor.model import candidates_of, fit, host_info, metrics  # noqa: E402
 from autocomp.predictor.transfer import METHODS, adapt  # noqa: E402
@@ -56,6 +57,7 @@ def score(source, adapt_rows, test, method: str, fp: dict) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--source-device", default="cpu-ort")
+    ap.add_argument("--space", default=None, help="the space of source and target (default: the default space)")
     ap.add_argument("--source-fp", default=None, help="source fingerprint id (default: the only shipped one of the device)")
     ap.add_argument("--target", type=Path, default=None, help="target measurements.parquet (default: this host's cpu-ort table)")
     ap.add_argument("--ks", default="0,5,10,20,50")
@@ -66,7 +68,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args()
 
-    source = load_predictor(args.source_device, args.source_fp)
+    source = load_predictor(args.source_device, args.source_fp, space=args.space)
     if source is None:
         sys.exit(f"no predictor for {args.source_device}")
     if args.target is None:
@@ -74,7 +76,8 @@ def main() -> None:
         from autocomp.measure.fingerprint import fingerprint_id
 
         here = fingerprint_id(get_device(args.source_device).fingerprint())
-        found = [p for root in (predictors_dir(), user_predictors_dir()) for p in tables(args.source_device, root) if p.parent.name == here]
+        found = [p for root in (predictors_dir(), user_predictors_dir()) for p in tables(args.source_device, space_root(root, args.space))
+                 if p.parent.name == here]
         if not found:
             sys.exit(f"no table of this host's fingerprint {here}: run `autocomp measure --device {args.source_device} --n 200`")
         args.target = found[0]
@@ -109,6 +112,7 @@ def main() -> None:
             print(f"k={k:3d} {row['method']:9s} spread: spearman {row['spread']['spearman']:.3f} within10 {row['spread']['within_10pct']:.2f} "
                   f"rmspe {row['spread']['rmspe']:.3f} | random: spearman {r['spearman']:.3f} within10 {r['within_10pct']:.2f}", flush=True)
     out = {
+        "space": source.space.name,
         "source": {"device": args.source_device, "fingerprint_id": source.fingerprint_id, "fingerprint": source.fingerprint,
                    "kind": source.kind},
         "target": {"table": str(args.target), "fingerprint_id": host_info(table)["fingerprint_id"], "fingerprint": target_fp,
