@@ -108,6 +108,8 @@ def search(
     steps = ev.get("train_steps", train_steps) if not _given(ctx, "train_steps") else train_steps
     vsize = ev.get("val_size", val_size) if not _given(ctx, "val_size") else val_size
     from autocomp.config import check_steps
+    # eval fields that flags (or the top level of the configuration) set; run_search takes the rest
+    FLAG_SET = ("weights", "train_steps", "finetune_steps", "val_size", "seed", "train_device")
 
     rsteps = recovery_steps if _given(ctx, "recovery_steps") or "finetune_steps" not in ev else \
         check_steps(ev["finetune_steps"], f"{source}: eval.finetune_steps")
@@ -121,7 +123,8 @@ def search(
                              resume=resume is not None, val_size=vsize,
                              controller_options=stored.get("controller_options") or None, top_k=top_k,
                              distill_steps=distill_steps, calibrate=0 if no_calibrate else calibrate,
-                             train_device=train_device, recovery_steps=rsteps)
+                             train_device=train_device, recovery_steps=rsteps,
+                             eval_options={k: v for k, v in ev.items() if k not in FLAG_SET})
     if json_out:
         print_json({**summary, "run_dir": str(cfg.out)})
 

@@ -81,7 +81,7 @@ def _latency_model(device: Device, space, model_dir: Path, resume: bool, k: int,
 def run_search(cfg: SearchConfig, train_steps: int = 100, console: Console | None = None, *, resume: bool = False,
                val_size: int | None = None, controller_options: dict | None = None, predictor=None,
                top_k: int = 0, distill_steps: int = 0, calibrate: int = DEFAULT_K, confirm: int = 2, train_device: str = "auto",
-               data=None, space=None, row_callback=None, recovery_steps: int = 0) -> dict:
+               data=None, space=None, row_callback=None, recovery_steps: int = 0, eval_options: dict | None = None) -> dict:
     """Run (or with ``resume`` continue) a search; writes config.json, results.csv, summary.json in ``cfg.out``.
 
     A run directory that already holds a run is refused unless ``resume``; a resumed run must use the
@@ -99,6 +99,9 @@ def run_search(cfg: SearchConfig, train_steps: int = 100, console: Console | Non
     ``recovery_steps``: the recovery of each scored candidate after pruning and factorisation,
     before quantization (the network family distils from the unmodified network; the built-in
     families fine-tune on the labels); 0: none. config.json keeps it as ``eval.finetune_steps``.
+    ``eval_options``: the other scoring settings of :class:`~autocomp.evaluate.EvalSettings`
+    (BatchNorm and int8 calibration images, batch sizes, ...), from a run's ``eval`` (``--config``,
+    ``--resume``): a run is scored as its configuration says.
     """
     from autocomp.config import check_steps
 
@@ -114,9 +117,9 @@ def run_search(cfg: SearchConfig, train_steps: int = 100, console: Console | Non
     train_device = check_train_device(train_device)  # cuda without a GPU: one line, before Ray starts
     space = (space if space is not None else space_for(cfg.space, cfg.model, cfg.weights, cfg.input)).restrict_precisions(list(device.precisions))
     check_controller(cfg.controller, controller_options)  # unknown controller or option: fail before anything starts
-    settings = EvalSettings(weights=cfg.weights, train_steps=train_steps, seed=cfg.seed, train_device=train_device,
-                            finetune_steps=check_steps(recovery_steps, "recovery_steps"),
-                            **({"val_size": val_size} if val_size else {}))
+    settings = eval_settings(eval_options, weights=cfg.weights, train_steps=train_steps, seed=cfg.seed, train_device=train_device,
+                             finetune_steps=check_steps(recovery_steps, "recovery_steps"),
+                             **({"val_size": val_size} if val_size else {}))
     config = {"schema_version": SCHEMA_VERSION, **json.loads(cfg.model_dump_json()), "eval": settings.model_dump(),
               "device_protocol": device.options, "controller_options": controller_options or {}}
     if live_sha256(space):  # the nn.Module object's state_dict: a resume from Python must hand over the same
@@ -255,6 +258,27 @@ def _run_locked(cfg: SearchConfig, config: dict, device: Device, space, settings
     write_json(cfg.out / "summary.json", summary)
     print_summary(summary, cfg.budget_ms, console)
     return summary
+
+
+# EvalSettings fields a run's configuration sets beyond what its flags set
+EVAL_OPTIONS = ("bn_images", "bn_batch_size", "bn_after_extract", "channels_last", "batch_size", "lr", "val_batch_size",
+                "calib_images", "calib_batch_size")
+
+
+def eval_settings(options: dict | None, **flags) -> EvalSettings:
+    """:class:`EvalSettings` of the flags plus ``options`` (:data:`EVAL_OPTIONS` of a run's ``eval``);
+    a bad option is one line naming it."""
+    from pydantic import ValidationError
+
+    options = dict(options or {})
+    unknown = [k for k in options if k not in EVAL_OPTIONS]
+    if unknown:
+        raise UserError(f"eval.{unknown[0]}", "not a scoring option a configuration sets", f"one of {', '.join(EVAL_OPTIONS)}")
+    try:
+        return EvalSettings(**{**options, **flags})
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise UserError(f"eval.{'.'.join(str(x) for x in err['loc'])}", f"{err['msg']} (got {err.get('input')!r})") from None
 
 
 def _confirm(rows: list[dict], budget_ms: float, k: int, space, data, settings: EvalSettings) -> list[dict]:

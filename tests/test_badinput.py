@@ -143,6 +143,8 @@ CASES = [
     Case("config-not-utf8", ("search", "--config", "{t}/c.yaml"), "is not UTF-8", _write("c.yaml", b"budget_ms: \xff\n")),
     Case("config-a-list", ("search", "--config", "{t}/c.yaml"), "holds a list", _write("c.yaml", "- 1\n")),
     Case("config-bad-value", ("search", "--config", "{t}/c.yaml"), "trials", _write("c.yaml", "budget_ms: 5\ntrials: 0\n")),
+    Case("config-eval-unknown", ("search", "--config", "{t}/c.yaml"), "eval.bogus: not a scoring option", _write("c.yaml", "budget_ms: 5\neval: {bogus: 1}\n")),
+    Case("config-eval-bad-value", ("search", "--config", "{t}/c.yaml"), "eval.bn_images", _write("c.yaml", "budget_ms: 5\neval: {bn_images: many}\n")),
     Case("config-conflicting-flag", ("search", "--config", "{t}/c.yaml", "--budget", "6ms"), "contradicts", _write("c.yaml", "budget: 5ms\n")),
     # --space: a safe YAML whose name is a safe file name and not a shipped space's with other content
     Case("space-not-utf8", (*SEARCH, "--space", "{t}/s.yaml", "--out", "{t}/o"), "not UTF-8", _write("s.yaml", b"\xfe\xff")),
