@@ -4,6 +4,7 @@ this host's calibrated latency model. Kept in benchmarks/results/search_pool.jso
 built once and extended by whatever the controllers propose that is not in it yet.
 
     python benchmarks/search_pool.py --uniform 100 --band 200 --budget 2.0    # build (or extend) the pool
+    python benchmarks/search_pool.py --size 300                               # extend it up to 300 candidates
 """
 
 from __future__ import annotations
@@ -111,6 +112,7 @@ def main() -> None:
     ap.add_argument("--band", type=int, default=200)
     ap.add_argument("--budget", type=float, default=2.0)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--size", type=int, default=None, help="stop once the pool holds this many candidates")
     args = ap.parse_args()
     from autocomp.space import get_space
 
@@ -126,6 +128,8 @@ def main() -> None:
     ev = PoolEvaluator(space, pred)
     t0 = time.time()
     for i, c in enumerate(order):
+        if args.size is not None and len(ev.pool) >= args.size:
+            break
         if c.id in ev.pool:
             continue
         r = ev(c)

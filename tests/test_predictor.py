@@ -227,6 +227,12 @@ def test_a_predictor_is_found_only_for_its_own_fingerprint(tmp_path):
     assert find_predictor("cpu-ort", here, [tmp_path], fbnet.name).space.name == "fbnet-224"
     assert find_predictor("cpu-ort", here, [tmp_path]).space.name == SPACE.name
     assert find_predictor("cpu-ort", here, [tmp_path], SPACE.name).space.name == SPACE.name
+    # a cache written before tables were per space holds another space's predictor where the default
+    # space's goes: it is passed over for the next root's (the shipped one), never used for this space
+    stale = tmp_path / "stale"
+    other.save(predictor_dir("cpu-ort", fingerprint_id(here), stale))
+    assert find_predictor("cpu-ort", here, [stale]) is None
+    assert find_predictor("cpu-ort", here, [stale, tmp_path]).space.name == SPACE.name
 
 
 def test_transfer_recalibration_recovers_a_new_device():

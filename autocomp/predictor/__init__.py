@@ -73,10 +73,12 @@ def find_predictor(device_name: str, fingerprint: dict, roots: list[Path] | None
                    space: str | None = None) -> Predictor | None:
     """The predictor of ``space`` measured on exactly this fingerprint (the user's cache first, then
     shipped), or None."""
+    from autocomp.space import DEFAULT_SPACE
+
     fid = fingerprint_id(fingerprint)
     for root in roots if roots is not None else [user_predictors_dir(), predictors_dir()]:
         pred = load_predictor(device_name, fid, root, space)
-        if pred is not None:
+        if pred is not None and pred.space.name == (space or DEFAULT_SPACE):  # a cache written before tables were per space may hold another's
             return pred
     return None
 
@@ -87,6 +89,7 @@ def nearest_predictor(device_name: str, fingerprint: dict, devices: list[str] | 
     (the source of a calibration), among ``device_name``'s and then those of ``devices``; None when
     there is none. A predictor that does not load is passed over (it is not this fingerprint's)."""
     from autocomp.errors import UserError
+    from autocomp.space import DEFAULT_SPACE
 
     best, best_score = None, 0.0
     for name in [device_name, *(devices or [])]:
@@ -94,6 +97,8 @@ def nearest_predictor(device_name: str, fingerprint: dict, devices: list[str] | 
             try:
                 pred = Predictor.load(d)
             except UserError:
+                continue
+            if pred.space.name != (space or DEFAULT_SPACE):
                 continue
             score = similarity(pred.fingerprint, fingerprint) + (0.25 if name == device_name else 0.0)
             if score > best_score:

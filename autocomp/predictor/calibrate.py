@@ -88,6 +88,8 @@ def _load_cached(device: str, fp: dict, space: SearchSpace, say: Callable[[str],
         pred = Predictor.load(d)
         if pred.fingerprint_id != fingerprint_id(fp):
             raise UserError(str(d / "predictor.json"), f"fingerprint {pred.fingerprint_id!r}", fingerprint_id(fp))
+        if pred.space.name != space.name:  # written before calibrations were kept per space
+            raise UserError(str(d / "predictor.json"), f"a predictor of space {pred.space.name!r}", f"one of {space.name!r}")
         return pred
     except UserError as e:
         aside = d.with_name(d.name + f".corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
