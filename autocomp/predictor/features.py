@@ -3,7 +3,8 @@
 The unit is the *fused layer group* as inference engines run it: conv + BN + activation is one
 kernel (BN folds into the conv, ReLU fuses), so every convolution of the network is one group with
 its MACs, weights and activation traffic, at the precision of its candidate layer group. Low-rank
-pairs are two groups; a residual add is its own (memory-bound) group; fp16 groups pay a Cast at each
+pairs are two groups; a residual add is its own (memory-bound) group, and so is a data move (a
+channel shuffle: a layer table's ``move`` rows; mbv2 has none); fp16 groups pay a Cast at each
 border; int8 groups carry QuantizeLinear/DequantizeLinear pairs (QDQ) on their input activation.
 
 :func:`block_arrays` turns candidates into fixed-size numpy arrays (one Python pass over the blocks,
