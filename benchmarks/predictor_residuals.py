@@ -148,7 +148,7 @@ def main() -> None:
     order = np.argsort(pd.to_datetime(table["measured_at"]).map(lambda t: t.timestamp()).to_numpy(), kind="stable")
     g = group_features(candidates_of(table), space, block=nchwc_block(host_info(table)["fingerprint"]))
     res = {"command": "python benchmarks/predictor_residuals.py " + " ".join(f"--{k} {v}" for k, v in (("root", args.root), ("device", args.device)))
-           + (" --graph" if args.graph else ""), "table": str(tables[0]), "rows": int(len(y)), "space": space.name,
+           + (" --graph" if args.graph else ""), "table": str(tables[0]), "rows": len(y), "space": space.name,
            "group_features": {"n_features": int(g.shape[1]), **residuals(g, y, order)}}
     if args.graph:
         with tempfile.TemporaryDirectory() as tmp:
