@@ -190,6 +190,48 @@ def test_compressed_candidate_exports_and_matches_its_layer_table(s32, tmp_path)
     assert not np.allclose(x[0], x[1])
 
 
+def test_channel_shuffles_are_the_move_rows_of_the_layer_table(s32, tmp_path):
+    """Every ``_g2`` layer's channel shuffle is one ``move`` row of the layer table: the exported
+    graph has one shuffle Transpose per such row, moving exactly the row's elements (read from the
+    exported model run once), in float, fp16 and int8 layers and after pruning; the predictor's
+    features count those moves and elements (``moves``, ``move_elems``)."""
+    from onnx import TensorProto, helper, shape_inference
+
+    from autocomp.predictor.features import n_levels_of, table_acc
+
+    d = F.from_ops(FBNET_A, s32).to_dict()
+    blocks = [b for st in d["stages"] for b in st["blocks"]]
+    grouped = [i for i, op in enumerate(FBNET_A) if op.endswith("_g2")]
+    for i, b in enumerate(blocks):  # the grouped layers get int8, fp32 and fp16, the first and the last pruned
+        b["precision"] = ("int8", "fp32", "fp16")[grouped.index(i) if i in grouped else i % 3]
+        b["keep"] = 0.5 if i in (grouped[0], grouped[-1]) else 1.0
+    cand = Candidate.from_dict(d)
+    s32.validate_candidate(cand)
+    table = get_family(s32).layer_table(cand, s32)
+    moves = [r for r in table if r.op == "move"]
+    assert len(moves) == sum(op.endswith("_g2") for op in FBNET_A) == 3
+    assert {r.precision for r in moves} == {"int8", "fp32", "fp16"}
+    assert all(r.macs == 0 and r.params == 0 for r in moves)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        model = compress(get_family(s32).build(cand, s32).eval(), cand, None, s32, [torch.randn(4, 3, 32, 32)])
+    path = to_onnx(model, tmp_path / "m.onnx", (3, 32, 32))
+    m = shape_inference.infer_shapes(onnx.load(str(path)))
+    types = {v.name: v.type.tensor_type.elem_type for v in m.graph.value_info}
+    shuffles = [n.output[0] for n in m.graph.node if n.op_type == "Transpose" and "shuffle" in n.name]
+    assert len(shuffles) == len(moves)
+    for name in shuffles:
+        m.graph.output.append(helper.make_tensor_value_info(name, types.get(name, TensorProto.FLOAT), None))
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    outs = sess.run(shuffles, {"input": np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32)})
+    assert sorted(o.size for o in outs) == sorted(int(r.cout * r.out_hw) for r in moves)
+    acc = table_acc([table, get_family(s32).layer_table(F.from_ops(FBNET_A, s32), s32)], n_levels_of(s32))
+    assert acc.moves[0] == len(moves) and acc.move_elems[0] == sum(o.size for o in outs)
+    assert acc.move_elems[1] > acc.move_elems[0]  # unpruned: the shuffles move more
+
+
 def test_supernet_trains_and_extracts_a_candidates_weights(s32):
     # the 32x32 space with a few of its ops (plain, grouped, skip) and a narrow head: the same code path, cheaper
     few = ["k3_e1_g2", "k5_e6", "skip"]

@@ -79,11 +79,15 @@ class LayerGroup:
     rank: float = 1.0
 
 
+MEMORY_OPS = ("add", "move")  # layer-table ops without weights or MACs (memory-bound)
+
+
 @dataclass(frozen=True)
 class Layer:
     """One fused layer of a compressed candidate as an inference engine runs it (conv + BN + act is
-    one kernel; a low-rank conv is two or three rows). ``op``: ``conv``, ``gemm`` or ``add`` (a
-    residual add; ``cout`` its channels). ``kind``: ``full`` (dense kxk), ``pw`` (1x1), ``dw``
+    one kernel; a low-rank conv is two or three rows). ``op``: ``conv``, ``gemm``, ``add`` (a
+    residual add; ``cout`` its channels) or ``move`` (a copy that moves every element of a
+    ``cout`` x ``out_hw`` activation and computes nothing: a channel shuffle, a transpose). ``kind``: ``full`` (dense kxk), ``pw`` (1x1), ``dw``
     (depthwise) or ``fc``. Areas are in pixels; ``level`` is the resolution level (number of
     stride-2 steps before it). ``blocked``: whether its channel counts enter the NCHWc-layout terms."""
 
@@ -105,13 +109,13 @@ class Layer:
 
     @property
     def macs(self) -> float:
-        if self.op == "add":
+        if self.op in MEMORY_OPS:
             return 0.0
         return self.cin / self.groups * self.cout * self.kernel * self.kernel * self.out_hw
 
     @property
     def params(self) -> float:
-        return 0.0 if self.op == "add" else self.cin / self.groups * self.cout * self.kernel * self.kernel
+        return 0.0 if self.op in MEMORY_OPS else self.cin / self.groups * self.cout * self.kernel * self.kernel
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)

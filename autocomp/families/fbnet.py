@@ -278,6 +278,8 @@ def _block_rows(i: int, cin: int, cout: int, stride: int, in_hw: float, out_hw: 
         return tuple(_pw(cin, cout, 1, rank, stride, in_hw, out_hw, p, level, g)) if stride != 1 or cin != cout else ()
     hid = kept_hidden(cin * e, keep, groups)
     rows = _pw(cin, hid, groups, rank, 1, in_hw, in_hw, p, lin, g)
+    if groups > 1:  # the channel shuffle: reshape -> transpose -> reshape, one copy of the hidden activation
+        rows.append(Layer("move", "pw", hid, hid, 1, 1, 1, in_hw, in_hw, p, lin, g))
     rows.append(Layer("conv", "dw", hid, hid, k, stride, hid, in_hw, out_hw, p, level, g))
     rows += _pw(hid, cout, groups, rank, 1, out_hw, out_hw, p, level, g)
     if stride == 1 and cin == cout:

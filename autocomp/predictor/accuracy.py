@@ -82,7 +82,7 @@ def layer_features(space: SearchSpace, cand: Candidate) -> list[float]:
             continue
         if r.op == "add":
             res[i] = True
-        else:
+        elif r.op != "move":  # a shuffle's channels are its neighbours' (no width of its own)
             w = float(max(r.cin if r.kind == "dw" else min(r.cin, r.cout), 1))
             width[i] = min(width[i], w)
             if r.kind == "dw":

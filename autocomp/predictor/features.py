@@ -3,7 +3,8 @@
 The unit is the *fused layer group* as inference engines run it: conv + BN + activation is one
 kernel (BN folds into the conv, ReLU fuses), so every convolution of the network is one group with
 its MACs, weights and activation traffic, at the precision of its candidate layer group. Low-rank
-pairs are two groups; a residual add is its own (memory-bound) group; fp16 groups pay a Cast at each
+pairs are two groups; a residual add is its own (memory-bound) group, and so is a data move (a
+channel shuffle: a layer table's ``move`` rows; mbv2 has none); fp16 groups pay a Cast at each
 border; int8 groups carry QuantizeLinear/DequantizeLinear pairs (QDQ) on their input activation.
 
 :func:`block_arrays` turns candidates into fixed-size numpy arrays (one Python pass over the blocks,
@@ -103,7 +104,7 @@ def _layout(n_levels: int) -> dict[str, tuple[int, int, tuple[int, ...]]]:
     shapes = [("macs", (3, len(KINDS))), ("traffic", (3, len(KINDS))), ("count", (3, len(KINDS))), ("params", (3,)),
               ("qdq_elems", ()), ("qdq_pairs", ()), ("level_macs", (n_levels,)), ("nchw_macs", (2,)), ("nchw_traffic", ()),
               ("nchw_groups", ()), ("dw_macs_k", (2, len(DW_KERNELS))), ("adds", ()), ("add_elems", ()),
-              ("cast_elems", ()), ("casts", ())]
+              ("cast_elems", ()), ("casts", ()), ("move_elems", ()), ("moves", ())]
     out, col = {}, 0
     for name, shape in shapes:
         size = math.prod(shape)
@@ -118,7 +119,7 @@ class _Acc:
     per-(precision, kind) sums of MACs, activation traffic and group counts (N, 3, kinds), params per
     precision, QDQ elements/pairs (activation QDQ + weight DQ per int8 group), MACs per resolution
     level, float convs outside the blocked layout, depthwise MACs by (float|int8, kernel), residual
-    adds, and fp16-border casts."""
+    adds, fp16-border casts and data moves (channel shuffles: ``move`` rows of a layer table)."""
 
     def __init__(self, n: int, n_levels: int, values: np.ndarray | None = None):
         self.layout = _layout(n_levels)
@@ -437,7 +438,7 @@ def group_feature_names() -> list[str]:
     names = [f"{q}_{p}_{k}" for q in ("macs", "traffic", "groups") for p in PRECISIONS for k in KINDS]
     return (names + ["cast_elems", "casts", "qdq_elems", "add_elems", "adds", "int8_weights",
                      "nchw_macs_pw", "nchw_macs_dw", "nchw_traffic", "nchw_groups"]
-            + [f"dw_macs_{q}_k{k}" for q in ("float", "int8") for k in DW_KERNELS] + ["const"])
+            + [f"dw_macs_{q}_k{k}" for q in ("float", "int8") for k in DW_KERNELS] + ["move_elems", "moves", "const"])
 
 
 def group_features(candidates: Sequence[Candidate], space: SearchSpace, acc: _Acc | None = None,
@@ -448,7 +449,8 @@ def group_features(candidates: Sequence[Candidate], space: SearchSpace, acc: _Ac
     cols = [acc.macs.reshape(n, -1) / 1e6, acc.traffic.reshape(n, -1) / 1e5, acc.count.reshape(n, -1),
             (acc.cast_elems / 1e5)[:, None], acc.casts[:, None], (acc.qdq_elems / 1e5)[:, None],
             (acc.add_elems / 1e5)[:, None], acc.adds[:, None], (acc.params[:, 2] / 1e5)[:, None],
-            acc.nchw_macs / 1e6, (acc.nchw_traffic / 1e5)[:, None], acc.nchw_groups[:, None], acc.dw_macs_k.reshape(n, -1) / 1e6, np.ones((n, 1))]
+            acc.nchw_macs / 1e6, (acc.nchw_traffic / 1e5)[:, None], acc.nchw_groups[:, None], acc.dw_macs_k.reshape(n, -1) / 1e6,
+            (acc.move_elems / 1e5)[:, None], acc.moves[:, None], np.ones((n, 1))]
     return np.concatenate(cols, axis=1)
 
 
@@ -494,7 +496,8 @@ def table_acc(tables: Sequence[Sequence], n_levels: int, block: int = NCHWC_BLOC
     (:meth:`autocomp.families.Family.layer_table`): how any family other than the vectorised mbv2 is
     analysed. Per layer: MACs / activation traffic / group count / params per (precision, kind),
     QDQ on the input of every int8 layer, MACs per resolution level, float convs outside the blocked
-    (NCHWc) layout (rows with ``blocked``), depthwise MACs by kernel, residual adds, and fp16 casts
+    (NCHWc) layout (rows with ``blocked``), depthwise MACs by kernel, residual adds, data moves
+    (``move`` rows, e.g. a channel shuffle: elements and count), and fp16 casts
     at the borders of layer groups (the cast of the network input into an fp16 first group counts
     in ``cast_elems`` only, as in :func:`analyse`). One Python pass gathers the rows of all tables
     into arrays; the sums are vectorised (``np.add.at``)."""
@@ -512,7 +515,7 @@ def table_acc(tables: Sequence[Sequence], n_levels: int, block: int = NCHWC_BLOC
             if r.group != group:
                 starts.append((n, p, r.cin * r.in_hw, group is None))
                 group = r.group
-            cols.append((n, p, kinds.get(r.kind, 0), r.op == "add", r.cin, r.cout, r.kernel, r.groups, r.in_hw,
+            cols.append((n, p, kinds.get(r.kind, 0), r.op == "add", r.op == "move", r.cin, r.cout, r.kernel, r.groups, r.in_hw,
                          r.out_hw, r.level, r.kind == "dw", r.kind == "fc", r.blocked))
         if r is not None:
             ends.append((n, starts[-1][1], r.cout * r.out_hw))
@@ -520,9 +523,9 @@ def table_acc(tables: Sequence[Sequence], n_levels: int, block: int = NCHWC_BLOC
         return acc
     a = np.array(cols, dtype=float)
     cand, prec, kind = a[:, 0].astype(int), a[:, 1].astype(int), a[:, 2].astype(int)
-    is_add, cin, cout, kernel, grp, in_hw, out_hw = a[:, 3] > 0, a[:, 4], a[:, 5], a[:, 6], a[:, 7], a[:, 8], a[:, 9]
-    level, dw, fc, blocked = np.minimum(a[:, 10].astype(int), n_levels - 1), a[:, 11] > 0, a[:, 12] > 0, a[:, 13] > 0
-    conv = ~is_add
+    is_add, is_move, cin, cout, kernel, grp, in_hw, out_hw = a[:, 3] > 0, a[:, 4] > 0, a[:, 5], a[:, 6], a[:, 7], a[:, 8], a[:, 9], a[:, 10]
+    level, dw, fc, blocked = np.minimum(a[:, 11].astype(int), n_levels - 1), a[:, 12] > 0, a[:, 13] > 0, a[:, 14] > 0
+    conv = ~is_add & ~is_move
     params = np.where(conv, cin / grp * cout * kernel * kernel, 0.0)
     macs = params * out_hw
     traffic = cin * in_hw + cout * out_hw
@@ -537,6 +540,8 @@ def table_acc(tables: Sequence[Sequence], n_levels: int, block: int = NCHWC_BLOC
     zero = np.zeros(len(a), dtype=int)
     put("adds", zero, np.ones(len(a)), is_add)
     put("add_elems", zero, cout * out_hw, is_add)
+    put("moves", zero, np.ones(len(a)), is_move)
+    put("move_elems", zero, cout * out_hw, is_move)
     put("macs", pk, macs, conv)
     put("traffic", pk, traffic, conv)
     put("count", pk, np.ones(len(a)), conv)
