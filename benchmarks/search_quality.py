@@ -109,6 +109,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--budget", type=float, default=2.0, help="ms; binds on this host (largest member ~4.7 ms)")
     ap.add_argument("--no-sequential", action="store_true")
+    ap.add_argument("--tag", default="", help="suffix of the saved JSON (parts run side by side share the pool)")
     args = ap.parse_args()
 
     from autocomp.space import Candidate, get_space
@@ -148,7 +149,7 @@ def main() -> None:
                "sequential": not args.no_sequential, "table": table, "wall_s": round(time.time() - t0, 1), "load_avg": load_avg(),
                "runs": {k: {n: {s: [r["id"] for r in rows] for s, rows in v.items()} for n, v in by_n.items()} for k, by_n in runs.items()}}
     full = set(args.controllers) == {"random", "evolution", "nsga2", "apq", "budget"} and args.trials == [16, 64] and len(args.seeds) == 3
-    path = save("search_quality" if full else f"search_quality_t{'-'.join(map(str, args.trials))}_s{len(args.seeds)}", payload)
+    path = save(("search_quality" if full else f"search_quality_t{'-'.join(map(str, args.trials))}_s{len(args.seeds)}") + args.tag, payload)
     print(f"saved {path}")
 
 
