@@ -73,11 +73,15 @@ def find_predictor(device_name: str, fingerprint: dict, roots: list[Path] | None
                    space: str | None = None) -> Predictor | None:
     """The predictor of ``space`` measured on exactly this fingerprint (the user's cache first, then
     shipped), or None."""
+    from autocomp.errors import UserError
     from autocomp.space import DEFAULT_SPACE
 
     fid = fingerprint_id(fingerprint)
     for root in roots if roots is not None else [user_predictors_dir(), predictors_dir()]:
-        pred = load_predictor(device_name, fid, root, space)
+        try:
+            pred = load_predictor(device_name, fid, root, space)
+        except UserError:  # one a search would set aside (corrupt, or of an older feature set): the next root's
+            continue
         if pred is not None and pred.space.name == (space or DEFAULT_SPACE):  # a cache written before tables were per space may hold another's
             return pred
     return None
