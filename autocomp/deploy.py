@@ -28,6 +28,7 @@ from autocomp.evaluate import EvalSettings, _chain
 from autocomp.export import OPSET, check_onnx, compare_outputs, to_onnx, trtexec_script
 from autocomp.measure import Device
 from autocomp.measure.base import Int8Scheme
+from autocomp.measure.onnxruntime import ACCURACY_BATCH
 from autocomp.measure.onnxruntime import accuracy as ort_accuracy
 from autocomp.families import get_family
 from autocomp.measure.trtexec import onnx_policy
@@ -54,7 +55,7 @@ def onnx_accuracy(model: nn.Module, data: Dataset, splits: tuple[str, ...] = ("v
     """Accuracy of the model as exported (ONNX Runtime), per split."""
     with tempfile.TemporaryDirectory() as tmp:
         path = to_onnx(model, Path(tmp) / "m.onnx", data.input_shape)
-        return {s: ort_accuracy(path, data.batches(getattr(data, s), 500)) for s in splits}
+        return {s: ort_accuracy(path, data.batches(getattr(data, s), ACCURACY_BATCH)) for s in splits}
 
 
 def onnx_precision_report(path: Path, candidate: Candidate, space: SearchSpace | None = None) -> tuple[dict[str, int], list[str]]:
@@ -83,9 +84,11 @@ def export_winner(
     # weights -> prune -> low-rank -> BN recalibration -> recovery -> int8 (fp16 casts after distillation)
     model = _chain(candidate, space, data, settings, "no-fp16", int8)
     macs = int(sum(layer.macs for layer in get_family(space).layer_table(candidate, space)))
-    before = onnx_accuracy(apply_fp16(_clone(model), candidate, space), data)
+    distilled = teacher is not None and kd is not None and kd.steps > 0
+    # without distillation the model scored "before" is the one exported: it is scored once, below
+    before = onnx_accuracy(apply_fp16(_clone(model), candidate, space), data) if distilled else None
     kd_summary = None
-    if teacher is not None and kd is not None and kd.steps > 0:
+    if distilled:
         console.print(f"  distilling {candidate.id} ({'+'.join(kd.kinds)}, {kd.steps} steps; int8 layers trained through fake-quant)")
         kd_summary = distill(model, teacher, data, kd)
     model = apply_fp16(model, candidate, space)
@@ -93,7 +96,8 @@ def export_winner(
     onnx_path = to_onnx(model, out_dir / "model.onnx", data.input_shape)
     opset = check_onnx(onnx_path)
     layer_counts, placement_problems = onnx_precision_report(onnx_path, candidate, space)
-    after = {s: ort_accuracy(onnx_path, data.batches(getattr(data, s), 500)) for s in ("val", "test")}
+    after = {s: ort_accuracy(onnx_path, data.batches(getattr(data, s), ACCURACY_BATCH)) for s in ("val", "test")}
+    before = before or dict(after)
     x, _ = next(data.batches(data.test, 256))
     diff, agreement = compare_outputs(model, onnx_path, x)
     precision = candidate.precision
@@ -169,7 +173,7 @@ def teacher_figures(teacher: nn.Module, data: Dataset, device: Device, out_dir: 
     """The teacher's accuracy (val/test, exported) and measured latency on the device."""
     out_dir.mkdir(parents=True, exist_ok=True)
     path = to_onnx(teacher, out_dir / "teacher.onnx", data.input_shape)
-    acc = {s: ort_accuracy(path, data.batches(getattr(data, s), 500)) for s in ("val", "test")}
+    acc = {s: ort_accuracy(path, data.batches(getattr(data, s), ACCURACY_BATCH)) for s in ("val", "test")}
     lat = device.measure(path, "fp32").to_dict()
     return {"accuracy_val": acc["val"], "accuracy_test": acc["test"], "measured_latency_ms": lat["median_ms"],
             "measurement": lat, "params": count_params(teacher), "opset": OPSET}

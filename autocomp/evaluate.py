@@ -34,6 +34,7 @@ from autocomp.families import get_family
 from autocomp.families.mbv2 import supernet_path  # noqa: F401  (where it used to live)
 from autocomp.measure import get_device
 from autocomp.measure.base import Int8Scheme
+from autocomp.measure.onnxruntime import ACCURACY_BATCH
 from autocomp.measure.onnxruntime import accuracy as ort_accuracy
 from autocomp.models.mbv2 import count_params
 from autocomp.space import Candidate, SearchSpace
@@ -55,7 +56,7 @@ class EvalSettings(BaseModel):
     batch_size: int = 128  # training batches (from scratch, recovery)
     lr: float = 3e-3
     val_size: int = 2000  # validation images used to score a candidate (standard error ~0.3 points at 98%)
-    val_batch_size: int = 100
+    val_batch_size: int = ACCURACY_BATCH  # small batches run fastest in ONNX Runtime (measure/onnxruntime.py)
     calib_images: int = 256  # int8 activation calibration images (of the training split)
     calib_batch_size: int = 32
     seed: int = 0
@@ -150,7 +151,7 @@ def score(candidate: Candidate, space: SearchSpace, data: Dataset, settings: Eva
     return Scored(blob, acc, params, len(blob), time.perf_counter() - t0, standard_error(acc, len(val)), len(val), int8.label)
 
 
-def confirm(onnx: bytes, data: Dataset, batch_size: int = 100) -> tuple[float, float, int]:
+def confirm(onnx: bytes, data: Dataset, batch_size: int = ACCURACY_BATCH) -> tuple[float, float, int]:
     """(accuracy, standard error, images) of an exported model on the whole validation split: the
     winners of a search, scored on a subset, are confirmed with it."""
     with tempfile.TemporaryDirectory() as tmp:

@@ -283,18 +283,38 @@ def eval_settings(options: dict | None, **flags) -> EvalSettings:
 
 def _confirm(rows: list[dict], budget_ms: float, k: int, space, data, settings: EvalSettings) -> list[dict]:
     """The ``k`` best under the budget (scored on a validation subset) re-scored on the whole split."""
-    from autocomp.evaluate import confirm_candidates
+    import ray
+
+    from autocomp.measure.base import Int8Scheme
     from autocomp.rundir import under_budget
     from autocomp.space import Candidate
 
     top = under_budget([r for r in rows if r["status"] == "ok"], budget_ms)[:k]
-    from autocomp.measure.base import Int8Scheme
 
-    # each exported as it was scored (its row's int8 export scheme)
-    scored = [confirm_candidates([Candidate.from_json(r["policy"])], space, data, settings,
-                                 Int8Scheme.from_label(r.get("int8_export")))[0] for r in top]
+    # each exported as it was scored (its row's int8 export scheme); side by side on the cluster's CPUs
+    jobs = [(Candidate.from_json(r["policy"]), Int8Scheme.from_label(r.get("int8_export"))) for r in top]
+    if ray.is_initialized() and len(jobs) > 1:
+        task = ray.remote(num_cpus=1, max_retries=0)(_confirm_one)
+        refs = [ray.put(x) for x in (space, data, settings)]
+        scored = ray.get([task.remote(c, *refs, scheme) for c, scheme in jobs])
+    else:
+        scored = [_confirm_one(c, space, data, settings, scheme) for c, scheme in jobs]
     return [{"id": r["id"], "accuracy_subset": r["accuracy"], "accuracy": round(s.accuracy, 5),
              "accuracy_se": round(s.accuracy_se, 5), "val_images": s.val_images} for r, s in zip(top, scored)]
+
+
+def _confirm_one(candidate, space, data, settings: EvalSettings, int8):
+    """One candidate scored on the whole validation split (one thread: confirmations run side by side)."""
+    import torch
+
+    from autocomp.evaluate import confirm_candidates
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return confirm_candidates([candidate], space, data, settings, int8)[0]
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _check_run_dir(cfg: SearchConfig, config: dict, resume: bool) -> None:

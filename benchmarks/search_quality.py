@@ -11,6 +11,7 @@ The best-known accuracy under the budget is the best of everything scored (pool 
 
     python benchmarks/search_quality.py                                      # the full table (hours on 2 cores)
     python benchmarks/search_quality.py --controllers random budget --trials 16 --seeds 0 --no-sequential   # reduced
+    python benchmarks/search_quality.py --combine benchmarks/results/search_quality_t*_part*.json   # parts -> one table
 """
 
 from __future__ import annotations
@@ -24,11 +25,9 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).parent))
-from search_common import latency_model, load_avg, save  # noqa: E402
-from search_pool import PoolEvaluator  # noqa: E402
+from search_common import latency_model, load_avg, save
+from search_pool import PoolEvaluator
 
 OPTIONS = {"evolution": {"population": 8, "generation": 4}, "nsga2": {"population": 4}, "apq": {"min_train": 8}}
 
@@ -104,13 +103,18 @@ def metrics(rows: list[dict], budget: float, best_known: float) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--controllers", nargs="+", default=["random", "evolution", "nsga2", "apq", "budget"])
+    ap.add_argument("--controllers", nargs="*", default=["random", "evolution", "nsga2", "apq", "budget"],
+                    help="none: only the sequential search (unless --no-sequential)")
     ap.add_argument("--trials", type=int, nargs="+", default=[16, 64])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--budget", type=float, default=2.0, help="ms; binds on this host (largest member ~4.7 ms)")
     ap.add_argument("--no-sequential", action="store_true")
     ap.add_argument("--tag", default="", help="suffix of the saved JSON (parts run side by side share the pool)")
+    ap.add_argument("--combine", nargs="+", type=Path, metavar="PART.json",
+                    help="no search: one table (search_quality.json) from saved parts, against the pool as it is now")
     args = ap.parse_args()
+    if args.combine:
+        return combine(args.combine)
 
     from autocomp.space import Candidate, get_space
 
@@ -133,24 +137,61 @@ def main() -> None:
                     run_controller(name, space, seed, ev, args.budget, n, log)
                 runs.setdefault(name, {}).setdefault(n, {})[seed] = rows
     ev.save()
-    fit_all = [r["accuracy"] for r in ev.pool.values() if r["predicted_ms"] <= args.budget]
-    best_known = max(fit_all)
-    table = {}
-    for name, by_n in runs.items():
-        for n, by_seed in by_n.items():
-            ms = [metrics(rows, args.budget, best_known) for rows in by_seed.values()]
-            agg = {k: statistics.mean(m[k] for m in ms if m[k] is not None) for k in ("regret_points", "budget_share", "hypervolume")}
-            table.setdefault(name, {})[n] = {"mean": agg, "per_seed": dict(zip(by_seed, ms))}
-            print(f"{name:<12} {n:>3} trials  regret {agg['regret_points']:6.2f} pts  share {agg['budget_share']:.0%}  "
-                  f"hypervolume {agg['hypervolume']:.4f}  ({len(ms)} seeds)")
+    table, best_known, under = tabulate(runs, ev, args.budget)
     payload = {"budget_ms": args.budget, "latency": what, "accuracy": "autocomp.evaluate.score (default settings)",
-               "best_known_under_budget": best_known, "pool_size": len(ev.pool), "pool_under_budget": len(fit_all),
+               "best_known_under_budget": best_known, "pool_size": len(ev.pool), "pool_under_budget": under,
                "scored_now": ev.added, "controllers": args.controllers, "trials": args.trials, "seeds": args.seeds,
                "sequential": not args.no_sequential, "table": table, "wall_s": round(time.time() - t0, 1), "load_avg": load_avg(),
                "runs": {k: {n: {s: [r["id"] for r in rows] for s, rows in v.items()} for n, v in by_n.items()} for k, by_n in runs.items()}}
     full = set(args.controllers) == {"random", "evolution", "nsga2", "apq", "budget"} and args.trials == [16, 64] and len(args.seeds) == 3
     path = save(("search_quality" if full else f"search_quality_t{'-'.join(map(str, args.trials))}_s{len(args.seeds)}") + args.tag, payload)
     print(f"saved {path}")
+
+
+def tabulate(runs: dict, ev: PoolEvaluator, budget: float) -> tuple[dict, float, int]:
+    """(table, best-known accuracy under ``budget``, pool candidates under it): regret, budget share
+    and hypervolume per controller and trial count, averaged over seeds, against the pool as it is now."""
+    fit_all = [r["accuracy"] for r in ev.pool.values() if r["predicted_ms"] <= budget]
+    best_known = max(fit_all)
+    table = {}
+    for name, by_n in runs.items():
+        for n, by_seed in sorted(by_n.items(), key=lambda kv: int(kv[0])):
+            ms = [metrics(rows, budget, best_known) for rows in by_seed.values()]
+            agg = {k: statistics.mean(m[k] for m in ms if m[k] is not None) for k in ("regret_points", "budget_share", "hypervolume")}
+            table.setdefault(name, {})[n] = {"mean": agg, "per_seed": dict(zip(by_seed, ms))}
+            print(f"{name:<12} {n:>3} trials  regret {agg['regret_points']:6.2f} pts  share {agg['budget_share']:.0%}  "
+                  f"hypervolume {agg['hypervolume']:.4f}  ({len(ms)} seeds)")
+    return table, best_known, len(fit_all)
+
+
+def combine(paths: list[Path]) -> None:
+    """One table from parts run separately (``--tag``), every run scored against the pool as it is now
+    (a part saved earlier took its best-known accuracy from a smaller pool)."""
+    from autocomp.space import get_space
+
+    parts = [json.loads(p.read_text()) for p in paths]
+    budgets = {p["budget_ms"] for p in parts}
+    if len(budgets) != 1:
+        raise SystemExit(f"parts with different budgets: {sorted(budgets)}")
+    budget = budgets.pop()
+    space = get_space()
+    pred, what = latency_model("cpu-ort", space.name)
+    if pred is None:
+        raise SystemExit(what)
+    ev = PoolEvaluator(space, pred)
+    runs: dict = {}
+    for part in parts:
+        for name, by_n in part["runs"].items():
+            for n, by_seed in by_n.items():
+                for seed, ids in by_seed.items():
+                    runs.setdefault(name, {}).setdefault(int(n), {})[int(seed)] = [
+                        {"id": i, "accuracy": ev.pool[i]["accuracy"], "latency_ms": ev.pool[i]["predicted_ms"]} for i in ids]
+    table, best_known, under = tabulate(runs, ev, budget)
+    payload = {"budget_ms": budget, "latency": what, "accuracy": "autocomp.evaluate.score (default settings)",
+               "best_known_under_budget": best_known, "pool_size": len(ev.pool), "pool_under_budget": under,
+               "combined_from": [p.name for p in paths], "table": table, "load_avg": load_avg(),
+               "runs": {k: {n: {s: [r["id"] for r in rows] for s, rows in v.items()} for n, v in by_n.items()} for k, by_n in runs.items()}}
+    print(f"saved {save('search_quality', payload)}")
 
 
 if __name__ == "__main__":
