@@ -51,9 +51,10 @@ def test_latencies_are_real_onnxruntime_measurements(small_run, mnist):
     for r in rows:
         assert r["backend"] == "onnxruntime" and r["backend_version"] == ort.__version__
         assert r["device"] == "cpu-ort" and r["threads"] == "1" and r["batch"] == "1"
-        # cpu-ort's reference protocol counts the runs of normal-phase blocks only: at least half of
-        # the 4 requested blocks of >= 25 runs, else every block rescaled (see measure/reference.py)
-        assert int(r["repeats"]) >= 50 and int(r["warmup"]) >= 1
+        # cpu-ort's reference protocol counts the runs of the 4 fastest normal-phase blocks (else of
+        # rescaled blocks), each of >= 5 runs and >= 0.1 s: 20 runs at the least, more for fast models
+        # and a quiet host (measure/onnxruntime.py: _normal_phase)
+        assert int(r["repeats"]) >= 20 and int(r["warmup"]) >= 1
         med, p90 = float(r["latency_ms"]), float(r["latency_p90_ms"])
         assert 0.005 < med <= p90 < 1000
     # the figure is a timing of the candidate's exported model: re-scoring and re-measuring it agrees
