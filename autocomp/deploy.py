@@ -51,11 +51,15 @@ def apply_fp16(model: nn.Module, candidate: Candidate, space: SearchSpace | None
     return compress_fp16(model, candidate, None, space)
 
 
+def split_accuracy(path: Path, data: Dataset, splits: tuple[str, ...] = ("val", "test")) -> dict[str, float]:
+    """Accuracy of an exported model (ONNX Runtime), per split."""
+    return {s: ort_accuracy(path, data.batches(getattr(data, s), ACCURACY_BATCH)) for s in splits}
+
+
 def onnx_accuracy(model: nn.Module, data: Dataset, splits: tuple[str, ...] = ("val", "test")) -> dict[str, float]:
     """Accuracy of the model as exported (ONNX Runtime), per split."""
     with tempfile.TemporaryDirectory() as tmp:
-        path = to_onnx(model, Path(tmp) / "m.onnx", data.input_shape)
-        return {s: ort_accuracy(path, data.batches(getattr(data, s), ACCURACY_BATCH)) for s in splits}
+        return split_accuracy(to_onnx(model, Path(tmp) / "m.onnx", data.input_shape), data, splits)
 
 
 def onnx_precision_report(path: Path, candidate: Candidate, space: SearchSpace | None = None) -> tuple[dict[str, int], list[str]]:
@@ -96,7 +100,7 @@ def export_winner(
     onnx_path = to_onnx(model, out_dir / "model.onnx", data.input_shape)
     opset = check_onnx(onnx_path)
     layer_counts, placement_problems = onnx_precision_report(onnx_path, candidate, space)
-    after = {s: ort_accuracy(onnx_path, data.batches(getattr(data, s), ACCURACY_BATCH)) for s in ("val", "test")}
+    after = split_accuracy(onnx_path, data)
     before = before or dict(after)
     x, _ = next(data.batches(data.test, 256))
     diff, agreement = compare_outputs(model, onnx_path, x)
@@ -173,7 +177,7 @@ def teacher_figures(teacher: nn.Module, data: Dataset, device: Device, out_dir: 
     """The teacher's accuracy (val/test, exported) and measured latency on the device."""
     out_dir.mkdir(parents=True, exist_ok=True)
     path = to_onnx(teacher, out_dir / "teacher.onnx", data.input_shape)
-    acc = {s: ort_accuracy(path, data.batches(getattr(data, s), ACCURACY_BATCH)) for s in ("val", "test")}
+    acc = split_accuracy(path, data)
     lat = device.measure(path, "fp32").to_dict()
     return {"accuracy_val": acc["val"], "accuracy_test": acc["test"], "measured_latency_ms": lat["median_ms"],
             "measurement": lat, "params": count_params(teacher), "opset": OPSET}
