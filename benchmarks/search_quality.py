@@ -142,10 +142,15 @@ def main() -> None:
                "best_known_under_budget": best_known, "pool_size": len(ev.pool), "pool_under_budget": under,
                "scored_now": ev.added, "controllers": args.controllers, "trials": args.trials, "seeds": args.seeds,
                "sequential": not args.no_sequential, "table": table, "wall_s": round(time.time() - t0, 1), "load_avg": load_avg(),
-               "runs": {k: {n: {s: [r["id"] for r in rows] for s, rows in v.items()} for n, v in by_n.items()} for k, by_n in runs.items()}}
+               "runs": ids_of(runs)}
     full = set(args.controllers) == {"random", "evolution", "nsga2", "apq", "budget"} and args.trials == [16, 64] and len(args.seeds) == 3
     path = save(("search_quality" if full else f"search_quality_t{'-'.join(map(str, args.trials))}_s{len(args.seeds)}") + args.tag, payload)
     print(f"saved {path}")
+
+
+def ids_of(runs: dict) -> dict:
+    """The candidate ids of every run (controller -> trials -> seed), as a part's JSON keeps them."""
+    return {k: {n: {s: [r["id"] for r in rows] for s, rows in v.items()} for n, v in by_n.items()} for k, by_n in runs.items()}
 
 
 def tabulate(runs: dict, ev: PoolEvaluator, budget: float) -> tuple[dict, float, int]:
@@ -190,7 +195,7 @@ def combine(paths: list[Path]) -> None:
     payload = {"budget_ms": budget, "latency": what, "accuracy": "autocomp.evaluate.score (default settings)",
                "best_known_under_budget": best_known, "pool_size": len(ev.pool), "pool_under_budget": under,
                "combined_from": [p.name for p in paths], "table": table, "load_avg": load_avg(),
-               "runs": {k: {n: {s: [r["id"] for r in rows] for s, rows in v.items()} for n, v in by_n.items()} for k, by_n in runs.items()}}
+               "runs": ids_of(runs)}
     print(f"saved {save('search_quality', payload)}")
 
 
