@@ -127,7 +127,8 @@ def test_a_nominal_measured_in_a_slow_phase_is_lowered_by_later_frames(tmp_path,
             reference=True, blocks=4)
     lowered = json.loads(cache.read_text())
     assert lowered["nominal_ms"] < 3 * real / reference.LOWER_MARGIN
-    assert lowered["lowered_from"][-1]["nominal_ms"] == pytest.approx(3 * real)
+    # the first entry is the hand-written one; a measurement may lower again below a `real` measured slow
+    assert lowered["lowered_from"][0]["nominal_ms"] == pytest.approx(3 * real)
     # frames at the real speed do not lower a nominal that matches them (their quartile is not 8 % below)
     assert reference.lower_nominal(1, 1, "thread_cpu", [lowered["nominal_ms"]] * 10) is None
     assert reference.lower_nominal(1, 1, "thread_cpu", [lowered["nominal_ms"] / 2] * 3) is None  # too few frames
