@@ -5,14 +5,18 @@ and the dashboard is off. Should the driver be killed, a small reaper process en
 agents at once (Ray leaves them running for a minute or more). Joining a cluster (``--address``) is
 checked first: the address must be well formed and answer.
 
-Measurements that must run on the device's machine are Ray tasks that need the device's custom
-resource (``device:<name>``); :func:`on_device` runs a function there (or here, without Ray).
+Measurements that must run on the device's machine need the device's custom resource
+(``device:<name>``); :func:`on_device` runs a function there (or here, without Ray). During a search,
+:func:`device_workers` keeps one process per unit of that resource alive for them: a Ray task per
+measurement often got a fresh worker (Ray ends idle workers beyond a node's CPU count, and the trials
+hold those), which imported torch and ONNX Runtime again before every other measurement.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import random
 import re
 import socket
 import subprocess
@@ -190,5 +194,57 @@ def on_device(device: Device, fn: Callable[..., Any], *args: Any) -> Any:
 
     if measures_here(device):
         return fn(*args)
+    workers = _workers(device)
+    if workers:
+        return ray.get(random.choice(workers).call.remote(fn, *args))
     task = ray.remote(num_cpus=0, max_retries=1)(fn).options(resources={device.resource: 1}, scheduling_strategy="DEFAULT")
     return ray.get(task.remote(*args))
+
+
+class _DeviceWorker:
+    """A process on a node that holds a device: it runs the calls meant for the device, one at a time."""
+
+    def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return fn(*args)
+
+
+def _worker_names(device: Device, n: int) -> list[str]:
+    import ray
+
+    job = ray.get_runtime_context().get_job_id()  # the driver's job: its trials look the workers up
+    return [f"autocomp-device-{device.name}-{job}-{i}" for i in range(n)]
+
+
+def _workers(device: Device) -> list:
+    """The live workers of ``device`` that :func:`device_workers` started for this job (none: [])."""
+    import ray
+
+    found = []
+    for name in _worker_names(device, 64):
+        try:
+            found.append(ray.get_actor(name))
+        except ValueError:  # no actor by that name: the workers are numbered from 0
+            break
+    return found
+
+
+@contextlib.contextmanager
+def device_workers(device: Device):
+    """While the block runs, :func:`on_device` calls for ``device`` go to long-lived workers, one per
+    unit of its resource in the cluster (a node that holds the device holds one): each keeps its
+    imports and ONNX Runtime warm. They hold the resource, so another job's measurements on the
+    device wait for the block to end rather than time beside this one's. Nothing changes where the
+    device is measured in this process."""
+    import ray
+
+    if measures_here(device):
+        yield
+        return
+    n = max(1, int(ray.cluster_resources().get(device.resource, 1)))
+    cls = ray.remote(num_cpus=0, max_restarts=1, max_task_retries=1)(_DeviceWorker)
+    handles = [cls.options(name=name, resources={device.resource: 1}).remote() for name in _worker_names(device, n)]
+    try:
+        yield
+    finally:
+        for h in handles:
+            ray.kill(h)

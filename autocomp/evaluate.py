@@ -35,6 +35,7 @@ from autocomp.families.mbv2 import supernet_path  # noqa: F401  (where it used t
 from autocomp.measure import get_device
 from autocomp.measure.base import Int8Scheme
 from autocomp.measure.onnxruntime import ACCURACY_BATCH
+from autocomp.measure.onnxruntime import accuracies as ort_accuracies
 from autocomp.measure.onnxruntime import accuracy as ort_accuracy
 from autocomp.models.mbv2 import count_params
 from autocomp.space import Candidate, SearchSpace
@@ -146,7 +147,8 @@ def score(candidate: Candidate, space: SearchSpace, data: Dataset, settings: Eva
     with tempfile.TemporaryDirectory() as tmp:
         path = to_onnx(model.to(memory_format=torch.contiguous_format), Path(tmp) / "model.onnx", data.input_shape)
         val = data.val.subset(settings.val_size, seed=settings.seed)
-        acc = ort_accuracy(path, data.batches(val, settings.val_batch_size))
+        # as many ONNX Runtime threads as PyTorch uses here (a trial: the CPUs it holds)
+        acc = ort_accuracies(path, {"val": data.batches(val, settings.val_batch_size)}, torch.get_num_threads())["val"]
         blob = path.read_bytes()
     return Scored(blob, acc, params, len(blob), time.perf_counter() - t0, standard_error(acc, len(val)), len(val), int8.label)
 

@@ -26,7 +26,7 @@ import ray
 from ray import tune
 from ray.tune.search import Searcher
 
-from autocomp.cluster import on_device
+from autocomp.cluster import device_workers, on_device
 from autocomp.data import Dataset
 from autocomp.errors import UserError
 from autocomp.evaluate import EvalSettings, device_int8_scheme, measure_onnx, score
@@ -300,15 +300,16 @@ def run_tune(
             trainable = tune.with_resources(trainable, resources)
         storage = tempfile.mkdtemp(prefix="autocomp-tune-")  # Tune's state: outside the run, never restored
         try:
-            tune.Tuner(
-                trainable,
-                tune_config=tune.TuneConfig(search_alg=searcher, num_samples=remaining, max_concurrent_trials=concurrency,
-                                            reuse_actors=True, trial_name_creator=_trial_name,
-                                            trial_dirname_creator=_trial_name),
-                run_config=tune.RunConfig(name=TUNE_NAME, storage_path=storage, verbose=0,
-                                          failure_config=tune.FailureConfig(max_failures=max_failures),
-                                          callbacks=[callback]),
-            ).fit()
+            with device_workers(device):  # measurements go to warm processes on the device's node
+                tune.Tuner(
+                    trainable,
+                    tune_config=tune.TuneConfig(search_alg=searcher, num_samples=remaining, max_concurrent_trials=concurrency,
+                                                reuse_actors=True, trial_name_creator=_trial_name,
+                                                trial_dirname_creator=_trial_name),
+                    run_config=tune.RunConfig(name=TUNE_NAME, storage_path=storage, verbose=0,
+                                              failure_config=tune.FailureConfig(max_failures=max_failures),
+                                              callbacks=[callback]),
+                ).fit()
         finally:
             shutil.rmtree(storage, ignore_errors=True)
     if callback.failed:

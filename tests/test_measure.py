@@ -146,6 +146,27 @@ def test_forward_fill_of_precision_over_inactive_slots():
     assert out.tolist() == [[-1.0, 5.0, 5.0, 7.0, 7.0], [8.0, 8.0, 8.0, 8.0, 8.0]]
 
 
+def test_accuracies_of_splits_on_two_threads_count_every_image_once(tmp_path):
+    """Splits of unequal size scored by two threads from one queue give each split exactly the
+    accuracy one thread gives it (a lost or doubled batch would change a count)."""
+    import torch
+
+    from autocomp.export import to_onnx
+    from autocomp.measure.onnxruntime import accuracies, accuracy
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 10))
+    path = to_onnx(model, tmp_path / "m.onnx", (1, 4, 4))
+    splits = {name: [(torch.randn(n, 1, 4, 4), torch.randint(0, 10, (n,))) for n in sizes]
+              for name, sizes in {"val": [8] * 5 + [3], "test": [8] * 37 + [1]}.items()}
+    with torch.no_grad():  # the same counts from PyTorch's logits
+        expected = {name: sum(int((model(x).argmax(1) == y).sum()) for x, y in b) / sum(len(y) for _, y in b)
+                    for name, b in splits.items()}
+    assert 0 < expected["test"] < 1
+    assert accuracies(path, splits, workers=2) == pytest.approx(expected)
+    assert accuracy(path, splits["test"]) == pytest.approx(expected["test"])
+
+
 def test_random_weight_export_has_the_graph_of_a_trained_one(tmp_path):
     """Untrained weights give bit-identical tensors (zero biases of default-BatchNorm folds) that the
     TorchScript exporter shares through Identity nodes; ONNX Runtime then keeps those fp16 convs as

@@ -278,6 +278,32 @@ def test_failed_evaluations_are_recorded_and_the_search_goes_on(ray_local, mnist
     assert searcher.ctrl.pending == []
 
 
+def test_device_workers_run_the_measurements_in_one_warm_process(ray_local):
+    """Inside device_workers, every on_device call for the device, from the driver or from another
+    process of the job (a trial), runs in one long-lived process that holds the device's resource;
+    after the block the resource is free again and calls go back to tasks."""
+    import os
+    import time
+
+    import ray
+
+    from autocomp.cluster import device_workers, on_device
+    from autocomp.measure import get_device
+
+    dev = get_device("cpu-ort")
+    pid = lambda: os.getpid()  # noqa: E731  (a lambda travels by value; Ray takes no builtin as a task)
+    trial = ray.remote(num_cpus=1)(lambda: on_device(dev, pid))
+    with device_workers(dev):
+        pids = {on_device(dev, pid) for _ in range(3)} | set(ray.get([trial.remote() for _ in range(2)]))
+        assert len(pids) == 1 and os.getpid() not in pids
+        assert ray.available_resources().get(dev.resource, 0) == 0  # the worker holds the device
+    deadline = time.time() + 30
+    while ray.available_resources().get(dev.resource, 0) < 1 and time.time() < deadline:
+        time.sleep(0.2)
+    assert ray.available_resources().get(dev.resource, 0) == 1
+    assert on_device(dev, pid) not in pids  # a task: the worker has ended
+
+
 def space_file(tmp_path: Path) -> Path:
     p = tmp_path / "tiny.yaml"
     p.write_text(TINY_SPACE)

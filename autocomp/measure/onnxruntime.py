@@ -14,9 +14,10 @@ wall medians were seen 3-4x inflated with CV 0.8-0.9 while thread-CPU medians ke
 from __future__ import annotations
 
 import json
+import threading
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import numpy as np
 import onnxruntime as ort
@@ -212,11 +213,32 @@ def _normal_phase(timed: Callable[[], float], ref: reference_model.Reference, re
 def accuracy(onnx_path: Path, batches, threads: int = 1) -> float:
     """Top-1 accuracy of the exported model on (x, y) batches, run by ONNX Runtime (batches of
     :data:`ACCURACY_BATCH` images run fastest)."""
-    sess = session(onnx_path, threads)
-    name = sess.get_inputs()[0].name
-    correct = total = 0
-    for x, y in batches:
-        logits = sess.run(None, {name: x.numpy()})[0]
-        correct += int((logits.argmax(1) == y.numpy()).sum())
-        total += len(y)
-    return correct / max(total, 1)
+    return accuracies(onnx_path, {"all": batches}, 1, threads)["all"]
+
+
+def accuracies(onnx_path: Path, splits: dict[str, Iterable], workers: int = 1, threads: int = 1) -> dict[str, float]:
+    """Top-1 accuracy per named split of (x, y) batches. ``workers`` threads, each with its own
+    session (of ``threads`` intra-op threads), take the batches of all splits in turn from one queue (ONNX Runtime
+    releases the GIL while it runs), so the cores stay busy however unequal the splits are."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    queue = ((split, x, y) for split, batches in splits.items() for x, y in batches)
+    lock = threading.Lock()
+
+    def work() -> dict[str, list[int]]:
+        sess = session(onnx_path, threads)
+        name = sess.get_inputs()[0].name
+        counts = {split: [0, 0] for split in splits}
+        while True:
+            with lock:  # a generator is not safe to advance from two threads at once
+                item = next(queue, None)
+            if item is None:
+                return counts
+            split, x, y = item
+            logits = sess.run(None, {name: x.numpy()})[0]
+            counts[split][0] += int((logits.argmax(1) == y.numpy()).sum())
+            counts[split][1] += len(y)
+
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        parts = list(pool.map(lambda _: work(), range(max(1, workers))))
+    return {split: sum(p[split][0] for p in parts) / max(sum(p[split][1] for p in parts), 1) for split in splits}
