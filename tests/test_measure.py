@@ -5,6 +5,7 @@ test_devices.py."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -102,10 +103,16 @@ def test_reference_protocol_measures_in_the_normal_phase(tmp_path, monkeypatch):
     assert notes["reference_nominal_ms"] == pytest.approx(nominal, rel=1e-3) and notes["blocks"] == 2
     assert m.statistic in ("median_fastest_blocks", "median_ref_scaled")
     assert m.flagged or m.statistic == "median_fastest_blocks"
-    timed = run_timer(session(ref), 1, "thread_cpu")  # a plain measurement: one session, warmed up
+    timed = run_timer(session(ref), 1, "thread_cpu")  # plain measurements: one session, warmed up
     for _ in range(20):
         timed()
-    plain = float(np.median([timed() for _ in range(200)]))
+    # the protocol reports the host's normal phase, so compare with the fastest of a few plain bursts
+    # spread over a second (one burst of 16 ms can fall in a slow phase: 2x was seen in CI under load)
+    bursts = []
+    for _ in range(5):
+        bursts.append(float(np.median([timed() for _ in range(100)])))
+        time.sleep(0.2)
+    plain = min(bursts)
     assert 0.5 * plain < m.median_ms < 2.0 * plain
 
 
@@ -217,8 +224,6 @@ def test_fastest_blocks_ignore_a_slow_phase_the_reference_misses():
     """A model that runs 1.6x slower for the first half of the window (an L3-bound model while other
     tenants thrash the cache, which the small reference model does not feel) is measured at its
     normal-phase speed: the statistic is the median of the fastest normal blocks."""
-    import time
-
     from autocomp.measure.onnxruntime import _normal_phase
 
     class Ref:  # the reference at its nominal speed throughout

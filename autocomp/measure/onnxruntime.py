@@ -218,8 +218,9 @@ def accuracy(onnx_path: Path, batches, threads: int = 1) -> float:
 
 def accuracies(onnx_path: Path, splits: dict[str, Iterable], workers: int = 1, threads: int = 1) -> dict[str, float]:
     """Top-1 accuracy per named split of (x, y) batches. ``workers`` threads, each with its own
-    session (of ``threads`` intra-op threads), take the batches of all splits in turn from one queue (ONNX Runtime
-    releases the GIL while it runs), so the cores stay busy however unequal the splits are."""
+    session (of ``threads`` intra-op threads), take the batches of all splits in turn from one
+    queue (ONNX Runtime releases the GIL while it runs), so the cores stay busy however unequal
+    the splits are."""
     from concurrent.futures import ThreadPoolExecutor
 
     queue = ((split, x, y) for split, batches in splits.items() for x, y in batches)
