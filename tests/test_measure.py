@@ -228,6 +228,7 @@ def test_fastest_blocks_ignore_a_slow_phase_the_reference_misses():
 
     class Ref:  # the reference at its nominal speed throughout
         nominal = 0.05
+        matched = False
         seen: list = []
 
         def timed(self):
@@ -260,3 +261,69 @@ def test_fastest_blocks_ignore_a_slow_phase_the_reference_misses():
     m = _normal_phase(timed, SlowRef(), repeats=20, min_time_s=0.2, blocks=4, max_time_s=0.8,
                       protocol=PROTOCOL, window_s=0.4)
     assert m.statistic == "median_ref_scaled" and m.flagged
+
+
+def test_a_matched_reference_rescales_every_block_by_its_frames():
+    """With the large (matched) reference, a phase that slows the candidate 1.6x slows the reference
+    by the same factor, and every block is rescaled by its frames: the whole window counts and the
+    statistic is the candidate's latency at the reference's nominal speed."""
+    from autocomp.measure.onnxruntime import _normal_phase
+
+    start = time.perf_counter()
+
+    def slow() -> float:
+        return 1.6 if time.perf_counter() - start < 0.4 else 1.0
+
+    class Matched:
+        nominal = 2.0
+        matched = True
+        seen: list = []
+
+        def timed(self):
+            return 2.0 * slow()
+
+        def observe(self, frames):
+            self.seen.extend(frames)
+
+    def timed():
+        time.sleep(0.0005)
+        return 3.0 * slow()
+
+    ref = Matched()
+    m = _normal_phase(timed, ref, repeats=20, min_time_s=0.2, blocks=4, max_time_s=3.0,
+                      protocol={"device": "t", "backend": "onnxruntime", "backend_version": "x", "precision": "fp32",
+                                "batch": 1, "threads": 1, "warmup": 0}, window_s=0.8)
+    assert m.statistic == "median_ref_ratio" and not m.flagged
+    assert m.median_ms == pytest.approx(3.0, rel=0.02) and m.repeats >= 4 * 5
+    assert max(ref.seen) == pytest.approx(3.2) and min(ref.seen) == pytest.approx(2.0)  # both phases were framed
+
+
+def test_large_inputs_are_framed_by_a_large_reference_at_their_own_size(tmp_path, monkeypatch):
+    """A candidate whose input has at least LARGE_AREA pixels is measured against the large reference
+    built at its input size (its own nominal, cached beside the small one's); smaller inputs keep the
+    small reference. The large reference measured by the protocol lands at its own nominal."""
+    import numpy as np
+    import onnx
+
+    from autocomp.measure import reference
+    from autocomp.measure.onnxruntime import measure, session
+
+    monkeypatch.setenv("AUTOCOMP_CACHE", str(tmp_path / "cache"))
+    assert reference.name_for((3, 224, 224)) == f"large-v{reference.LARGE_VERSION}-3x224x224"
+    assert reference.name_for((3, 32, 32)) == reference.name_for((1, 28, 28)) == reference.name_for(None) == ""
+    assert reference.name_for((3, "h", "w")) == ""  # a dynamic size: the small reference
+    name = reference.name_for((3, 64, 64))
+    path = reference.model_path(name)
+    onnx.checker.check_model(onnx.load(str(path)), full_check=True)
+    out = session(path).run(None, {"input": np.zeros((2, 3, 64, 64), np.float32)})[0]
+    assert out.shape == (2, 10)
+    m = measure(path, device="t", precision="fp32", threads=1, warmup=3, repeats=20, min_time_s=0.1,
+                clock="thread_cpu", reference=True, blocks=2, window_s=0.5)
+    notes = json.loads(m.notes)
+    assert notes["reference"] == name and notes["statistic"] == "ref-ratio" and m.statistic == "median_ref_ratio"
+    record = json.loads(reference._nominal_path(1, 1, "thread_cpu", name).read_text())
+    cached = [record["nominal_ms"]] + [e["nominal_ms"] for e in record.get("lowered_from", [])]  # its frames may lower it
+    nominal = notes["reference_nominal_ms"]
+    assert any(nominal == pytest.approx(c, rel=1e-3) for c in cached)
+    assert 0.8 * nominal < m.median_ms < 1.25 * nominal  # itself, relative to itself: its nominal
+    assert not reference._nominal_path(1, 1, "thread_cpu").exists()  # the small reference was not used

@@ -123,22 +123,30 @@ def measure(onnx_path: Path, *, device: str, precision: str, threads: int = 1, b
     """
     if clock == "thread_cpu" and threads != 1:
         raise ValueError("clock='thread_cpu' measures the calling thread only; it needs threads=1")
-    timed = run_timer(session(onnx_path, threads), batch, clock)
-    ref = reference_timer(threads, batch, clock) if reference else None
+    sess = session(onnx_path, threads)
+    timed = run_timer(sess, batch, clock)
+    ref = reference_timer(threads, batch, clock, _input_shape(sess, batch)[1:]) if reference else None
     notes = json.dumps({"clock": clock, "min_time_s": min_time_s, "retries": retries, "cv_threshold": cv_threshold,
-                        **({"reference": f"v{reference_model.VERSION}", "reference_nominal_ms": round(ref.nominal, 5),
-                            "blocks": blocks, "window_s": window_s, "statistic": "fastest-blocks"} if ref else {})})
+                        **(reference_notes(ref, blocks, window_s) if ref else {})})
     protocol = dict(device=device, backend="onnxruntime", backend_version=ort.__version__, precision=precision,
                     batch=batch, threads=threads, warmup=warmup, notes=notes)
     return sample(timed, ref, protocol, warmup=warmup, repeats=repeats, min_time_s=min_time_s, retries=retries,
                   cv_threshold=cv_threshold, blocks=blocks, max_time_s=max_time_s, window_s=window_s)
 
 
-def reference_timer(threads: int, batch: int, clock: str) -> reference_model.Reference:
-    """The reference model of the normal-phase protocol, run by ONNX Runtime (every CPU backend
-    frames its blocks with it, so one nominal latency per host serves them all)."""
-    return reference_model.Reference(lambda: run_timer(session(reference_model.model_path(), threads), batch, clock),
-                                     threads, batch, clock)
+def reference_timer(threads: int, batch: int, clock: str, input_shape=None) -> reference_model.Reference:
+    """The reference model of the normal-phase protocol for a candidate of ``input_shape`` (C, H, W;
+    :func:`autocomp.measure.reference.name_for`), run by ONNX Runtime (every CPU backend frames its
+    blocks with it, so one nominal latency per host and reference serves them all)."""
+    name = reference_model.name_for(list(input_shape) if input_shape is not None else None)
+    path = reference_model.model_path(name)
+    return reference_model.Reference(lambda: run_timer(session(path, threads), batch, clock), threads, batch, clock, name)
+
+
+def reference_notes(ref: reference_model.Reference, blocks: int, window_s: float) -> dict:
+    """What a measurement's notes record of its reference protocol."""
+    return {"reference": ref.label, "reference_nominal_ms": round(ref.nominal, 5), "blocks": blocks, "window_s": window_s,
+            "statistic": "ref-ratio" if ref.matched else "fastest-blocks"}
 
 
 def sample(timed: Callable[[], float], ref: reference_model.Reference | None, protocol: dict, *,
@@ -163,8 +171,8 @@ def sample(timed: Callable[[], float], ref: reference_model.Reference | None, pr
             m = _normal_phase(timed, ref, repeats, min_time_s, blocks, max_time_s, protocol, window_s)
         if best is None or (m.flagged, m.cv) < (best.flagged, best.cv):
             best = m
-        if (m.cv <= cv_threshold and not m.flagged) or m.statistic == "median_ref_scaled":
-            break  # a run that already waited max_time_s for a normal phase is not retried
+        if (m.cv <= cv_threshold and not m.flagged) or m.statistic in ("median_ref_scaled", "median_ref_ratio"):
+            break  # a run that already waited max_time_s for a normal phase (or rescaled a whole window) is not retried
     assert best is not None
     if best.cv > cv_threshold and not best.flagged:
         best = Measurement(**{**best.to_dict(), "flagged": True})
@@ -175,8 +183,10 @@ def _normal_phase(timed: Callable[[], float], ref: reference_model.Reference, re
                   min_time_s: float, blocks: int, max_time_s: float, protocol: dict, window_s: float = WINDOW_S) -> Measurement:
     """Short blocks of candidate runs framed by reference runs, spread over ``window_s`` seconds; the
     statistic is the median of the ``blocks`` fastest blocks among those whose frames ran at the
-    host's normal speed (see :func:`measure`). The frames go back to ``ref``, which lowers a nominal
-    latency that was measured in a slow phase."""
+    host's normal speed (see :func:`measure`). With a matched (large) reference every block is
+    rescaled by its frames instead and the statistic is the median of them all
+    (``median_ref_ratio``; :mod:`autocomp.measure.reference`). The frames go back to ``ref``, which
+    lowers a nominal latency that was measured in a slow phase."""
     nominal = ref.nominal
     frames: list[float] = []
 
@@ -203,6 +213,9 @@ def _normal_phase(timed: Callable[[], float], ref: reference_model.Reference, re
             normal.append(own)
         scaled.append((np.asarray(own) * (2 * nominal / (before + after))).tolist())
     ref.observe(frames)
+    if ref.matched:
+        m = Measurement.from_samples([x for b in scaled for x in b], **protocol)
+        return Measurement(**{**m.to_dict(), "statistic": "median_ref_ratio", "flagged": m.flagged or len(scaled) < blocks})
     chosen, statistic, flagged = (normal, "median_fastest_blocks", False) if len(normal) >= blocks else \
         (scaled, "median_ref_scaled", True)
     fastest = sorted(chosen, key=lambda b: float(np.median(b)))[:blocks]

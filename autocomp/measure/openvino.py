@@ -165,8 +165,7 @@ def measure(onnx_path: Path, *, device: str, precision: str, threads: int = 1, b
             window_s: float | None = None) -> Measurement:
     """Time ``onnx_path`` compiled by OpenVINO; the options and their meaning are those of
     :func:`autocomp.measure.onnxruntime.measure` (``reference``: the normal-phase protocol)."""
-    from autocomp.measure import reference as reference_model
-    from autocomp.measure.onnxruntime import WINDOW_S, reference_timer, sample
+    from autocomp.measure.onnxruntime import WINDOW_S, reference_notes, reference_timer, sample
     from autocomp.measure.trtexec import onnx_policy
 
     if clock == "thread_cpu" and threads != 1:
@@ -174,15 +173,14 @@ def measure(onnx_path: Path, *, device: str, precision: str, threads: int = 1, b
     compiled = compile_model(onnx_path, threads, batch)
     check = check_runtime_precision(runtime_layers(compiled), onnx_policy(onnx_path))
     timed = run_timer(compiled, batch, clock)
-    ref = reference_timer(threads, batch, clock) if reference else None
+    shape = [d.get_length() for d in list(compiled.inputs[0].get_partial_shape())[1:] if not d.is_dynamic]
+    ref = reference_timer(threads, batch, clock, shape) if reference else None
     notes = {"clock": clock, "min_time_s": min_time_s, "retries": retries, "cv_threshold": cv_threshold,
              "config": config(threads), "runtime_precision": check["counts"], "fp16_as_fp32": check["fp16_as_fp32"],
              "precision_problems": check["problems"], "precision_fallbacks": check["fallbacks"][:20],
              "policy_nodes_unmatched": check["unmatched"][:20]}
     if ref is not None:
-        notes.update(reference=f"v{reference_model.VERSION}", reference_runtime="onnxruntime",
-                     reference_nominal_ms=round(ref.nominal, 5), blocks=blocks, statistic="fastest-blocks",
-                     window_s=WINDOW_S if window_s is None else window_s)
+        notes.update(reference_notes(ref, blocks, WINDOW_S if window_s is None else window_s), reference_runtime="onnxruntime")
     protocol = dict(device=device, backend="openvino", backend_version=version(), precision=precision, batch=batch,
                     threads=threads, warmup=warmup, notes=json.dumps(notes))
     best = sample(timed, ref, protocol, warmup=warmup, repeats=repeats, min_time_s=min_time_s, retries=retries,
