@@ -5,7 +5,9 @@
 after the other, each is measured with the device's protocol twice in a row: framed by the large
 reference at its own input size (the protocol since session 13: every block rescaled,
 ``median_ref_ratio``) and by the small 1x28x28 reference (the protocol before it: normal-phase
-blocks, ``median_fastest_blocks``). Between two passes the same candidate is compared:
+blocks, ``median_fastest_blocks``); ``--protocols`` picks among those and ``small-ratio`` (the
+small reference, every block rescaled by it: ``reference: ratio``). For inputs under 64x64 the
+``large`` protocol is the small reference's (``name_for``). Between two passes the same candidate is compared:
 share within ±10 % / ±5 %, median shift and the standard deviation of log(pass b / pass a). Both
 protocols run interleaved, so they meet the same host.
 
@@ -43,6 +45,13 @@ def small_reference():
         reference.LARGE_AREA = area
 
 
+PROTOCOLS = {  # name -> (context, measurement overrides)
+    "large": (contextlib.nullcontext, {}),
+    "small": (small_reference, {}),
+    "small-ratio": (small_reference, {"reference": "ratio"}),
+}
+
+
 def compare(a: list[float], b: list[float]) -> dict:
     r = np.asarray(b) / np.asarray(a)
     return {"within_10pct": round(float(np.mean(np.abs(r - 1) <= 0.10)), 4), "within_5pct": round(float(np.mean(np.abs(r - 1) <= 0.05)), 4),
@@ -56,6 +65,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=30)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--passes", type=int, default=2)
+    ap.add_argument("--protocols", default="large,small", help=f"comma-separated, of {sorted(PROTOCOLS)}")
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args()
 
@@ -71,24 +81,32 @@ def main() -> None:
     cands = campaign_candidates(space, args.n, args.seed)
     tmp = Path(tempfile.mkdtemp(prefix="autocomp-refstab-"))
     paths = [export_candidate(c, space, tmp / f"{c.id}.onnx", int8=dev.int8_scheme())[0] for c in track(cands, "export")]
-    rows: dict[str, list[list[float]]] = {"large": [], "small": []}
+    protocols = args.protocols.split(",")
+    if set(protocols) - set(PROTOCOLS):
+        ap.error(f"--protocols: {sorted(set(protocols) - set(PROTOCOLS))}; expected some of {sorted(PROTOCOLS)}")
+    rows: dict[str, list[list[float]]] = {key: [] for key in protocols}
     for p in range(args.passes):
         for key in rows:
             rows[key].append([])
         for c, path in track(list(zip(cands, paths)), f"pass {p + 1}/{args.passes}"):
-            rows["large"][-1].append(dev.measure(path, c.precision).median_ms)
-            with small_reference():
-                rows["small"][-1].append(dev.measure(path, c.precision).median_ms)
-    out = {"command": f"python benchmarks/reference_stability.py --space {args.space} --device {args.device} --n {args.n} --seed {args.seed} --passes {args.passes}",
+            for key in protocols:
+                context, overrides = PROTOCOLS[key]
+                with context():
+                    rows[key][-1].append(dev.measure(path, c.precision, **overrides).median_ms)
+    out = {"command": f"python benchmarks/reference_stability.py --space {args.space} --device {args.device} --n {args.n} "
+                      f"--seed {args.seed} --passes {args.passes} --protocols {args.protocols}",
            "space": space.name, "device": dev.name, "fingerprint_id": _fp_id(dev),
            "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "ids": [c.id for c in cands], "ms": rows,
            "pass_to_pass": {key: compare(v[0], v[-1]) for key, v in rows.items()}}
     for key, m in out["pass_to_pass"].items():
-        print(f"{key:6s} reference: pass 1 vs pass {args.passes}: {m['within_10pct']:.0%} within ±10 %, {m['within_5pct']:.0%} within ±5 %, "
+        print(f"{key:11s}: pass 1 vs pass {args.passes}: {m['within_10pct']:.0%} within ±10 %, {m['within_5pct']:.0%} within ±5 %, "
               f"median shift {m['median_shift']:+.1%}, sd log {m['sd_log_ratio']:.3f}")
     out["load_before_after"] = [load_before, os.getloadavg()]
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=1))
+    results = json.loads(args.out.read_text()) if args.out.exists() else {}
+    results = results if "runs" in results else {"runs": {}}  # one entry per (space, device)
+    results["runs"][f"{space.name}/{dev.name}"] = out
+    args.out.write_text(json.dumps(results, indent=1))
     print(f"saved {args.out}")
 
 

@@ -24,11 +24,12 @@ from autocomp.measure.base import (
     reload_devices,
 )
 
-# The protocol of each built-in device before devices became files: the shipped predictors and
-# tables were measured with these, so the files must give exactly the same dicts.
+# The protocol of each built-in device: the shipped predictors and tables were measured with these,
+# so the files must give exactly the same dicts (cpu-ort and cpu-openvino rescale by the reference
+# since session 13: reference "ratio").
 BUILT_IN = {
     "cpu-ort": ("onnxruntime", {"threads": 1, "warmup": 20, "repeats": 100, "min_time_s": 0.4, "blocks": 4, "max_time_s": 4.0,
-                                "reference": True, "clock": "thread_cpu"}),
+                                "reference": "ratio", "clock": "thread_cpu"}),
     "cpu-ort-wall": ("onnxruntime", {"threads": 1, "warmup": 20, "repeats": 100, "min_time_s": 0.3, "clock": "wall"}),
     "cpu-ort-b8": ("onnxruntime", {"threads": 1, "batch": 8, "warmup": 10, "repeats": 48, "min_time_s": 0.4, "blocks": 4,
                                    "max_time_s": 4.0, "reference": True, "clock": "thread_cpu"}),
@@ -138,6 +139,7 @@ GOOD = "name: {name}\nbackend: onnxruntime\nprecisions: [fp32]\noptions: {{threa
     ("name: Bad Name\nbackend: onnxruntime\nprecisions: [fp32]\n", "name", "lower-case"),
     ("name: bad\nbackend: onnxruntime\nprecisions: [fp32]\noptions: [threads, 1]\n", "options", "mapping"),
     ("name: bad\nbackend: onnxruntime\nprecisions: [fp32]\noptions: {threads: {n: 1}}\n", "options.threads", "a number"),
+    ("name: bad\nbackend: onnxruntime\nprecisions: [fp32]\noptions: {reference: fast}\n", "options.reference", "ratio"),
     ("name: bad\nbackend: trtexec\nprecisions: [fp32]\nhost: a@b\noptions: {ssh: a@b}\n", "host", "given twice"),
     ("name: bad\nbackend: onnxruntime\nprecisions: [fp32]\nschema_version: 2\n", "schema_version", "expected 1"),
     ("name: bad\nbackend: onnxruntime\nprecisions: [fp32]\nexpected_fingerprint: [a]\n", "expected_fingerprint", "mapping"),

@@ -114,6 +114,15 @@ def test_reference_protocol_measures_in_the_normal_phase(tmp_path, monkeypatch):
         time.sleep(0.2)
     plain = min(bursts)
     assert 0.5 * plain < m.median_ms < 2.0 * plain
+    # reference "ratio": every block rescaled by the small reference's frames; the reference measured
+    # against itself so lands at its nominal
+    r = measure(ref, device="t", precision="fp32", threads=1, warmup=5, repeats=40, min_time_s=0.2,
+                clock="thread_cpu", reference="ratio", blocks=2, window_s=0.5)
+    notes = json.loads(r.notes)
+    assert r.statistic == "median_ref_ratio" and notes["statistic"] == "ref-ratio" and notes["reference"] == f"v{reference.VERSION}"
+    assert 0.8 * notes["reference_nominal_ms"] < r.median_ms < 1.25 * notes["reference_nominal_ms"]
+    with pytest.raises(ValueError, match="reference mode"):
+        measure(ref, device="t", precision="fp32", reference="fast")
 
 
 def test_a_nominal_measured_in_a_slow_phase_is_lowered_by_later_frames(tmp_path, monkeypatch):

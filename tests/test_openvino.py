@@ -67,13 +67,13 @@ def test_fingerprint_names_openvino_on_this_cpu():
 def test_latency_with_the_documented_protocol(tiny_int8, tmp_path, monkeypatch):
     monkeypatch.setenv("AUTOCOMP_CACHE", str(tmp_path / "cache"))  # the reference's nominal latency, measured afresh
     dev = get_device("cpu-openvino")
-    assert dev.options["threads"] == 1 and dev.options["reference"] and dev.options["clock"] == "thread_cpu"
+    assert dev.options["threads"] == 1 and dev.options["reference"] == "ratio" and dev.options["clock"] == "thread_cpu"
     m = dev.measure(tiny_int8, "mixed", warmup=5, repeats=40, min_time_s=0.1, max_time_s=3.0, retries=0)
     notes = json.loads(m.notes)
     assert m.backend == "openvino" and m.backend_version == ovb.version() and m.threads == 1 and m.batch == 1
     assert notes["config"] == {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1", "INFERENCE_NUM_THREADS": "1",
                                "INFERENCE_PRECISION_HINT": "f32", "ENABLE_CPU_PINNING": "NO"}
-    assert m.statistic in ("median_fastest_blocks", "median_ref_scaled") and notes["reference_runtime"] == "onnxruntime"
+    assert m.statistic == "median_ref_ratio" and notes["statistic"] == "ref-ratio" and notes["reference_runtime"] == "onnxruntime"
     assert m.fingerprint_id == fingerprint_id(dev.fingerprint())
     # every int8 node of the export runs as an integer kernel
     assert notes["runtime_precision"].get("int8") == Counter(onnx_policy(tiny_int8).values())["int8"]

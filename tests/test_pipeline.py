@@ -51,9 +51,9 @@ def test_latencies_are_real_onnxruntime_measurements(small_run, mnist):
     for r in rows:
         assert r["backend"] == "onnxruntime" and r["backend_version"] == ort.__version__
         assert r["device"] == "cpu-ort" and r["threads"] == "1" and r["batch"] == "1"
-        # cpu-ort's reference protocol counts the runs of the 4 fastest normal-phase blocks (else of
-        # rescaled blocks), each of >= 5 runs and >= 0.1 s: 20 runs at the least, more for fast models
-        # and a quiet host (measure/onnxruntime.py: _normal_phase)
+        # cpu-ort's reference protocol ("ratio") counts the runs of every block of its 3 s window, each
+        # rescaled by its reference frames and of >= 5 runs and >= 0.1 s: 20 runs at the very least
+        # (measure/onnxruntime.py: _normal_phase)
         assert int(r["repeats"]) >= 20 and int(r["warmup"]) >= 1
         med, p90 = float(r["latency_ms"]), float(r["latency_p90_ms"])
         assert 0.005 < med <= p90 < 1000

@@ -114,6 +114,7 @@ INT8_EXPORTS = ("fused", "dequant")  # autocomp.compress.quantize.INT8_EXPORTS (
 INT8_EXPORT_DEFAULTS: dict[str, str] = {
     "onnxruntime": "fused-if-int8-dot", "openvino": "fused", "tensorrt": "fused", "trtexec": "fused",
 }
+REFERENCE_MODES = (False, True, "ratio")  # a CPU backend's ``reference`` option (autocomp.measure.reference)
 CPU_BACKENDS = {"onnxruntime", "openvino"}  # u8s8 integer kernels on the host CPU: reduce_range matters
 
 
@@ -350,6 +351,8 @@ def load_device_file(path: Path) -> Device:
         if not (v is None or isinstance(v, (bool, int, float, str)) or
                 (isinstance(v, list) and all(isinstance(x, (bool, int, float, str)) for x in v))):
             raise bad(f"options.{k}", f"{v!r}", "a number, text, true/false, null or a list of them")
+    if options.get("reference", False) not in REFERENCE_MODES:
+        raise bad("options.reference", f"{options['reference']!r}", "true (the reference protocol), ratio (every block rescaled by the reference) or false")
     options = dict(options)
     if "host" in doc:
         host = doc["host"]

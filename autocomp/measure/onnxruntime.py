@@ -107,7 +107,7 @@ def run_timer(sess: ort.InferenceSession, batch: int = 1, clock: str = "wall") -
 
 def measure(onnx_path: Path, *, device: str, precision: str, threads: int = 1, batch: int = 1, warmup: int = 20,
             repeats: int = 100, min_time_s: float = 0.3, retries: int = 2, cv_threshold: float = CV_THRESHOLD,
-            clock: str = "wall", reference: bool = False, blocks: int = 4, max_time_s: float = 8.0,
+            clock: str = "wall", reference: bool | str = False, blocks: int = 4, max_time_s: float = 8.0,
             window_s: float = WINDOW_S) -> Measurement:
     """Time ``onnx_path``; repeats until at least ``repeats`` runs and ``min_time_s`` seconds.
 
@@ -125,7 +125,7 @@ def measure(onnx_path: Path, *, device: str, precision: str, threads: int = 1, b
         raise ValueError("clock='thread_cpu' measures the calling thread only; it needs threads=1")
     sess = session(onnx_path, threads)
     timed = run_timer(sess, batch, clock)
-    ref = reference_timer(threads, batch, clock, _input_shape(sess, batch)[1:]) if reference else None
+    ref = reference_timer(threads, batch, clock, _input_shape(sess, batch)[1:], reference) if reference else None
     notes = json.dumps({"clock": clock, "min_time_s": min_time_s, "retries": retries, "cv_threshold": cv_threshold,
                         **(reference_notes(ref, blocks, window_s) if ref else {})})
     protocol = dict(device=device, backend="onnxruntime", backend_version=ort.__version__, precision=precision,
@@ -134,13 +134,18 @@ def measure(onnx_path: Path, *, device: str, precision: str, threads: int = 1, b
                   cv_threshold=cv_threshold, blocks=blocks, max_time_s=max_time_s, window_s=window_s)
 
 
-def reference_timer(threads: int, batch: int, clock: str, input_shape=None) -> reference_model.Reference:
+def reference_timer(threads: int, batch: int, clock: str, input_shape=None, mode: bool | str = True) -> reference_model.Reference:
     """The reference model of the normal-phase protocol for a candidate of ``input_shape`` (C, H, W;
     :func:`autocomp.measure.reference.name_for`), run by ONNX Runtime (every CPU backend frames its
-    blocks with it, so one nominal latency per host and reference serves them all)."""
+    blocks with it, so one nominal latency per host and reference serves them all). ``mode``: the
+    measurement's ``reference`` option — ``True`` (the large reference rescales, the small one
+    gates) or ``"ratio"`` (every block rescaled by whichever reference frames it)."""
+    if mode not in (True, "ratio"):
+        raise ValueError(f"unknown reference mode {mode!r}; expected true, false or 'ratio'")
     name = reference_model.name_for(list(input_shape) if input_shape is not None else None)
     path = reference_model.model_path(name)
-    return reference_model.Reference(lambda: run_timer(session(path, threads), batch, clock), threads, batch, clock, name)
+    return reference_model.Reference(lambda: run_timer(session(path, threads), batch, clock), threads, batch, clock, name,
+                                     ratio=mode == "ratio")
 
 
 def reference_notes(ref: reference_model.Reference, blocks: int, window_s: float) -> dict:
@@ -185,8 +190,10 @@ def _normal_phase(timed: Callable[[], float], ref: reference_model.Reference, re
     statistic is the median of the ``blocks`` fastest blocks among those whose frames ran at the
     host's normal speed (see :func:`measure`). With a matched (large) reference every block is
     rescaled by its frames instead and the statistic is the median of them all
-    (``median_ref_ratio``; :mod:`autocomp.measure.reference`). The frames go back to ``ref``, which
-    lowers a nominal latency that was measured in a slow phase."""
+    (``median_ref_ratio``; :mod:`autocomp.measure.reference`); its ``cv`` is then that of the
+    rescaled blocks' medians (one run's jitter does not move a median of hundreds, a block that
+    disagrees does). The frames go back to ``ref``, which lowers a nominal latency that was
+    measured in a slow phase."""
     nominal = ref.nominal
     frames: list[float] = []
 
@@ -213,9 +220,11 @@ def _normal_phase(timed: Callable[[], float], ref: reference_model.Reference, re
             normal.append(own)
         scaled.append((np.asarray(own) * (2 * nominal / (before + after))).tolist())
     ref.observe(frames)
-    if ref.matched:
+    if ref.matched:  # the median of every rescaled sample; its noise is how far the blocks disagree
         m = Measurement.from_samples([x for b in scaled for x in b], **protocol)
-        return Measurement(**{**m.to_dict(), "statistic": "median_ref_ratio", "flagged": m.flagged or len(scaled) < blocks})
+        medians = np.array([np.median(b) for b in scaled])
+        block_cv = float(medians.std() / medians.mean()) if len(medians) > 1 and medians.mean() > 0 else 0.0
+        return Measurement(**{**m.to_dict(), "statistic": "median_ref_ratio", "cv": block_cv, "flagged": len(scaled) < blocks})
     chosen, statistic, flagged = (normal, "median_fastest_blocks", False) if len(normal) >= blocks else \
         (scaled, "median_ref_scaled", True)
     fastest = sorted(chosen, key=lambda b: float(np.median(b)))[:blocks]

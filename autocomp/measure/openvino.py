@@ -161,7 +161,7 @@ def check_runtime_precision(layers: list[tuple[str, str, list[str]]], policy: di
 
 def measure(onnx_path: Path, *, device: str, precision: str, threads: int = 1, batch: int = 1, warmup: int = 20,
             repeats: int = 100, min_time_s: float = 0.3, retries: int = 2, cv_threshold: float = CV_THRESHOLD,
-            clock: str = "wall", reference: bool = False, blocks: int = 4, max_time_s: float = 8.0,
+            clock: str = "wall", reference: bool | str = False, blocks: int = 4, max_time_s: float = 8.0,
             window_s: float | None = None) -> Measurement:
     """Time ``onnx_path`` compiled by OpenVINO; the options and their meaning are those of
     :func:`autocomp.measure.onnxruntime.measure` (``reference``: the normal-phase protocol)."""
@@ -174,7 +174,7 @@ def measure(onnx_path: Path, *, device: str, precision: str, threads: int = 1, b
     check = check_runtime_precision(runtime_layers(compiled), onnx_policy(onnx_path))
     timed = run_timer(compiled, batch, clock)
     shape = [d.get_length() for d in list(compiled.inputs[0].get_partial_shape())[1:] if not d.is_dynamic]
-    ref = reference_timer(threads, batch, clock, shape) if reference else None
+    ref = reference_timer(threads, batch, clock, shape, reference) if reference else None
     notes = {"clock": clock, "min_time_s": min_time_s, "retries": retries, "cv_threshold": cv_threshold,
              "config": config(threads), "runtime_precision": check["counts"], "fp16_as_fp32": check["fp16_as_fp32"],
              "precision_problems": check["problems"], "precision_fallbacks": check["fallbacks"][:20],

@@ -39,6 +39,14 @@ contention, in milliseconds of the reference's nominal (fastest-seen) speed. On 
 (``benchmarks/reference_stability.py``, 30 FBNet-224 candidates, both protocols interleaved), two
 passes agreed within ±10 % on 90 % of the candidates with the large reference (sd of the log ratio
 0.073) against 47 % (0.152) with the small one.
+
+**A device may rescale by the small reference too** (option ``reference: ratio``; ``cpu-ort`` and
+``cpu-openvino`` do since session 13). The gate keeps the fastest blocks the reference calls normal,
+so on a host whose slow phases last longer than the window (or whose "normal" moves by the hour)
+a figure is whatever phase the window fell in. Rescaling every block by its frames measures the
+candidate relative to the reference instead: on 30 default-space candidates on ``cpu-openvino``,
+two interleaved passes agreed within ±10 % on 87 % of them rescaled (sd of the log ratio 0.071)
+against 50 % (0.149) gated.
 """
 
 from __future__ import annotations
@@ -254,12 +262,13 @@ class Reference:
     """The reference timer of one measurement and this host's nominal latency for it: ``timer()``
     makes the callable that runs the reference model once (the backend owns the session). ``name``:
     which reference (:func:`name_for`); a large one is ``matched``: the protocol rescales every
-    block by it instead of keeping the normal-phase blocks (module doc)."""
+    block by it instead of keeping the normal-phase blocks (module doc). ``ratio``: rescale by the
+    small one too."""
 
     def __init__(self, timer: Callable[[], Callable[[], float]], threads: int = 1, batch: int = 1, clock: str = "wall",
-                 name: str = ""):
+                 name: str = "", ratio: bool = False):
         self.threads, self.batch, self.clock, self.name = threads, batch, clock, name
-        self.matched = bool(name)
+        self.matched = bool(name) or ratio
         probes = dict(probes=100, runs=5) if name else {}  # the large reference runs for milliseconds
         self.nominal = nominal_ms(timer, threads, batch, clock, name=name, **probes)
         self.timed = timer()
