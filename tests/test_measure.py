@@ -237,7 +237,7 @@ def test_fastest_blocks_ignore_a_slow_phase_the_reference_misses():
 
     class Ref:  # the reference at its nominal speed throughout
         nominal = 0.05
-        matched = False
+        rescale = False
         seen: list = []
 
         def timed(self):
@@ -285,7 +285,7 @@ def test_a_matched_reference_rescales_every_block_by_its_frames():
 
     class Matched:
         nominal = 2.0
-        matched = True
+        rescale = True
         seen: list = []
 
         def timed(self):

@@ -117,6 +117,9 @@ def measure(onnx_path: Path, *, device: str, precision: str, threads: int = 1, b
     ``blocks`` fastest blocks among those taken at the host's normal speed
     (``median_fastest_blocks``). If fewer than ``blocks`` were normal within ``max_time_s``, the
     fastest blocks rescaled by their reference frames are used instead (``median_ref_scaled``), flagged.
+    With ``reference="ratio"``, and for inputs of at least 64x64 pixels (framed by the large
+    reference at their own size), every block of the window is rescaled by its frames instead and
+    the statistic is their median (``median_ref_ratio``; :mod:`autocomp.measure.reference`).
 
     A measurement whose CV exceeds ``cv_threshold`` is taken again (``retries`` times); the one
     with the lowest CV is kept and flagged if it is still above the threshold.
@@ -151,7 +154,7 @@ def reference_timer(threads: int, batch: int, clock: str, input_shape=None, mode
 def reference_notes(ref: reference_model.Reference, blocks: int, window_s: float) -> dict:
     """What a measurement's notes record of its reference protocol."""
     return {"reference": ref.label, "reference_nominal_ms": round(ref.nominal, 5), "blocks": blocks, "window_s": window_s,
-            "statistic": "ref-ratio" if ref.matched else "fastest-blocks"}
+            "statistic": "ref-ratio" if ref.rescale else "fastest-blocks"}
 
 
 def sample(timed: Callable[[], float], ref: reference_model.Reference | None, protocol: dict, *,
@@ -188,8 +191,8 @@ def _normal_phase(timed: Callable[[], float], ref: reference_model.Reference, re
                   min_time_s: float, blocks: int, max_time_s: float, protocol: dict, window_s: float = WINDOW_S) -> Measurement:
     """Short blocks of candidate runs framed by reference runs, spread over ``window_s`` seconds; the
     statistic is the median of the ``blocks`` fastest blocks among those whose frames ran at the
-    host's normal speed (see :func:`measure`). With a matched (large) reference every block is
-    rescaled by its frames instead and the statistic is the median of them all
+    host's normal speed (see :func:`measure`). With a rescaling reference (``ref.rescale``) every
+    block is rescaled by its frames instead and the statistic is the median of them all
     (``median_ref_ratio``; :mod:`autocomp.measure.reference`); its ``cv`` is then that of the
     rescaled blocks' medians (one run's jitter does not move a median of hundreds, a block that
     disagrees does). The frames go back to ``ref``, which lowers a nominal latency that was
@@ -220,7 +223,7 @@ def _normal_phase(timed: Callable[[], float], ref: reference_model.Reference, re
             normal.append(own)
         scaled.append((np.asarray(own) * (2 * nominal / (before + after))).tolist())
     ref.observe(frames)
-    if ref.matched:  # the median of every rescaled sample; its noise is how far the blocks disagree
+    if ref.rescale:  # the median of every rescaled sample; its noise is how far the blocks disagree
         m = Measurement.from_samples([x for b in scaled for x in b], **protocol)
         medians = np.array([np.median(b) for b in scaled])
         block_cv = float(medians.std() / medians.mean()) if len(medians) > 1 and medians.mean() > 0 else 0.0

@@ -261,14 +261,14 @@ def lower_nominal(threads: int, batch: int, clock: str, frames: list[float], nam
 class Reference:
     """The reference timer of one measurement and this host's nominal latency for it: ``timer()``
     makes the callable that runs the reference model once (the backend owns the session). ``name``:
-    which reference (:func:`name_for`); a large one is ``matched``: the protocol rescales every
-    block by it instead of keeping the normal-phase blocks (module doc). ``ratio``: rescale by the
-    small one too."""
+    which reference (:func:`name_for`). ``rescale``: the protocol rescales every block by its
+    frames instead of keeping the normal-phase blocks (module doc): always with a large reference,
+    with the small one when ``ratio`` (the device option ``reference: ratio``)."""
 
     def __init__(self, timer: Callable[[], Callable[[], float]], threads: int = 1, batch: int = 1, clock: str = "wall",
                  name: str = "", ratio: bool = False):
         self.threads, self.batch, self.clock, self.name = threads, batch, clock, name
-        self.matched = bool(name) or ratio
+        self.rescale = bool(name) or ratio
         probes = dict(probes=100, runs=5) if name else {}  # the large reference runs for milliseconds
         self.nominal = nominal_ms(timer, threads, batch, clock, name=name, **probes)
         self.timed = timer()
