@@ -24,7 +24,7 @@ import onnxruntime as ort
 
 from autocomp.measure import fingerprint as fingerprint_mod
 from autocomp.measure import reference as reference_model
-from autocomp.measure.base import Measurement
+from autocomp.measure.base import REFERENCE_MODES, Measurement
 
 CV_THRESHOLD = 0.15
 # Images per ONNX Runtime call when scoring accuracy. Small batches keep the activations in cache: on
@@ -143,8 +143,8 @@ def reference_timer(threads: int, batch: int, clock: str, input_shape=None, mode
     blocks with it, so one nominal latency per host and reference serves them all). ``mode``: the
     measurement's ``reference`` option — ``True`` (the large reference rescales, the small one
     gates) or ``"ratio"`` (every block rescaled by whichever reference frames it)."""
-    if mode not in (True, "ratio"):
-        raise ValueError(f"unknown reference mode {mode!r}; expected true, false or 'ratio'")
+    if not mode or mode not in REFERENCE_MODES:
+        raise ValueError(f"unknown reference mode {mode!r}; expected one of {[m for m in REFERENCE_MODES if m]}")
     name = reference_model.name_for(list(input_shape) if input_shape is not None else None)
     path = reference_model.model_path(name)
     return reference_model.Reference(lambda: run_timer(session(path, threads), batch, clock), threads, batch, clock, name,
