@@ -12,7 +12,9 @@ import pytest
 
 from autocomp.measure import fingerprint as fpm
 from autocomp.measure.fingerprint import (
+    caches,
     cpu_flags,
+    cpu_id,
     cpu_model,
     differences,
     fingerprint_id,
@@ -196,6 +198,32 @@ def test_cpu_flags_give_the_isa_class():
     assert "-avx2-" in fingerprint_id(_cpu_fp(CPUINFO_AVX2)) and "-avx512-vnni-amx-" in fingerprint_id(_cpu_fp(CPUINFO_AMX))
 
 
+def test_the_host_behind_a_generic_model_name(tmp_path):
+    """A cloud VM calls a Zen 4 and a Zen 5 "AMD EPYC" alike: CPUID family.model.stepping (ARM:
+    implementer.part.variant) and the cache sizes tell them apart. They are in the id (and its slug)
+    when known; a fingerprint from before they were recorded keeps its id and matches no fingerprint
+    that has them."""
+    assert cpu_id(CPUINFO_AVX2) == "23.49.0" and cpu_id(CPUINFO_AMX) == "6.143.8"
+    assert cpu_id(CPUINFO_ORIN) == "0x41.0xd42.0x3" and cpu_id("processor\t: 0\n") is None
+    # only the first processor's block is read
+    assert cpu_id(CPUINFO_AVX2 + "\n" + CPUINFO_AMX) == "23.49.0"
+    for index, (level, kind, size) in enumerate([(1, "Data", "32K"), (1, "Instruction", "32K"),
+                                                 (2, "Unified", "1024K"), (3, "Unified", "32768K")]):
+        d = tmp_path / f"index{index}"
+        d.mkdir()
+        for name, value in (("level", level), ("type", kind), ("size", size)):
+            (d / name).write_text(f"{value}\n")
+    assert caches(tmp_path) == "L1d 32K, L2 1024K, L3 32768K" and caches(tmp_path / "none") is None
+    zen4 = _cpu_fp(CPUINFO_AVX2, cpu_model="AMD EPYC", cpu_id="25.17.1", caches="L1d 32K, L2 1024K, L3 32768K")
+    zen5 = {**zen4, "cpu_id": "26.2.0", "caches": "L1d 48K, L2 1024K, L3 32768K"}
+    assert fingerprint_id(zen4) != fingerprint_id(zen5) and "-25.17.1-" in fingerprint_id(zen4)
+    assert [d.split(":")[0] for d in differences(zen5, zen4)] == ["cpu_id", "caches"]
+    legacy = {k: v for k, v in zen4.items() if k not in fpm.HOST_KEYS}
+    assert fingerprint_id(legacy) == fingerprint_id({**_cpu_fp(CPUINFO_AVX2), "cpu_model": "AMD EPYC"})
+    assert not matches(zen4, legacy) and not matches(legacy, zen4) and matches(legacy, dict(legacy))
+    assert "cpu_id: 25.17.1 vs unknown" in differences(zen4, legacy)
+
+
 def test_fingerprint_ids_are_stable_and_follow_the_kernel_selecting_fields():
     base = _cpu_fp(CPUINFO_AVX2)
     fid = fingerprint_id(base)
@@ -207,6 +235,9 @@ def test_fingerprint_ids_are_stable_and_follow_the_kernel_selecting_fields():
         "isa": _cpu_fp(CPUINFO_AMX)["isa"], "threads": 2, "batch": 8, "backend_version": "1.20.1",
         "cpu_model": "AMD EPYC 9654 96-Core Processor", "qdq_fusion": True,
     }
+    base = {**base, "cpu_id": "23.49.0", "caches": "L1d 32K, L2 512K, L3 16384K"}
+    fid = fingerprint_id(base)
+    changed.update(cpu_id="23.49.1", caches="L1d 32K, L2 512K, L3 32768K")
     ids = {k: fingerprint_id({**base, k: v}) for k, v in changed.items()}
     assert fid not in ids.values() and len(set(ids.values())) == len(ids)
     for k, v in changed.items():
@@ -237,6 +268,7 @@ def test_this_host_fingerprint_and_the_int8_fusion_choice():
     fp = get_device("cpu-ort").fingerprint()
     assert fp == fpm.cpu("onnxruntime", ort.__version__, 1, 1, qdq_fusion=qdq_fusion())
     assert fp["isa"] == cpu_flags() and fp["cpu_model"] == cpu_model() and fp["backend_version"] == ort.__version__
+    assert fp.get("cpu_id") == cpu_id() and fp.get("caches") == caches()
     assert all(fp.get(k) is not None for k in fpm.KEYS["onnxruntime"])
     # ORT's QDQ fusion is kept only where the int8 kernels accumulate without int16 saturation
     assert qdq_fusion() == has_int8_dot(cpu_flags()) == fp["qdq_fusion"]

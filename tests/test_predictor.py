@@ -210,7 +210,7 @@ def test_a_predictor_is_found_only_for_its_own_fingerprint(tmp_path):
     assert find_predictor("cpu-ort", here, [tmp_path]).fingerprint_id == fingerprint_id(here)
     assert find_predictor("cpu-ort-b8", here, [tmp_path]) is None  # another device's folder
     for change in ({"cpu_model": "Some Other CPU"}, {"backend_version": "0.0.1"}, {"threads": 4}, {"batch": 8},
-                   {"isa": ["avx2", "fma"]}):
+                   {"isa": ["avx2", "fma"]}, {"cpu_id": "0.0.0"}, {"caches": "L1d 1K"}):
         other = {**here, **change}
         assert find_predictor("cpu-ort", other, [tmp_path]) is None, change
         diff = differences(other, here)

@@ -4,9 +4,12 @@ A latency figure, a measurement table and a predictor are valid only for the fin
 measured them. Two machines with the same fingerprint run the same kernels; a different CPU ISA
 class, runtime version, thread count, batch, GPU, JetPack, TensorRT or power mode is a new device.
 
-* ONNX Runtime on a CPU (:func:`cpu_ort`): CPU model, architecture, the ISA features that pick
+* ONNX Runtime on a CPU (:func:`cpu`): CPU model, architecture, the ISA features that pick
   ONNX Runtime's kernels (vector width for its blocked NCHWc layout, VNNI/AMX for integer GEMMs,
   fp16/bf16 support), whether QDQ integer fusion runs, ONNX Runtime version, threads, batch.
+  Also the host's identity behind the model name (:data:`HOST_KEYS`): a cloud VM reports "AMD EPYC"
+  for a Zen 4 and a Zen 5 alike, so the CPUID family/model/stepping and the cache sizes are part of
+  it; they decide the speed of the same kernels.
 * TensorRT (:func:`tensorrt`): GPU or SoC, Jetson module, L4T release, TensorRT and CUDA versions,
   power mode (``nvpmodel -q``), whether clocks are locked (``jetson_clocks --show``). The parsers
   take the tools' text, so they are tested on real output without a GPU.
@@ -42,6 +45,10 @@ KEYS = {
     "tensorrt": ("backend", "gpu", "jetson_module", "l4t", "backend_version", "cuda", "power_mode", "clocks_locked", "batch"),
 }
 KEYS["trtexec"] = KEYS["tensorrt"]
+# the CPU's identity behind its model name: CPUID family.model.stepping (ARM: implementer.part.variant)
+# and the cache sizes. Fingerprints from before they were recorded lack them: their ids stay what they
+# were, and they match no fingerprint that has them (the same host cannot be shown).
+HOST_KEYS = ("cpu_id", "caches")
 
 
 # --------------------------------------------------------------------------- the CPU
@@ -87,9 +94,44 @@ def has_int8_dot(isa: list[str] | None) -> bool:
     return bool(set(isa or ()) & {"avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm"})
 
 
+def cpu_id(cpuinfo: str | None = None) -> str | None:
+    """The CPU's microarchitecture as CPUID reports it: ``family.model.stepping`` on x86,
+    ``implementer.part.variant`` on ARM; None when /proc/cpuinfo does not say."""
+    fields: dict[str, str] = {}
+    for line in (_cpuinfo() if cpuinfo is None else cpuinfo).splitlines():
+        if not line.strip() and fields:
+            break  # the first processor's block
+        if ":" in line:
+            key, value = (x.strip().lower() for x in line.split(":", 1))
+            fields.setdefault(key, value)
+    for keys in (("cpu family", "model", "stepping"), ("cpu implementer", "cpu part", "cpu variant")):
+        if all(k in fields for k in keys):
+            return ".".join(fields[k] for k in keys)
+    return None
+
+
+def caches(root: Path = Path("/sys/devices/system/cpu/cpu0/cache")) -> str | None:
+    """The data and unified caches one core sees, ``L1d 32K, L2 1024K, L3 32768K``; None when
+    sysfs does not list them."""
+    out = []
+    for index in sorted(root.glob("index*")):
+        try:
+            level, kind, size = ((index / f).read_text().strip() for f in ("level", "type", "size"))
+        except OSError:
+            continue
+        if kind != "Instruction":
+            out.append(f"L{level}{'d' if kind == 'Data' else ''} {size}")
+    return ", ".join(out) or None
+
+
 @functools.lru_cache(maxsize=None)
 def _this_cpu() -> tuple[str, str, tuple[str, ...]]:
     return cpu_model(), platform.machine(), tuple(cpu_flags())
+
+
+@functools.lru_cache(maxsize=None)
+def _this_host() -> dict[str, str]:
+    return {k: v for k, v in (("cpu_id", cpu_id()), ("caches", caches())) if v is not None}
 
 
 def this_cpu_flags() -> list[str]:
@@ -100,7 +142,7 @@ def this_cpu_flags() -> list[str]:
 def cpu(backend: str, backend_version: str, threads: int, batch: int, **extra: Any) -> dict[str, Any]:
     """The fingerprint of a CPU runtime on this machine."""
     model, arch, isa = _this_cpu()
-    return {"schema": SCHEMA, "backend": backend, "cpu_model": model, "arch": arch, "isa": list(isa),
+    return {"schema": SCHEMA, "backend": backend, "cpu_model": model, "arch": arch, "isa": list(isa), **_this_host(),
             "backend_version": backend_version, "threads": int(threads), "batch": int(batch), **extra}
 
 
@@ -172,16 +214,23 @@ def _slug(fp: dict[str, Any]) -> str:
         isa_class = "isa-unknown" if isa is None else (
             ("avx512" if "avx512f" in isa else "avx2" if "avx2" in isa else fp.get("arch") or "cpu")
             + ("-vnni" if has_int8_dot(isa) else "") + ("-amx" if "amx_tile" in isa else ""))
-        parts = [fp.get("cpu_model"), isa_class, f"{fp.get('backend')}{fp.get('backend_version')}",
+        parts = [fp.get("cpu_model"), fp.get("cpu_id"), isa_class, f"{fp.get('backend')}{fp.get('backend_version')}",
                  f"t{fp.get('threads')}b{fp.get('batch')}"]
     text = "-".join(str(p) for p in parts if p)
     return re.sub(r"[^a-z0-9.]+", "-", text.lower()).strip("-")[:60]
 
 
+def _keys(fp: dict[str, Any]) -> tuple[str, ...]:
+    keys = KEYS.get(str(fp.get("backend")))
+    if keys is None:
+        return tuple(sorted(k for k in fp if k != "schema"))
+    return keys + tuple(k for k in HOST_KEYS if k in fp)
+
+
 def fingerprint_id(fp: dict[str, Any]) -> str:
     """``<slug>-<sha1 of the matching fields>``: stable, readable, safe as a folder name."""
-    keys = KEYS.get(str(fp.get("backend")), tuple(sorted(k for k in fp if k != "schema")))
-    ident = json.dumps({k: fp.get(k) for k in keys}, sort_keys=True)
+    keys = _keys(fp)
+    ident = json.dumps({k: fp.get(k) for k in keys if k in fp or k not in HOST_KEYS}, sort_keys=True)
     return f"{_slug(fp)}-{hashlib.sha1(ident.encode()).hexdigest()[:8]}"
 
 
@@ -189,8 +238,9 @@ def differences(have: dict[str, Any], want: dict[str, Any]) -> list[str]:
     """The matching fields that differ (``field: have != want``); empty when they match. A field
     that either side lacks (``None``) counts as a difference: it cannot be shown to match."""
     keys = KEYS.get(str(want.get("backend")), tuple(sorted(set(have) | set(want))))
+    host = tuple(k for k in HOST_KEYS if k not in keys and (k in have or k in want))
     out = []
-    for k in keys:
+    for k in keys + host:
         a, b = have.get(k), want.get(k)
         if a is None or b is None or a != b:
             out.append(f"{k}: {_short(a)} vs {_short(b)}")
@@ -219,7 +269,7 @@ def similarity(a: dict[str, Any], b: dict[str, Any]) -> float:
         ia, ib = a.get("isa"), b.get("isa")
         if ia is not None and ib is not None:
             score += 2.0 * (vector_width(ia) == vector_width(ib)) + 2.0 * (has_int8_dot(ia) == has_int8_dot(ib))
-    for k in ("backend_version", "threads", "batch", "cpu_model"):
+    for k in ("backend_version", "threads", "batch", "cpu_model", "cpu_id"):
         score += 0.5 * (a.get(k) == b.get(k) and a.get(k) is not None)
     return score
 
