@@ -336,8 +336,12 @@ def test_devices_command_says_whether_this_machine_matches(tmp_path, monkeypatch
     here = get_device("cpu-ort").fingerprint()
     fid = fingerprint_id(here)
 
-    def row(output: str) -> str:
-        return next(line for line in output.splitlines() if line.startswith("│ cpu-ort "))
+    def row(output: str) -> str:  # the cpu-ort row, with the continuation lines of its multi-line cells
+        lines = output.splitlines()
+        i = next(k for k, line in enumerate(lines) if line.startswith("│ cpu-ort "))
+        end = next((k for k in range(i + 1, len(lines)) if not lines[k].startswith("│ ") or lines[k][2:].split("│")[0].strip()),
+                   len(lines))
+        return "\n".join(lines[i:end])
 
     runner = CliRunner()
     before = runner.invoke(app, ["devices"], env={"COLUMNS": "400"})

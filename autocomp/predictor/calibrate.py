@@ -333,19 +333,21 @@ def live_error(rows: list[dict]) -> dict[str, Any]:
 
 AUDIT_SHARE = 10  # measure one skipped candidate in this many
 AUDIT_MIN = 2
+AUDIT_MAX = 4  # and at most this many (the budget search scores thousands; the nearest tell the most)
 
 
 def skip_audit(skipped: list[tuple[Candidate, float]], budget_ms: float, space: SearchSpace, device: Device,
                progress: bool = True) -> dict[str, Any]:
     """Measure a share of the candidates the filter skipped (one in ``AUDIT_SHARE``, at least
-    ``AUDIT_MIN``): those predicted nearest the budget, where a wrong skip is likeliest. Reports how
+    ``AUDIT_MIN``, at most ``AUDIT_MAX``): those predicted nearest the budget, where a wrong skip is
+    likeliest. Reports how
     many in fact fit the budget (the target is none). Runs on the device's node when Ray runs."""
     from autocomp.cluster import on_device
 
     out: dict[str, Any] = {"skipped": len(skipped), "audited": 0, "fit_budget": 0, "rows": []}
     if not skipped:
         return out
-    n = min(len(skipped), max(AUDIT_MIN, -(-len(skipped) // AUDIT_SHARE)))
+    n = min(len(skipped), AUDIT_MAX, max(AUDIT_MIN, -(-len(skipped) // AUDIT_SHARE)))
     chosen = sorted(skipped, key=lambda t: t[1])[:n]
     bar = None
     if progress:

@@ -140,6 +140,13 @@ class Controller:
             return None
         return [float(x) for x in np.asarray(self.predictor.predict(list(candidates)), dtype=float).reshape(-1)]
 
+    def limit_ms(self) -> float | None:
+        """The filter's limit: a candidate is skipped only when predicted above it (the budget,
+        widened by the live error when the predictor adapts online)."""
+        if self.predictor is not None and hasattr(self.predictor, "limit"):
+            return self.predictor.limit(self.budget_ms)
+        return self.budget_ms
+
     def _feasible_fresh(self) -> Candidate:
         """A proposal not asked before whose predicted latency fits the budget.
 
@@ -148,9 +155,7 @@ class Controller:
         strategy's own proposals are replaced by uniform samples of the space.
         """
         tried = 0
-        limit = self.budget_ms
-        if self.predictor is not None and hasattr(self.predictor, "limit"):
-            limit = self.predictor.limit(self.budget_ms)  # the budget widened by the live error
+        limit = self.limit_ms()
         while tried < self.max_proposals:
             use_space = tried >= self.max_proposals // 2
             chunk = [self.space.sample(self.rng) if use_space else self.propose() for _ in range(self.chunk)]

@@ -12,6 +12,9 @@ under the budget: predicted latency (the run's calibrated, online-adapted latenc
   trained on supernet-inherited accuracies of compressed candidates). The first generation is a
   diverse set of the best ranked: farthest-point selection in the (scaled) encoding among the top
   ``shortlist``.
+* **Skipped.** Every scored candidate predicted over the filter's limit (the budget widened by
+  the live error, :meth:`Controller.limit_ms`) counts as skipped, once: those are what the latency
+  model kept out of the search, and the skip audit measures the ones predicted nearest the limit.
 * **Later generations.** An accuracy predictor is fitted on the run's own results (once it has
   ``min_train``) and averaged, by rank, with the shipped one; it ranks a fresh pool of band samples
   and mutations of the best candidates found so far under the budget; the next generation is again
@@ -57,6 +60,7 @@ class BudgetSearch(Controller):
         self._data: list[tuple[Candidate, float]] = []
         self._started = False
         self._proposed: set[Candidate] = set()
+        self._skipped: set[Candidate] = set()  # scored candidates predicted over the filter's limit
 
     # ----------------------------------------------------------------------- strategy
 
@@ -91,6 +95,7 @@ class BudgetSearch(Controller):
         lat = self.predict_ms(cands)  # batched, before any per-candidate work
         if lat is not None and self.budget_ms is not None:
             lat = np.asarray(lat)
+            self._log_skipped(cands, lat)
             fits = lat <= self.budget_ms
             near = fits & (lat >= self.band * self.budget_ms)
             keep = near if near.sum() >= self.generation_size else fits  # a band too thin: everything that fits
@@ -106,6 +111,16 @@ class BudgetSearch(Controller):
                 seen.add(c)
                 fresh.append(i)
         return [cands[i] for i in fresh], (lat[fresh] if lat is not None else None)
+
+    def _log_skipped(self, cands: list[Candidate], lat: np.ndarray) -> None:
+        """What the latency model kept out of the search: every scored candidate predicted over the
+        filter's limit counts as skipped once (the skip audit measures those nearest the limit)."""
+        for i in np.flatnonzero(lat > self.limit_ms()):
+            c = cands[i]
+            if c not in self._skipped:
+                self._skipped.add(c)
+                self.skipped += 1
+                self.skipped_log.append((c, float(lat[i])))
 
     def _score(self, cands: Sequence[Candidate]) -> np.ndarray | None:
         """Predicted accuracy, as a rank in [0, 1] (prior and run-fitted predictors averaged)."""
