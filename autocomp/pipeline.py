@@ -248,7 +248,8 @@ def _run_locked(cfg: SearchConfig, config: dict, device: Device, space, settings
             summary["latency_model"]["int8_warning"] = warning
         if lm.predictor is not None:
             summary["latency_model"]["online"] = searcher.ctrl.latency_state()
-            summary["skip_audit"] = skip_audit(searcher.ctrl.skipped_log, cfg.budget_ms, space, device, progress=True)
+            summary["skip_audit"] = skip_audit(searcher.ctrl.skipped_log, cfg.budget_ms, space, device, progress=True,
+                                               predict=searcher.ctrl.predict_ms)
         added = record_measurements(device.name, lm.fingerprint, space, rows)
         if added:
             summary["latency_model"]["recorded"] = added

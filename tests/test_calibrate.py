@@ -401,6 +401,10 @@ def test_skip_audit_of_a_pessimistic_predictor_finds_candidates_that_fit(env, de
     for r in audit["rows"]:
         assert r["measured_ms"] > 0 and r["fits"] == (r["measured_ms"] <= budget) and r["fingerprint_id"] == env["fid"]
     assert audit["fit_budget"] == sum(r["fits"] for r in audit["rows"]) >= 1  # wrongly skipped, found
+    # the run's latency model as it ended picks them (here it learnt they run at half the prediction)
+    later = skip_audit(skipped, budget, tiny, device, progress=False, predict=lambda cs: 0.5 * pessimistic.predict(cs))
+    assert [r["predicted_at_skip_ms"] for r in later["rows"]] == pytest.approx(nearest, abs=1e-4)
+    assert [r["predicted_ms"] for r in later["rows"]] == pytest.approx([0.5 * p for p in nearest], abs=1e-4)
 
 
 def test_a_cached_calibration_is_refit_once_runs_have_measured_enough(env, device, measured, tiny, monkeypatch):

@@ -344,10 +344,12 @@ AUDIT_MAX = 4  # and at most this many (the budget search scores thousands; the 
 
 
 def skip_audit(skipped: list[tuple[Candidate, float]], budget_ms: float, space: SearchSpace, device: Device,
-               progress: bool = True) -> dict[str, Any]:
+               progress: bool = True, predict: Callable[[list[Candidate]], Sequence[float]] | None = None) -> dict[str, Any]:
     """Measure a share of the candidates the filter skipped (one in ``AUDIT_SHARE``, at least
     ``AUDIT_MIN``, at most ``AUDIT_MAX``): those predicted nearest the budget, where a wrong skip is
-    likeliest. Reports how many in fact fit the budget (the target is none). Runs on the device's
+    likeliest. ``predict`` is the run's latency model as it ended (the online correction has learnt
+    from every measurement since a candidate was skipped): it picks them, and each row keeps both
+    predictions. Reports how many in fact fit the budget (the target is none). Runs on the device's
     node when Ray runs."""
     from autocomp.cluster import on_device
 
@@ -355,7 +357,8 @@ def skip_audit(skipped: list[tuple[Candidate, float]], budget_ms: float, space: 
     if not skipped:
         return out
     n = min(len(skipped), AUDIT_MAX, max(AUDIT_MIN, -(-len(skipped) // AUDIT_SHARE)))
-    chosen = sorted(skipped, key=lambda t: t[1])[:n]
+    now = [float(p) for p in predict([c for c, _ in skipped])] if predict is not None else [p for _, p in skipped]
+    chosen = sorted(((c, p_now, p) for (c, p), p_now in zip(skipped, now)), key=lambda t: t[1])[:n]
     bar = None
     if progress:
         from rich.progress import Progress
@@ -364,11 +367,11 @@ def skip_audit(skipped: list[tuple[Candidate, float]], budget_ms: float, space: 
         bar.start()
         task = bar.add_task("skip audit: measuring skipped candidates", total=n)
     try:
-        for cand, predicted in chosen:
+        for cand, predicted, at_skip in chosen:
             row = on_device(device, _measure_json, cand.to_json(), space, device.name)
             fits = row["median_ms"] <= budget_ms
-            out["rows"].append({"id": cand.id, "predicted_ms": round(float(predicted), 4), "measured_ms": round(row["median_ms"], 4),
-                                "fits": fits, "fingerprint_id": row.get("fingerprint_id")})
+            out["rows"].append({"id": cand.id, "predicted_ms": round(predicted, 4), "predicted_at_skip_ms": round(float(at_skip), 4),
+                                "measured_ms": round(row["median_ms"], 4), "fits": fits, "fingerprint_id": row.get("fingerprint_id")})
             out["fit_budget"] += int(fits)
             if bar is not None:
                 bar.advance(task)
