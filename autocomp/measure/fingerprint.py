@@ -221,6 +221,8 @@ def _slug(fp: dict[str, Any]) -> str:
 
 
 def _keys(fp: dict[str, Any]) -> tuple[str, ...]:
+    """The fields that identify ``fp``: its backend's keys, plus the host keys it records (so a
+    fingerprint written before those existed keeps its id)."""
     keys = KEYS.get(str(fp.get("backend")))
     if keys is None:
         return tuple(sorted(k for k in fp if k != "schema"))
@@ -229,8 +231,7 @@ def _keys(fp: dict[str, Any]) -> tuple[str, ...]:
 
 def fingerprint_id(fp: dict[str, Any]) -> str:
     """``<slug>-<sha1 of the matching fields>``: stable, readable, safe as a folder name."""
-    keys = _keys(fp)
-    ident = json.dumps({k: fp.get(k) for k in keys if k in fp or k not in HOST_KEYS}, sort_keys=True)
+    ident = json.dumps({k: fp.get(k) for k in _keys(fp)}, sort_keys=True)
     return f"{_slug(fp)}-{hashlib.sha1(ident.encode()).hexdigest()[:8]}"
 
 

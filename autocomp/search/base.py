@@ -61,7 +61,6 @@ class Controller:
         self.options = options
         self.history: list[tuple[Candidate, dict]] = []  # in tell order
         self.seen: set[str] = set()
-        self.skipped = 0  # proposals never evaluated because their predicted latency exceeds the budget
         self.skipped_log: list[tuple[Candidate, float]] = []  # (proposal, predicted ms) of the skipped ones
         self.predicted: dict[str, float] = {}  # candidate id -> predicted latency (ms)
         self.asked = 0
@@ -140,6 +139,11 @@ class Controller:
             return None
         return [float(x) for x in np.asarray(self.predictor.predict(list(candidates)), dtype=float).reshape(-1)]
 
+    @property
+    def skipped(self) -> int:
+        """Proposals never evaluated because their predicted latency exceeds the filter's limit."""
+        return len(self.skipped_log)
+
     def limit_ms(self) -> float | None:
         """The filter's limit: a candidate is skipped only when predicted above it (the budget,
         widened by the live error when the predictor adapts online)."""
@@ -166,7 +170,6 @@ class Controller:
             lat = self.predict_ms(chunk)
             for k, c in enumerate(chunk):
                 if lat is not None and lat[k] > limit:
-                    self.skipped += 1
                     self.skipped_log.append((c, lat[k]))
                     self.seen.add(c.id)  # never proposed again
                     continue

@@ -119,7 +119,6 @@ class BudgetSearch(Controller):
             c = cands[i]
             if c not in self._skipped:
                 self._skipped.add(c)
-                self.skipped += 1
                 self.skipped_log.append((c, float(lat[i])))
 
     def _score(self, cands: Sequence[Candidate]) -> np.ndarray | None:
