@@ -156,6 +156,40 @@ def test_dequant_is_the_old_placement_and_fused_links_int8_layers(tmp_path):
     assert ort_ops(paths["fused"])["QLinearConv"] > ort_ops(paths["dequant"])["QLinearConv"]
 
 
+def test_a_low_rank_int8_group_folds_its_batchnorm_into_the_second_conv(tmp_path):
+    """A low-rank pair (or Tucker triple) is a Sequential of convs followed by the group's BatchNorm:
+    the BatchNorm folds into its last conv (same outputs), so the int8 export has no BatchNorm and
+    ONNX Runtime runs both halves as integer convs (before, the second half ran as a float conv on
+    weights dequantized at every inference, then the BatchNorm)."""
+    from autocomp.compress import lowrank
+    from autocomp.compress.quantize import fold_bn
+
+    c = small("int8", rank=0.5)
+    torch.manual_seed(0)
+    model = lowrank.apply(build(c, SPACE).eval(), c)
+    for bn in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):  # non-trivial statistics
+        bn.running_mean.uniform_(-1, 1), bn.running_var.uniform_(0.5, 2), bn.weight.data.uniform_(0.5, 1.5)
+    pairs = [m for m in model.modules() if isinstance(m, torch.nn.Sequential) and len(m) and all(isinstance(x, torch.nn.Conv2d) for x in m)]
+    assert len(pairs) >= 4  # the candidate has low-rank pairs
+    x = torch.randn(4, 1, 28, 28)
+    with torch.no_grad():
+        before = model(x)
+        fold_bn(model)
+        after = model(x)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-4)
+
+    calib = [torch.randn(16, 1, 28, 28, generator=torch.Generator().manual_seed(1))]
+    torch.manual_seed(0)
+    q = compress(build(c, SPACE).eval(), c, None, SPACE, calib, **Int8Scheme("fused", True).compress_kwargs())
+    path = to_onnx(q, tmp_path / "m.onnx", (1, 28, 28))
+    assert not any(n.op_type == "BatchNormalization" for n in onnx.load(str(path)).graph.node)
+    linked = sum(lp.output_q for lp in qinspect.layer_precisions(path))  # int8 convs whose output is quantized
+    assert linked >= 2 * len(pairs) - 1  # every first half, and the second halves that feed an int8 layer
+    ops = ort_ops(path)  # 7-bit weights: the fusion runs on every host
+    assert ops["QLinearConv"] == linked and ops["BatchNormalization"] == 0
+
+
 @pytest.fixture(scope="module")
 def trained_small(mnist):
     """The weights of :func:`small` trained briefly on MNIST (once for the module)."""

@@ -206,19 +206,35 @@ class QuantLayer(nn.Module):
 
 
 def fold_bn(module: nn.Module) -> None:
-    """Fold every Conv2d -> BatchNorm2d pair of nn.Sequential children into the conv, in place
-    (``torch.nn.utils.fusion.fuse_conv_bn_eval``; the BatchNorm becomes an Identity)."""
+    """Fold every BatchNorm2d of an nn.Sequential into the conv that produces its input, in place
+    (``torch.nn.utils.fusion.fuse_conv_bn_eval``; the BatchNorm becomes an Identity). That conv is the
+    previous child, or the last conv of a previous nn.Sequential child (a low-rank pair or Tucker
+    triple replaces one conv by a Sequential of convs: left unfolded, an int8 group exported its
+    BatchNorm and ran the second conv as a float conv on weights dequantized at every inference)."""
     for child in module.modules():
         if not isinstance(child, nn.Sequential):
             continue
         for i in range(len(child) - 1):
-            conv, bn = child[i], child[i + 1]
-            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
-                fused = fuse_conv_bn_eval(conv.eval(), bn.eval())
-                # a conv without bias gets a new one made from zeros, which the library leaves frozen:
-                # it trains with the weights (QAT and distillation run through the folded conv)
-                fused.bias.requires_grad_(fused.weight.requires_grad)
-                child[i], child[i + 1] = fused, nn.Identity()
+            bn = child[i + 1]
+            if not isinstance(bn, nn.BatchNorm2d):
+                continue
+            owner, idx = _producer(child, i)
+            if owner is None:
+                continue
+            fused = fuse_conv_bn_eval(owner[idx].eval(), bn.eval())
+            # a conv without bias gets a new one made from zeros, which the library leaves frozen:
+            # it trains with the weights (QAT and distillation run through the folded conv)
+            fused.bias.requires_grad_(fused.weight.requires_grad)
+            owner[idx], child[i + 1] = fused, nn.Identity()
+
+
+def _producer(seq: nn.Sequential, i: int) -> tuple[nn.Sequential | None, int]:
+    """(Sequential, index) of the Conv2d whose output is ``seq[i]``'s output: ``seq[i]`` itself, or
+    the last child of nested Sequentials ending in a conv; (None, -1) when there is none."""
+    m = seq[i]
+    while isinstance(m, nn.Sequential) and len(m):
+        seq, i, m = m, len(m) - 1, m[-1]
+    return (seq, i) if isinstance(m, nn.Conv2d) else (None, -1)
 
 
 def _wrap_int8(module: nn.Module, **scheme) -> None:
