@@ -75,8 +75,13 @@ def fingerprint(threads: int = 1, batch: int = 1, **_options) -> dict:
     return fingerprint_mod.cpu("onnxruntime", ort.__version__, threads, batch, qdq_fusion=qdq_fusion())
 
 
-def session(onnx_path: Path, threads: int = 1) -> ort.InferenceSession:
+def session(onnx_path: Path, threads: int = 1, profile_prefix: str | None = None) -> ort.InferenceSession:
+    """autocomp's session of ``onnx_path`` on this host; ``profile_prefix``: also record ONNX Runtime's
+    per-node profile (``end_profiling()`` writes it to ``<prefix>_<date>.json``)."""
     so = ort.SessionOptions()
+    if profile_prefix is not None:
+        so.enable_profiling = True
+        so.profile_file_prefix = profile_prefix
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
