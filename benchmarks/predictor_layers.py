@@ -16,7 +16,14 @@ cross-validation over candidates:
   channels, kernel, stride, groups, areas, MACs, traffic, channel multiples of 4/8/16, the previous
   layer's precision), fit on the training candidates' profiled convs; a test candidate's predicted
   conv times are summed and enter the ``sum`` model's non-negative least squares as one more column
-  (trained on the profiled sums, applied to the predicted ones).
+  (trained on the profiled sums, applied to the predicted ones);
+* ``layers_rescaled``: the same with every candidate's profiled conv times rescaled by its measured
+  latency over its profiled run time. A profile is one short run of the host, without the reference
+  protocol, so a slow phase of the host inflates every conv of that candidate; the table's latency
+  does not. (The training rows' conv sums then carry their own latency: the test rows' never do.)
+
+Scored twice: K-fold cross-validation over the candidates (``--seeds`` fold draws), and the
+predictor's own split (:func:`autocomp.predictor.model.split_table`: the held-out rows, by id hash).
 
 The profiler adds a few microseconds per node, so it tells most at 224x224 (convs of 50-500 us) and
 least at 28x28 (convs of a few us). Run it alone on the machine. Saves
@@ -43,7 +50,7 @@ from autocomp.measure.fingerprint import fingerprint_id  # noqa: E402
 from autocomp.predictor import predictor_dir  # noqa: E402
 from autocomp.predictor.campaign import export_candidate, read_table  # noqa: E402
 from autocomp.predictor.features import group_features, nchwc_block  # noqa: E402
-from autocomp.predictor.model import _fit_sum, candidates_of, host_info, metrics  # noqa: E402
+from autocomp.predictor.model import _fit_sum, candidates_of, host_info, is_test_id, metrics  # noqa: E402
 from autocomp.resources import predictors_dir  # noqa: E402
 from autocomp.space import get_space  # noqa: E402
 
@@ -85,9 +92,30 @@ def layer_row(layer, prev: str) -> list[float]:
             c_in % 8 == 0, c_out % 8 == 0, c_in % 4 == 0, c_out % 4 == 0, PREC[prev], layer.level]
 
 
-def main() -> None:
+def score_folds(fold: np.ndarray, folds: int, g: np.ndarray, y: np.ndarray, x: np.ndarray, variants: dict[str, np.ndarray],
+                owner: np.ndarray, only: int | None = None) -> dict[str, dict]:
+    """Metrics of the sum model and of each labelling of the layer model, fold ``f`` predicted from
+    the others (``only``: that fold alone is scored, trained on the rest)."""
     import lightgbm as lgb
 
+    n = len(y)
+    preds = {k: np.zeros(n) for k in ("sum", *variants)}
+    scored = np.zeros(n, bool)
+    for f in range(folds) if only is None else (only,):
+        tr, te = fold != f, fold == f
+        scored |= te
+        ltr, lte = tr[owner], te[owner]
+        preds["sum"][te] = g[te] @ _fit_sum(g[tr], y[tr])
+        for name, lab in variants.items():
+            model = lgb.train(LGB, lgb.Dataset(x[ltr], np.log(lab[ltr])), ROUNDS)
+            conv_pred = np.bincount(owner[lte], np.exp(model.predict(x[lte])), n) / 1000.0
+            conv_ms = np.bincount(owner, lab, n) / 1000.0
+            coef = _fit_sum(np.c_[conv_ms, g][tr], y[tr])
+            preds[name][te] = np.c_[conv_pred, g][te] @ coef
+    return {k: metrics(p[scored], y[scored]) for k, p in preds.items()}
+
+
+def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--space", default="fbnet-224")
     ap.add_argument("--device", default="cpu-ort", help="an ONNX Runtime device (the profiler is ONNX Runtime's)")
@@ -111,7 +139,7 @@ def main() -> None:
     y = table["median_ms"].to_numpy(float)
     from rich.progress import Progress
 
-    rows, labels, owner, keep, conv_share = [], [], [], [], []
+    rows, labels, owner, keep, conv_share, run_ms = [], [], [], [], [], []
     t0 = time.time()
     with tempfile.TemporaryDirectory() as tmp, Progress() as bar:
         task = bar.add_task("profile", total=len(cands))
@@ -124,6 +152,7 @@ def main() -> None:
             if len(convs) != len(conv_rows):  # a graph ONNX Runtime rewrote beyond one node per conv: left out
                 continue
             keep.append(i)
+            run_ms.append(run_us / 1000.0)
             conv_share.append(sum(convs) / sum(d for _, d in nodes))
             prev, j = "fp32", 0
             for L in layers:
@@ -138,38 +167,28 @@ def main() -> None:
     cands, y = [cands[i] for i in keep], y[keep]
     x, lab, owner = np.array(rows, float), np.array(labels), np.array(owner)
     n = len(y)
-    conv_ms = np.bincount(owner, lab, n) / 1000.0
+    run_ms = np.array(run_ms)
     g = group_features(cands, space, block=nchwc_block(host_info(table)["fingerprint"]))
+    variants = {"layers": lab, "layers_rescaled": lab * (y / run_ms)[owner]}
     results = []
     for seed in range(args.seeds):
         fold = np.random.default_rng(seed).permutation(n) % args.folds
-        p_sum, p_layers, layer_err = np.zeros(n), np.zeros(n), []
-        for f in range(args.folds):
-            tr, te = fold != f, fold == f
-            ltr, lte = tr[owner], te[owner]
-            p_sum[te] = g[te] @ _fit_sum(g[tr], y[tr])
-            model = lgb.train(LGB, lgb.Dataset(x[ltr], np.log(lab[ltr])), ROUNDS)
-            pred = np.exp(model.predict(x[lte]))
-            layer_err += list(pred / lab[lte] - 1)
-            conv_pred = np.bincount(owner[lte], pred, n) / 1000.0
-            coef = _fit_sum(np.c_[conv_ms, g][tr], y[tr])
-            p_layers[te] = np.c_[conv_pred, g][te] @ coef
-        err = np.abs(np.array(layer_err))
-        row = {"seed": seed, "sum": metrics(p_sum, y), "layers": metrics(p_layers, y),
-               "layer_model": {"median_abs_err": float(np.median(err)), "within_10pct": float(np.mean(err <= 0.10))}}
+        row = {"seed": seed, **score_folds(fold, args.folds, g, y, x, variants, owner)}
         results.append(row)
-        print(f"seed {seed}: sum {row['sum']['within_10pct']:.3f} within ±10 % (RMSPE {row['sum']['rmspe']:.4f}, Spearman "
-              f"{row['sum']['spearman']:.3f}) | layers {row['layers']['within_10pct']:.3f} (RMSPE {row['layers']['rmspe']:.4f}, "
-              f"Spearman {row['layers']['spearman']:.3f}) | one conv: median |err| {row['layer_model']['median_abs_err']:.3f}", flush=True)
-    mean = {k: {m: float(np.mean([r[k][m] for r in results])) for m in ("within_10pct", "rmspe", "spearman")} for k in ("sum", "layers")}
-    print(f"mean over {args.seeds} fold draws: sum {mean['sum']['within_10pct']:.3f}, layers {mean['layers']['within_10pct']:.3f} within ±10 %")
+        print(f"seed {seed}: " + " | ".join(f"{k} {row[k]['within_10pct']:.3f} within ±10 % (RMSPE {row[k]['rmspe']:.4f}, Spearman "
+                                           f"{row[k]['spearman']:.3f})" for k in ("sum", *variants)), flush=True)
+    held = np.array([is_test_id(str(i)) for i in table["id"].to_numpy()[keep]])
+    heldout = score_folds(held.astype(int), 2, g, y, x, variants, owner, only=1)
+    print("held out (" + str(int(held.sum())) + " rows): " + " | ".join(f"{k} {heldout[k]['within_10pct']:.3f}" for k in ("sum", *variants)))
+    mean = {k: {m: float(np.mean([r[k][m] for r in results])) for m in ("within_10pct", "rmspe", "spearman")} for k in ("sum", *variants)}
+    print(f"mean over {args.seeds} fold draws: " + ", ".join(f"{k} {mean[k]['within_10pct']:.3f}" for k in mean) + " within ±10 %")
     out = args.out or Path(__file__).parent / "results" / f"predictor_layers_{args.space}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({
         "space": args.space, "device": args.device, "table": str(table_path), "fingerprint_id": here,
         "fingerprint": host_info(table)["fingerprint"], "candidates": int(len(table)), "matched": int(n), "convs": int(len(lab)),
         "conv_share_of_node_time": float(np.median(conv_share)), "runs": args.runs, "folds": args.folds, "profile_s": round(profile_s, 1),
-        "results": results, "mean": mean, "command": " ".join(sys.argv),
+        "results": results, "mean": mean, "heldout": heldout, "n_heldout": int(held.sum()), "command": " ".join(sys.argv),
     }, indent=1, default=str))
     print(f"saved {out}")
 
