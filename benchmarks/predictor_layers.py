@@ -100,6 +100,7 @@ def score_folds(fold: np.ndarray, folds: int, g: np.ndarray, y: np.ndarray, x: n
 
     n = len(y)
     preds = {k: np.zeros(n) for k in ("sum", *variants)}
+    conv_ms = {name: np.bincount(owner, lab, n) / 1000.0 for name, lab in variants.items()}  # each candidate's profiled conv sum
     scored = np.zeros(n, bool)
     for f in range(folds) if only is None else (only,):
         tr, te = fold != f, fold == f
@@ -109,8 +110,7 @@ def score_folds(fold: np.ndarray, folds: int, g: np.ndarray, y: np.ndarray, x: n
         for name, lab in variants.items():
             model = lgb.train(LGB, lgb.Dataset(x[ltr], np.log(lab[ltr])), ROUNDS)
             conv_pred = np.bincount(owner[lte], np.exp(model.predict(x[lte])), n) / 1000.0
-            conv_ms = np.bincount(owner, lab, n) / 1000.0
-            coef = _fit_sum(np.c_[conv_ms, g][tr], y[tr])
+            coef = _fit_sum(np.c_[conv_ms[name], g][tr], y[tr])
             preds[name][te] = np.c_[conv_pred, g][te] @ coef
     return {k: metrics(p[scored], y[scored]) for k, p in preds.items()}
 
