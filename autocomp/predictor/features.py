@@ -104,7 +104,7 @@ def _layout(n_levels: int) -> dict[str, tuple[int, int, tuple[int, ...]]]:
     shapes = [("macs", (3, len(KINDS))), ("traffic", (3, len(KINDS))), ("count", (3, len(KINDS))), ("params", (3,)),
               ("qdq_elems", ()), ("qdq_pairs", ()), ("level_macs", (n_levels,)), ("nchw_macs", (2,)), ("nchw_traffic", ()),
               ("nchw_groups", ()), ("dw_macs_k", (2, len(DW_KERNELS))), ("adds", ()), ("add_elems", ()),
-              ("cast_elems", ()), ("casts", ()), ("move_elems", ()), ("moves", ())]
+              ("cast_elems", ()), ("casts", ()), ("move_elems", ()), ("moves", ()), ("pad_macs", (3, len(KINDS)))]
     out, col = {}, 0
     for name, shape in shapes:
         size = math.prod(shape)
@@ -119,7 +119,8 @@ class _Acc:
     per-(precision, kind) sums of MACs, activation traffic and group counts (N, 3, kinds), params per
     precision, QDQ elements/pairs (activation QDQ + weight DQ per int8 group), MACs per resolution
     level, float convs outside the blocked layout, depthwise MACs by (float|int8, kernel), residual
-    adds, fp16-border casts and data moves (channel shuffles: ``move`` rows of a layer table)."""
+    adds, fp16-border casts, data moves (channel shuffles: ``move`` rows of a layer table) and the MACs
+    that padding every channel count up to the SIMD block adds, per (precision, kind)."""
 
     def __init__(self, n: int, n_levels: int, values: np.ndarray | None = None):
         self.layout = _layout(n_levels)
@@ -160,6 +161,11 @@ def _multiple(c: np.ndarray, m: int) -> np.ndarray:
     """1.0 where the (integral) channel count ``c`` is a multiple of ``m`` (no float modulo: it is slow)."""
     q = c * (1.0 / m)
     return (q == np.floor(q)).astype(float)
+
+
+def _up(c: np.ndarray, m: int) -> np.ndarray:
+    """``c`` rounded up to a multiple of ``m``."""
+    return np.ceil(c * (1.0 / m)) * m
 
 
 def _forward_fill(active: np.ndarray, values: np.ndarray, start: np.ndarray) -> np.ndarray:
@@ -224,6 +230,7 @@ def _slot_terms(cin, cout, k, e, keep, rank, prec, active, geo: _Geometry, block
     af = active.astype(float)
     # 1x1 convs (expand, project), each either plain or a low-rank pair c_in -> r -> c_out
     pw = np.zeros((5, n, b))  # macs, traffic, groups, params, input elements
+    pad = np.zeros((3, n, b))  # MACs added by padding channels up to the block: pw, dw
     for c_in, c_out, area_in, area_out, mask, lv in ((cin, hid, in_hw, in_hw, has_expand, geo.lvl_exp),
                                                      (hid, cout, out_hw, out_hw, active, geo.lvl)):
         fact, r = _lowrank_dims(c_out, c_in, rank)
@@ -231,6 +238,8 @@ def _slot_terms(cin, cout, k, e, keep, rank, prec, active, geo: _Geometry, block
         weights = mf * np.where(fact, r * (c_in + c_out), c_in * c_out)
         pw += [weights * area_out, mf * (c_in * area_in + c_out * area_out) + ff * r * (area_in + area_out),
                mf + ff, weights, mf * c_in * area_in + ff * r * area_in]
+        ui, uo, ur = _up(c_in, block), _up(c_out, block), _up(r, block)
+        pad[1] += mf * area_out * np.where(fact, ur * (ui + uo), ui * uo) - weights * area_out
         for level in range(geo.n_levels):
             put("level_macs", weights * area_out * (lv == level)[None, :], level)
         # float convs whose channel counts do not fit the blocked layout (int8 layers run NCHW anyway)
@@ -242,9 +251,11 @@ def _slot_terms(cin, cout, k, e, keep, rank, prec, active, geo: _Geometry, block
     # depthwise kxk (carries the stride)
     dw_macs = af * hid * k * k * out_hw
     dw = [dw_macs, af * hid * (in_hw + out_hw), af, af * hid * k * k, af * hid * in_hw]
+    pad[2] = af * (_up(hid, block) - hid) * k * k * out_hw
     for kind, (macs, traffic, count, params, in_elems) in ((1, pw), (2, dw)):
         for p in range(3):
             sel = oh[..., p]
+            put("pad_macs", pad[kind] * sel, p * len(KINDS) + kind)
             put("macs", macs * sel, p * len(KINDS) + kind)
             put("traffic", traffic * sel, p * len(KINDS) + kind)
             put("count", count * sel, p * len(KINDS) + kind)
@@ -400,10 +411,12 @@ def analyse(candidates: Sequence[Candidate] | None, space: SearchSpace, arrays: 
     cin0 = float(space.input.channels)
     hw = space.input.height * space.input.width
 
-    def add(onehot: np.ndarray, kind: int, macs, traffic, count, params, in_elems) -> None:
-        """One group per candidate of ``kind``, split by precision (``onehot`` (N, 3))."""
+    def add(onehot: np.ndarray, kind: int, macs, traffic, count, params, in_elems, padded) -> None:
+        """One group per candidate of ``kind``, split by precision (``onehot`` (N, 3)); ``padded``: its
+        MACs with channels padded up to the block."""
         col = lambda x: x[:, None] if np.ndim(x) else x  # noqa: E731  (N,) -> (N, 1); scalars as they are
         acc.macs[:, :, kind] += onehot * col(macs)
+        acc.pad_macs[:, :, kind] += onehot * col(padded - macs)
         acc.traffic[:, :, kind] += onehot * col(traffic)
         acc.count[:, :, kind] += onehot * count
         acc.params[:, :] += onehot * col(params)
@@ -411,7 +424,8 @@ def analyse(candidates: Sequence[Candidate] | None, space: SearchSpace, arrays: 
         acc.qdq_pairs[:] += 2 * onehot[:, 2] * count
 
     # stem: dense 3x3 conv at full resolution
-    add(_onehot(a["stem_prec"]), 0, cin0 * stem_w * 9 * hw, cin0 * hw + stem_w * hw, 1.0, cin0 * stem_w * 9, cin0 * hw)
+    add(_onehot(a["stem_prec"]), 0, cin0 * stem_w * 9 * hw, cin0 * hw + stem_w * hw, 1.0, cin0 * stem_w * 9, cin0 * hw,
+        _up(cin0, block) * _up(stem_w, block) * 9 * hw)
     acc.level_macs[:, 0] += cin0 * stem_w * 9 * hw
     # fp16 borders: a Cast wherever a group's precision differs from its predecessor's and one is fp16
     prev_prec = _forward_fill(active, prec, a["stem_prec"])
@@ -425,8 +439,9 @@ def analyse(candidates: Sequence[Candidate] | None, space: SearchSpace, arrays: 
     hp, head_w = a["head_prec"], a["head_width"]
     oh = _onehot(hp)
     ncls = float(space.num_classes)
-    add(oh, 1, last_out * head_w * hw_last, last_out * hw_last + head_w * hw_last, 1.0, last_out * head_w, last_out * hw_last)
-    add(oh, 3, head_w * ncls, head_w + ncls, 1.0, head_w * ncls, head_w)
+    add(oh, 1, last_out * head_w * hw_last, last_out * hw_last + head_w * hw_last, 1.0, last_out * head_w, last_out * hw_last,
+        _up(last_out, block) * _up(head_w, block) * hw_last)
+    add(oh, 3, head_w * ncls, head_w + ncls, 1.0, head_w * ncls, head_w, _up(head_w, block) * _up(ncls, block))
     acc.level_macs[:, level] += last_out * head_w * hw_last + head_w * ncls
     head_border = (hp != last_prec) & ((hp == 1) | (last_prec == 1))
     acc.casts[:] = border.sum(1) + head_border + (hp == 1)  # into the head, and back to fp32 logits
@@ -438,7 +453,8 @@ def group_feature_names() -> list[str]:
     names = [f"{q}_{p}_{k}" for q in ("macs", "traffic", "groups") for p in PRECISIONS for k in KINDS]
     return (names + ["cast_elems", "casts", "qdq_elems", "add_elems", "adds", "int8_weights",
                      "nchw_macs_pw", "nchw_macs_dw", "nchw_traffic", "nchw_groups"]
-            + [f"dw_macs_{q}_k{k}" for q in ("float", "int8") for k in DW_KERNELS] + ["move_elems", "moves", "const"])
+            + [f"dw_macs_{q}_k{k}" for q in ("float", "int8") for k in DW_KERNELS] + ["move_elems", "moves"]
+            + [f"pad_macs_{p}_{k}" for p in PRECISIONS for k in KINDS] + ["const"])
 
 
 def group_features(candidates: Sequence[Candidate], space: SearchSpace, acc: _Acc | None = None,
@@ -450,7 +466,7 @@ def group_features(candidates: Sequence[Candidate], space: SearchSpace, acc: _Ac
             (acc.cast_elems / 1e5)[:, None], acc.casts[:, None], (acc.qdq_elems / 1e5)[:, None],
             (acc.add_elems / 1e5)[:, None], acc.adds[:, None], (acc.params[:, 2] / 1e5)[:, None],
             acc.nchw_macs / 1e6, (acc.nchw_traffic / 1e5)[:, None], acc.nchw_groups[:, None], acc.dw_macs_k.reshape(n, -1) / 1e6,
-            (acc.move_elems / 1e5)[:, None], acc.moves[:, None], np.ones((n, 1))]
+            (acc.move_elems / 1e5)[:, None], acc.moves[:, None], acc.pad_macs.reshape(n, -1) / 1e6, np.ones((n, 1))]
     return np.concatenate(cols, axis=1)
 
 
@@ -547,6 +563,9 @@ def table_acc(tables: Sequence[Sequence], n_levels: int, block: int = NCHWC_BLOC
     put("count", pk, np.ones(len(a)), conv)
     put("params", prec, params, conv)
     put("level_macs", level, macs, conv)
+    ui, uo = _up(cin, block), _up(cout, block)
+    padded = np.where(dw, uo * kernel * kernel * out_hw, ui * uo / grp * kernel * kernel * out_hw)
+    put("pad_macs", pk, padded - macs, conv)
     q = conv & (prec == 2)
     put("qdq_elems", zero, cin * in_hw, q)
     put("qdq_pairs", zero, np.full(len(a), 2.0), q)

@@ -126,12 +126,13 @@ class Predictor:
     """Predicts a device's latency (ms) for candidates of one search space."""
 
     def __init__(self, kind: str, space: SearchSpace, meta: dict[str, Any], coef: np.ndarray | None = None,
-                 booster: Any = None, calibration: dict[str, float] | None = None):
+                 booster: Any = None, calibration: dict[str, float] | None = None, columns: list[int] | None = None):
         if kind not in KINDS:
             raise ValueError(f"unknown predictor kind {kind!r}; expected one of {KINDS}")
         self.kind, self.space, self.meta = kind, space, meta
         self.coef, self.booster = coef, booster
         self.calibration = calibration  # {"a", "b"}: ms' = exp(a + b * log(ms)), from a few new-device measurements
+        self.columns = columns  # the network features its LightGBM model reads (None: all of this version's)
 
     @property
     def fingerprint(self) -> dict[str, Any]:
@@ -155,11 +156,15 @@ class Predictor:
         if self.kind == "sum":  # (the candidates too: families other than mbv2 read their layer tables)
             return np.maximum(group_features(None, self.space, analyse(candidates, self.space, arrays, block=self.block)) @ self.coef, 1e-4)
         x = network_features(candidates, self.space, arrays, block=self.block)
-        log_gbm = self.booster.predict(x, num_threads=1)
+        log_gbm = self.booster.predict(self.gbm_input(x), num_threads=1)
         if self.kind == "whole":
             return np.exp(log_gbm)
         base = np.maximum(x[:, : len(self.coef) - 1] @ self.coef[:-1] + self.coef[-1], 1e-4)
         return base * np.exp(log_gbm)
+
+    def gbm_input(self, x: np.ndarray) -> np.ndarray:
+        """The columns of :func:`network_features` output that its LightGBM model was fit on."""
+        return x if self.columns is None else x[:, self.columns]
 
     def predict(self, candidates: Sequence[Candidate]) -> np.ndarray:
         """Predicted latency in milliseconds, one per candidate (batched; no export)."""
@@ -192,7 +197,8 @@ class Predictor:
         return {
             "schema_version": SCHEMA_VERSION, "kind": self.kind, "space": self.space.name,
             "space_def": self.space.model_dump(mode="json"),  # a space from a YAML path has no name to look up
-            "group_features": group_feature_names(), "network_features": network_feature_names(self.space),
+            "group_features": group_feature_names(),
+            "network_features": [n for i, n in enumerate(network_feature_names(self.space)) if self.columns is None or i in self.columns],
             "coef": None if self.coef is None else [float(v) for v in self.coef],
             "calibration": self.calibration, "model_file": MODEL_NAME if self.booster is not None else None,
             "meta": self.meta,
@@ -232,8 +238,12 @@ class Predictor:
             space = get_space(d["space"])
         else:
             raise UserError(str(path), "names no space", "a predictor.json written by `autocomp predictor train` (space or space_def)")
-        if d.get("network_features") not in (None, network_feature_names(space)):
-            raise UserError(str(path), "feature set differs from this autocomp version", "a predictor retrained with this version")
+        columns = None  # the LightGBM model's input columns, where it was fit on fewer features than this version's
+        if d["kind"] != "sum" and d.get("network_features") not in (None, network_feature_names(space)):
+            current, names = network_feature_names(space), d["network_features"]
+            if not isinstance(names, list) or not set(names) <= set(current):
+                raise UserError(str(path), "feature set differs from this autocomp version", "a predictor retrained with this version")
+            columns = [current.index(n) for n in names]
         booster = None
         if d.get("model_file"):
             mpath = directory / d["model_file"]
@@ -247,7 +257,26 @@ class Predictor:
             raise UserError(str(path), "coef is not a list of numbers", "a predictor.json written by `autocomp predictor train`") from None
         if coef is not None and (coef.ndim != 1 or not np.isfinite(coef).all()):
             raise UserError(str(path), "coef is not a list of finite numbers", "a predictor.json written by `autocomp predictor train`")
-        return cls(d["kind"], space, d.get("meta", {}), coef, booster, d.get("calibration"))
+        if coef is not None:
+            coef = _by_name(coef, d.get("group_features"), path)
+        return cls(d["kind"], space, d.get("meta", {}), coef, booster, d.get("calibration"), columns)
+
+
+def _by_name(coef: np.ndarray, names: Any, path: Path) -> np.ndarray:
+    """A ``sum`` model's coefficients in this version's feature order: a feature the predictor was fit
+    without (one added since, such as the channel-padding MACs) costs nothing, so an older predictor
+    predicts what it did; a feature this version does not know is refused."""
+    current = group_feature_names()
+    if names is None:
+        names = current
+    if not isinstance(names, list) or len(names) != len(coef):
+        raise UserError(str(path), "group_features does not name every coefficient", "a predictor.json written by `autocomp predictor train`")
+    unknown = sorted(set(names) - set(current))
+    if unknown:
+        raise UserError(str(path), f"unknown latency features {unknown[:3]}", "a predictor retrained with this version")
+    out = np.zeros(len(current))
+    out[[current.index(n) for n in names]] = coef
+    return out
 
 
 # --------------------------------------------------------------------------- fitting

@@ -37,14 +37,14 @@ def adapt(source: Predictor, candidates: Sequence[Candidate], latency_ms: Sequen
         from autocomp.measure.fingerprint import fingerprint_id
 
         meta["fingerprint_id"] = fingerprint_id(fingerprint)
-    src = Predictor(source.kind, source.space, meta, source.coef, source.booster, None)  # the source's model, the target's features
+    src = Predictor(source.kind, source.space, meta, source.coef, source.booster, None, source.columns)  # the source's model, the target's features
     p = np.log(src.predict(candidates))
     if method == "scale" or len(y) < 3:
         a, b = float(np.mean(y - p)), 1.0
     else:
         b, a = np.polyfit(p, y, 1)
         a, b = float(a), float(b)
-    out = Predictor(source.kind, source.space, meta, source.coef, source.booster, {"a": a, "b": b})
+    out = Predictor(source.kind, source.space, meta, source.coef, source.booster, {"a": a, "b": b}, source.columns)
     if method == "refit" and source.booster is not None:
         import lightgbm as lgb
 
@@ -52,7 +52,7 @@ def adapt(source: Predictor, candidates: Sequence[Candidate], latency_ms: Sequen
 
         # continue boosting the source model (its predictions are the starting score) on the new
         # device's log latency (minus the analytic sum for sum+gbm); no calibration on top
-        x = network_features(candidates, source.space, block=out.block)
+        x = source.gbm_input(network_features(candidates, source.space, block=out.block))
         target = y
         if source.kind == "sum+gbm":
             target = y - np.log(np.maximum(group_features(candidates, source.space, block=out.block) @ source.coef, 1e-4))
@@ -120,7 +120,7 @@ def _ridge_adapt(out: Predictor, src: Predictor, candidates: Sequence[Candidate]
 
     g = group_features(candidates, src.space, block=src.block)
     if src.kind == "sum+gbm":
-        g = g * np.exp(src.booster.predict(network_features(candidates, src.space, block=src.block), num_threads=1))[:, None]
+        g = g * np.exp(src.booster.predict(src.gbm_input(network_features(candidates, src.space, block=src.block)), num_threads=1))[:, None]
     groups = _precision_groups()
     prior = _precision_prior(g, y, src.coef * scale, groups)
     keeps = [np.arange(len(y)) != i for i in range(len(y))]
