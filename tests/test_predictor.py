@@ -291,3 +291,97 @@ def test_batched_features_equal_one_at_a_time():
     single = np.concatenate([network_features([c], SPACE) for c in cands])
     assert np.array_equal(batch, single)
     assert len({tuple(r) for r in batch}) == len({c.id for c in cands})  # distinct candidates, distinct rows
+
+
+@pytest.mark.parametrize("block", [8, 16])
+def test_padding_macs_follow_the_hosts_simd_block(block):
+    """A conv whose channel counts are not multiples of the host's SIMD block runs as if padded up to
+    it: ``pad_macs`` counts those extra MACs per (precision, kind), zero where every count fits."""
+    from autocomp.families import Layer
+    from autocomp.predictor.features import table_acc
+
+    up = lambda c: -(-c // block) * block  # noqa: E731
+    pw = Layer("conv", "pw", 20, 32, 1, 1, 1, 49.0, 49.0, "int8", 0, "blocks.0")
+    dw = Layer("conv", "dw", 36, 36, 3, 1, 36, 49.0, 49.0, "fp32", 0, "blocks.0")
+    fits = Layer("conv", "pw", 32, 64, 1, 1, 1, 49.0, 49.0, "fp16", 0, "blocks.1")
+    acc = table_acc([[pw, dw, fits], [fits]], 1, block)
+    assert acc.pad_macs[0, 2, 1] == (up(20) - 20) * 32 * 49  # int8 pointwise: input channels 20 -> 24 or 32
+    assert acc.pad_macs[0, 0, 2] == (up(36) - 36) * 9 * 49  # fp32 depthwise: 36 channels -> 40 or 48
+    assert acc.pad_macs[1].sum() == 0 and acc.pad_macs[0, 1].sum() == 0  # the fp16 conv fits the block
+
+
+def test_an_older_predictor_loads_by_feature_name(tmp_path):
+    """A predictor fit before a feature existed loads with a zero cost for it and predicts what it did;
+    one naming a feature this version does not know is refused with one line."""
+    from autocomp.predictor.features import group_feature_names
+
+    rng = random.Random(4)
+    cands = [SPACE.sample(rng) for _ in range(20)]
+    names = group_feature_names()
+    old = [i for i, n in enumerate(names) if not n.startswith("pad_macs_")]
+    coef = np.abs(np.random.default_rng(0).normal(size=len(names))) * 0.01
+    coef[[i for i in range(len(names)) if i not in old]] = 0.0
+    pred = Predictor("sum", SPACE, {"device": "x"}, coef=coef)
+    pred.save(tmp_path)
+    d = json.loads((tmp_path / META_NAME).read_text())
+    d["group_features"], d["coef"] = [names[i] for i in old], [d["coef"][i] for i in old]
+    (tmp_path / META_NAME).write_text(json.dumps(d))
+    np.testing.assert_allclose(Predictor.load(tmp_path).predict(cands), pred.predict(cands), rtol=1e-12)
+    d["group_features"][0] = "macs_fp64_pw"
+    (tmp_path / META_NAME).write_text(json.dumps(d))
+    with pytest.raises(UserError, match="unknown latency features"):
+        Predictor.load(tmp_path)
+
+
+def test_layer_profile_trains_a_sum_layers_predictor(tmp_path, monkeypatch):
+    """ONNX Runtime's profiler labels every conv of a table's candidates, paired one to one with the
+    family's layer table; ``fit`` then compares ``sum+layers`` (refused without a profile), which saves
+    its layer model as LightGBM text and loads, without pickle, to the same predictions."""
+    from autocomp.measure import get_device
+    from autocomp.predictor.layers import LAYERS_MODEL, PROFILE_NAME, conv_features, profile, read_profile
+
+    df = _small_table().head(40)
+    cands, ids = candidates_of(df), df["id"].astype(str).tolist()
+    prof = profile(cands, ids, SPACE, get_device("cpu-ort"), runs=3)
+    _, owner = conv_features(cands, SPACE)
+    per = prof.groupby("id").size()
+    assert len(per) >= 36 and (prof["us"] > 0).all()  # (a candidate ONNX Runtime rewrote beyond one node per conv has none)
+    assert all(per[cid] == np.sum(owner == i) for i, cid in enumerate(ids) if cid in per)
+    prof = prof[prof["id"].isin(per.index)]
+    df = df[df["id"].isin(per.index)].reset_index(drop=True)
+    with pytest.raises(UserError, match="layer profile"):
+        fit(df, kinds=("sum+layers",), max_train=30)
+    _, report = fit(df, kinds=("sum", "sum+layers"), max_train=30, folds=3, profile=prof)
+    assert set(report["selection"]) == {"sum", "sum+layers"}
+    pred, _ = fit(df, kinds=("sum+layers",), max_train=30, profile=prof)
+    assert pred.kind == "sum+layers" and len(pred.coef) == pred.design(cands[:2]).shape[1]
+    pred.save(tmp_path)
+    assert (tmp_path / LAYERS_MODEL).read_text().startswith("tree")
+
+    def no_pickle(*a, **k):
+        raise AssertionError("pickle used while loading a predictor")
+
+    monkeypatch.setattr(pickle, "load", no_pickle)
+    monkeypatch.setattr(pickle, "loads", no_pickle)
+    again = Predictor.load(tmp_path)
+    np.testing.assert_allclose(again.predict(cands), pred.predict(cands), rtol=1e-9)
+    (tmp_path / PROFILE_NAME).write_text("not parquet")
+    with pytest.raises(UserError, match="unreadable layer profile"):
+        read_profile(tmp_path / PROFILE_NAME)
+    (tmp_path / LAYERS_MODEL).write_text("garbage")
+    with pytest.raises(UserError, match="unreadable LightGBM model"):
+        Predictor.load(tmp_path)
+
+
+def test_profile_refuses_another_machines_table(tmp_path):
+    """A profile belongs to the host that ran it: the table of another fingerprint is refused with
+    one line before anything runs."""
+    from typer.testing import CliRunner
+
+    from autocomp.predictor.cli import app
+
+    table_path("cpu-ort", "other-host-11111111", tmp_path).parent.mkdir(parents=True)
+    table_path("cpu-ort", "other-host-11111111", tmp_path).write_bytes(SHIPPED.read_bytes())
+    r = CliRunner().invoke(app, ["profile", "--root", str(tmp_path)])
+    assert isinstance(r.exception, UserError) and "another machine" in str(r.exception)
+    assert not (tmp_path / "cpu-ort" / "other-host-11111111" / "layers.parquet").exists()

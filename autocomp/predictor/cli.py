@@ -1,4 +1,4 @@
-"""``autocomp predictor train|eval`` (mounted by autocomp.cli as ``predictor``)."""
+"""``autocomp predictor train|eval|profile`` (mounted by autocomp.cli as ``predictor``)."""
 
 from __future__ import annotations
 
@@ -45,7 +45,8 @@ def train(
     fingerprint: Optional[str] = typer.Option(None, help=FINGERPRINT_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the fit's report as JSON."),
 ) -> None:
-    """Fit a predictor on predictors/<device>/measurements.parquet and save it next to the table."""
+    """Fit a predictor on predictors/<device>/measurements.parquet and save it next to the table (with
+    the table's layer profile, if `autocomp predictor profile` wrote one, sum+layers is compared too)."""
     from autocomp.predictor import predictor_dir
     from autocomp.predictor.model import KINDS, fit
 
@@ -53,9 +54,12 @@ def train(
         from autocomp.errors import UserError
 
         raise UserError("--kind", f"{kind[:40]!r} is not a model kind", f"one of {', '.join(KINDS)}")
+    from autocomp.predictor.layers import PROFILE_NAME, read_profile
+
     df, path = _table(device, root, fingerprint)
     kinds = KINDS if kind is None else (kind,)
-    pred, report = fit(df, kinds=kinds, max_train=max_train)
+    prof = read_profile(path.parent / PROFILE_NAME) if (path.parent / PROFILE_NAME).exists() else None
+    pred, report = fit(df, kinds=kinds, max_train=max_train, profile=prof)
     out = pred.save(predictor_dir(device, path.parent.name, root))
     if as_json:
         from autocomp.cliutil import print_json
@@ -69,6 +73,44 @@ def train(
     console.print(f"[bold]{pred.kind}[/] predictor for {device}: {report['n_train']} training rows -> {out}")
     if t:
         console.print(f"held-out ({t['n_test']}): within ±10% {t['within_10pct']:.3f}, Spearman {t['spearman']:.3f}, RMSPE {t['rmspe']:.3f}")
+
+
+@app.command("profile")
+def profile_table(
+    device: str = typer.Option("cpu-ort", help="An ONNX Runtime device whose table of this machine to profile."),
+    root: Optional[Path] = typer.Option(None, help="Predictors folder (default: predictors/)."),
+    fingerprint: Optional[str] = typer.Option(None, help=FINGERPRINT_HELP),
+    runs: int = typer.Option(25, min=1, max=10_000, help="Profiled runs per candidate (the median of each conv is kept)."),
+) -> None:
+    """Per-conv times of every candidate of this machine's table under ONNX Runtime's profiler, written
+    beside the table (layers.parquet): the labels of the sum+layers predictor. Run it alone on the machine."""
+    from rich.progress import Progress
+
+    from autocomp.errors import UserError
+    from autocomp.measure import get_device
+    from autocomp.measure.fingerprint import fingerprint_id
+    from autocomp.predictor.layers import PROFILE_NAME, profile
+    from autocomp.predictor.model import candidates_of
+    from autocomp.space import get_space
+
+    dev = get_device(device)
+    if dev.backend != "onnxruntime":
+        raise UserError("--device", f"{device!r} runs on {dev.backend}", "an ONNX Runtime device (the profiler is ONNX Runtime's)")
+    df, path = _table(device, root, fingerprint)
+    here = fingerprint_id(dev.fingerprint())
+    if path.parent.name != here:
+        raise UserError("--fingerprint", f"the table {path.parent.name} was measured on another machine (this one is {here})",
+                        "this machine's table: a profile belongs to the host that ran it")
+    space = get_space(str(df["space"].iloc[0]))
+    cands = candidates_of(df)
+    with Progress(console=console) as bar:
+        task = bar.add_task(f"profiling {len(cands)} candidates", total=len(cands))
+        prof = profile(cands, df["id"].astype(str).tolist(), space, dev, runs, progress=lambda: bar.advance(task))
+    out = path.parent / PROFILE_NAME
+    tmp = out.with_name(PROFILE_NAME + ".tmp")
+    prof.to_parquet(tmp, index=False)
+    tmp.replace(out)
+    console.print(f"{prof['id'].nunique()} of {len(cands)} candidates profiled ({len(prof)} convs) -> {out}")
 
 
 @app.command("eval")

@@ -21,8 +21,9 @@ network is filtered exactly as the built-in family is.
 
 Two views of the same analysis:
 
-* :func:`group_features` – per-(precision, op kind) sums of MACs / activation traffic / group counts:
-  an additive model on these *is* a sum over layer groups of a per-group latency (``sum`` model).
+* :func:`group_features` – per-(precision, op kind) sums of MACs / activation traffic / group counts
+  and of the MACs that padding channel counts up to the host's SIMD block adds (``pad_macs``): an
+  additive model on these *is* a sum over layer groups of a per-group latency (``sum`` model).
 * :func:`network_features` – those sums plus per-resolution MACs, casts, QDQ pairs, params per
   precision, totals and the raw encoding (depths, widths, per-slot genes): input of the whole-network
   LightGBM model.

@@ -8,12 +8,16 @@ Three model kinds, all on the analytic features of :mod:`autocomp.predictor.feat
               non-negative least squares on relative error. Interpretable, extrapolates sanely.
 ``whole``     LightGBM on whole-network features, target log(latency).
 ``sum+gbm``   the ``sum`` model corrected by LightGBM on log(measured / sum prediction).
+``sum+layers`` the ``sum`` model with one more column: the candidate's conv time as a per-conv
+              LightGBM model predicts it, learnt from ONNX Runtime's profile of the table's
+              candidates (:mod:`autocomp.predictor.layers`; offered when the table has a profile).
 
 ``fit`` scores each kind by K-fold cross-validation on the training rows (RMSPE) and keeps the best;
 the scores are recorded in the metadata (``selection``).
 
 Artifacts in ``predictors/<device>/``: ``predictor.json`` (schema version, kind, space, coefficients,
-calibration, metadata) and, for the LightGBM kinds, ``model.txt`` (LightGBM's text format).
+calibration, metadata) and, for the LightGBM kinds, ``model.txt`` (LightGBM's text format; the layer
+model of ``sum+layers``: ``layers.txt``).
 """
 
 from __future__ import annotations
@@ -44,7 +48,9 @@ from autocomp.space import Candidate, SearchSpace, get_space
 SCHEMA_VERSION = 1
 META_NAME = "predictor.json"
 MODEL_NAME = "model.txt"
-KINDS = ("sum", "whole", "sum+gbm")
+LAYERS_NAME = "layers.txt"  # the layer model of a sum+layers predictor (LightGBM text)
+KINDS = ("sum", "whole", "sum+gbm", "sum+layers")
+LAYERS_COLUMN = "conv_ms_layers"  # the layer model's column of a sum+layers design
 MAX_TRAIN = 300
 CHUNK = 2048  # candidates per vectorised pass (and per scoring thread)
 SCORING_THREADS = min(2, os.cpu_count() or 1)  # batched scoring of more than CHUNK candidates
@@ -126,13 +132,15 @@ class Predictor:
     """Predicts a device's latency (ms) for candidates of one search space."""
 
     def __init__(self, kind: str, space: SearchSpace, meta: dict[str, Any], coef: np.ndarray | None = None,
-                 booster: Any = None, calibration: dict[str, float] | None = None, columns: list[int] | None = None):
+                 booster: Any = None, calibration: dict[str, float] | None = None, columns: list[int] | None = None,
+                 layers: Any = None):
         if kind not in KINDS:
             raise ValueError(f"unknown predictor kind {kind!r}; expected one of {KINDS}")
         self.kind, self.space, self.meta = kind, space, meta
         self.coef, self.booster = coef, booster
         self.calibration = calibration  # {"a", "b"}: ms' = exp(a + b * log(ms)), from a few new-device measurements
         self.columns = columns  # the network features its LightGBM model reads (None: all of this version's)
+        self.layers = layers  # sum+layers: the per-conv LightGBM model (autocomp.predictor.layers)
 
     @property
     def fingerprint(self) -> dict[str, Any]:
@@ -150,11 +158,29 @@ class Predictor:
 
     # ----------------------------------------------------------------- predict
 
+    def design_names(self) -> list[str]:
+        """The columns of :meth:`design`, one per coefficient."""
+        return design_names(self.kind)
+
+    def design(self, candidates: Sequence[Candidate] | None, arrays: dict[str, np.ndarray] | None = None) -> np.ndarray:
+        """The matrix its coefficients multiply: the group features (``sum+layers``: after the layer
+        model's predicted conv time)."""
+        if arrays is None:
+            arrays = block_arrays(candidates, self.space)
+        g = group_features(None, self.space, analyse(candidates, self.space, arrays, block=self.block))
+        if self.kind != "sum+layers":
+            return g
+        from autocomp.predictor.features import candidates_from_arrays
+        from autocomp.predictor.layers import predict_conv_ms
+
+        cands = list(candidates) if candidates is not None else candidates_from_arrays(arrays, self.space)
+        return np.c_[predict_conv_ms(self.layers, cands, self.space), g]
+
     def _raw(self, candidates: Sequence[Candidate] | None, arrays: dict[str, np.ndarray] | None = None) -> np.ndarray:
         if arrays is None:
             arrays = block_arrays(candidates, self.space)
-        if self.kind == "sum":  # (the candidates too: families other than mbv2 read their layer tables)
-            return np.maximum(group_features(None, self.space, analyse(candidates, self.space, arrays, block=self.block)) @ self.coef, 1e-4)
+        if self.kind in ("sum", "sum+layers"):  # (the candidates too: families other than mbv2 read their layer tables)
+            return np.maximum(self.design(candidates, arrays) @ self.coef, 1e-4)
         x = network_features(candidates, self.space, arrays, block=self.block)
         log_gbm = self.booster.predict(self.gbm_input(x), num_threads=1)
         if self.kind == "whole":
@@ -197,10 +223,11 @@ class Predictor:
         return {
             "schema_version": SCHEMA_VERSION, "kind": self.kind, "space": self.space.name,
             "space_def": self.space.model_dump(mode="json"),  # a space from a YAML path has no name to look up
-            "group_features": group_feature_names(),
+            "group_features": self.design_names(),
             "network_features": [n for i, n in enumerate(network_feature_names(self.space)) if self.columns is None or i in self.columns],
             "coef": None if self.coef is None else [float(v) for v in self.coef],
             "calibration": self.calibration, "model_file": MODEL_NAME if self.booster is not None else None,
+            "layers_file": LAYERS_NAME if self.layers is not None else None,
             "meta": self.meta,
         }
 
@@ -210,6 +237,10 @@ class Predictor:
             tmp = directory / (MODEL_NAME + ".tmp")
             self.booster.save_model(str(tmp))
             tmp.replace(directory / MODEL_NAME)
+        if self.layers is not None:
+            tmp = directory / (LAYERS_NAME + ".tmp")
+            self.layers.save_model(str(tmp))
+            tmp.replace(directory / LAYERS_NAME)
         tmp = directory / (META_NAME + ".tmp")
         tmp.write_text(json.dumps(self.to_json(), indent=1, default=str))
         tmp.replace(directory / META_NAME)
@@ -244,13 +275,15 @@ class Predictor:
             if not isinstance(names, list) or not set(names) <= set(current):
                 raise UserError(str(path), "feature set differs from this autocomp version", "a predictor retrained with this version")
             columns = [current.index(n) for n in names]
-        booster = None
-        if d.get("model_file"):
-            mpath = directory / d["model_file"]
-            try:
-                booster = lgb.Booster(model_str=mpath.read_text())
-            except Exception as e:
-                raise UserError(str(mpath), f"unreadable LightGBM model ({type(e).__name__})", "a LightGBM text model") from None
+        booster = layers = None
+        for key, name in (("model_file", MODEL_NAME), ("layers_file", LAYERS_NAME)):
+            if d.get(key) or (key == "layers_file" and d["kind"] == "sum+layers"):
+                mpath = directory / name
+                try:
+                    model = lgb.Booster(model_str=mpath.read_text())
+                except Exception as e:
+                    raise UserError(str(mpath), f"unreadable LightGBM model ({type(e).__name__})", "a LightGBM text model") from None
+                booster, layers = (model, layers) if key == "model_file" else (booster, model)
         try:
             coef = np.asarray(d["coef"], float) if d.get("coef") is not None else None
         except (TypeError, ValueError):
@@ -258,15 +291,19 @@ class Predictor:
         if coef is not None and (coef.ndim != 1 or not np.isfinite(coef).all()):
             raise UserError(str(path), "coef is not a list of finite numbers", "a predictor.json written by `autocomp predictor train`")
         if coef is not None:
-            coef = _by_name(coef, d.get("group_features"), path)
-        return cls(d["kind"], space, d.get("meta", {}), coef, booster, d.get("calibration"), columns)
+            coef = _by_name(coef, d.get("group_features"), path, design_names(d["kind"]))
+        return cls(d["kind"], space, d.get("meta", {}), coef, booster, d.get("calibration"), columns, layers)
 
 
-def _by_name(coef: np.ndarray, names: Any, path: Path) -> np.ndarray:
-    """A ``sum`` model's coefficients in this version's feature order: a feature the predictor was fit
+def design_names(kind: str) -> list[str]:
+    """The columns the coefficients of a predictor of ``kind`` multiply."""
+    return ([LAYERS_COLUMN] if kind == "sum+layers" else []) + group_feature_names()
+
+
+def _by_name(coef: np.ndarray, names: Any, path: Path, current: list[str]) -> np.ndarray:
+    """Coefficients in this version's feature order (``current``): a feature the predictor was fit
     without (one added since, such as the channel-padding MACs) costs nothing, so an older predictor
     predicts what it did; a feature this version does not know is refused."""
-    current = group_feature_names()
     if names is None:
         names = current
     if not isinstance(names, list) or len(names) != len(coef):
@@ -305,7 +342,10 @@ def _fit_gbm(x: np.ndarray, target: np.ndarray, rounds: int = NUM_ROUNDS, init_m
 
 
 def _fit_kind(kind: str, g: np.ndarray, x: np.ndarray, y: np.ndarray, rounds: int = NUM_ROUNDS,
-              learning_rate: float | None = None) -> tuple[np.ndarray | None, Any]:
+              learning_rate: float | None = None, layers: Any = None) -> tuple[np.ndarray | None, Any]:
+    """(coefficients, LightGBM model: of the network for the LightGBM kinds, of the convs for ``sum+layers``)."""
+    if kind == "sum+layers":  # the layer model on these candidates' profiled convs; the sum on their profiled conv sums
+        return _fit_sum(np.c_[layers.profiled_ms, g], y), layers.fit()
     if kind == "sum":
         return _fit_sum(g, y), None
     if kind == "whole":
@@ -324,7 +364,9 @@ def _predict_kind(kind: str, coef, booster, g: np.ndarray, x: np.ndarray) -> np.
 
 
 def cross_validate(g: np.ndarray, x: np.ndarray, y: np.ndarray, kinds: Sequence[str] = KINDS, folds: int = 5, seed: int = 0,
-                   rounds: int = NUM_ROUNDS, learning_rate: float | None = None) -> dict[str, dict]:
+                   rounds: int = NUM_ROUNDS, learning_rate: float | None = None, layers: Any = None) -> dict[str, dict]:
+    """K-fold CV metrics per kind (``layers``: the :class:`autocomp.predictor.layers.LayerData` of
+    these rows, for ``sum+layers``)."""
     rng = np.random.default_rng(seed)
     fold = rng.permutation(len(y)) % folds
     out = {}
@@ -332,6 +374,10 @@ def cross_validate(g: np.ndarray, x: np.ndarray, y: np.ndarray, kinds: Sequence[
         pred = np.zeros_like(y)
         for f in range(folds):
             tr, te = fold != f, fold == f
+            if kind == "sum+layers":
+                coef = _fit_sum(np.c_[layers.profiled_ms[tr], g[tr]], y[tr])
+                pred[te] = np.maximum(np.c_[layers.predicted_ms(layers.fit(tr), te), g[te]] @ coef, 1e-4)
+                continue
             coef, booster = _fit_kind(kind, g[tr], x[tr], y[tr], rounds, learning_rate)
             pred[te] = _predict_kind(kind, coef, booster, g[te], x[te])
         out[kind] = metrics(pred, y)
@@ -339,7 +385,7 @@ def cross_validate(g: np.ndarray, x: np.ndarray, y: np.ndarray, kinds: Sequence[
 
 
 def select(g: np.ndarray, x: np.ndarray, y: np.ndarray, kinds: Sequence[str] = KINDS, folds: int = 5,
-           grid: Sequence[tuple[int, float]] = GBM_GRID) -> tuple[str, int, float | None, dict[str, dict]]:
+           grid: Sequence[tuple[int, float]] = GBM_GRID, layers: Any = None) -> tuple[str, int, float | None, dict[str, dict]]:
     """Cross-validate every kind (the LightGBM kinds at every ``grid`` size); returns (kind, rounds,
     learning rate, scores keyed ``kind`` or ``kind@rounds``). The best CV RMSPE wins, except that an
     option within ``GBM_TIE`` (relative) of it that scores faster (no trees, or fewer) is taken instead."""
@@ -347,12 +393,14 @@ def select(g: np.ndarray, x: np.ndarray, y: np.ndarray, kinds: Sequence[str] = K
     for kind in kinds:
         if kind == "sum":
             options.append((kind, 0, None, 0))
+        elif kind == "sum+layers":  # scored through its layer model: costlier than any network-level option
+            options.append((kind, 0, None, 10 ** 6))
         else:
             options += [(kind, r, lr, r) for r, lr in grid]
     scores, rmspe = {}, {}
     for kind, r, lr, trees in options:
-        key = kind if kind == "sum" else f"{kind}@{r}"
-        scores[key] = cross_validate(g, x, y, (kind,), folds, rounds=max(r, 1), learning_rate=lr)[kind]
+        key = kind if kind in ("sum", "sum+layers") else f"{kind}@{r}"
+        scores[key] = cross_validate(g, x, y, (kind,), folds, rounds=max(r, 1), learning_rate=lr, layers=layers)[kind]
         rmspe[(kind, r, lr, trees)] = scores[key]["rmspe"]
     best = min(rmspe.values())
     kind, r, lr, _ = min((o for o in rmspe if rmspe[o] <= best * (1 + GBM_TIE) + 1e-4), key=lambda o: (o[3], rmspe[o]))
@@ -377,10 +425,12 @@ def host_info(table: pd.DataFrame) -> dict[str, Any]:
 
 
 def fit(table: pd.DataFrame, space: SearchSpace | None = None, kinds: Sequence[str] = KINDS, max_train: int = MAX_TRAIN,
-        drop_flagged: bool = False, folds: int = 5, rounds: int | None = None) -> tuple[Predictor, dict[str, Any]]:
+        drop_flagged: bool = False, folds: int = 5, rounds: int | None = None,
+        profile: pd.DataFrame | None = None) -> tuple[Predictor, dict[str, Any]]:
     """Fit a predictor on a measurement table's training split; returns (predictor, report) where the
     report has the CV selection scores and held-out metrics. ``rounds`` fixes the LightGBM size
-    (default: chosen from ``GBM_GRID`` by cross-validation)."""
+    (default: chosen from ``GBM_GRID`` by cross-validation). ``profile``: the table's per-conv
+    profile (``layers.parquet``), which makes ``sum+layers`` one of the kinds compared."""
     if drop_flagged and "flagged" in table:
         table = table[~table["flagged"].astype(bool)]
     train, test = split_table(table, max_train)
@@ -391,20 +441,38 @@ def fit(table: pd.DataFrame, space: SearchSpace | None = None, kinds: Sequence[s
     y = train["median_ms"].to_numpy(float)
     block = nchwc_block(host_info(table)["fingerprint"])
     g, x = group_features(cands, space, block=block), network_features(cands, space, block=block)
+    layers, layer_note = None, None
+    if "sum+layers" in kinds and profile is not None:
+        from autocomp.predictor.layers import LayerData
+
+        layers = LayerData(cands, train["id"].astype(str).tolist(), space, profile)
+        if not layers.covered.all():
+            layer_note = f"{int((~layers.covered).sum())} of {len(cands)} training candidates have no profiled convs"
+            layers = None
+    if layers is None:
+        if tuple(kinds) == ("sum+layers",):
+            raise UserError("--kind", "sum+layers needs the table's layer profile" + (f" ({layer_note})" if layer_note else ""),
+                            "`autocomp predictor profile` on the table's host first")
+        kinds = [k for k in kinds if k != "sum+layers"]
     lr = None
     grid = GBM_GRID if rounds is None else ((rounds, None),)
     if len(kinds) > 1:
-        best, rounds, lr, selection = select(g, x, y, kinds, folds, grid)
+        best, rounds, lr, selection = select(g, x, y, kinds, folds, grid, layers)
     else:
         best, selection, (rounds, lr) = kinds[0], {}, grid[-1]
-    coef, booster = _fit_kind(best, g, x, y, rounds, lr)
+    coef, booster = _fit_kind(best, g, x, y, rounds, lr, layers)
+    layer_model = None
+    if best == "sum+layers":
+        layer_model, booster = booster, None
     meta = {
         **host_info(table), "space": space.name, "kind": best, "n_train": int(len(train)), "n_test": int(len(test)),
         "n_table": int(len(table)), "trained_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "trained_on": platform.node(), "selection": selection, "target": "median_ms",
         "rounds": rounds, "learning_rate": lr or LGB_PARAMS["learning_rate"], "split": f"held out: sha1('split:'+id) % {TEST_SHARE} == 0; train: first {max_train} others by (seed, index)",
+        "layer_profile": None if layers is None else {"candidates": int(layers.n), "convs": int(len(layers.us))},
+        **({"layer_profile_note": layer_note} if layer_note else {}),
     }
-    pred = Predictor(best, space, meta, coef, booster)
+    pred = Predictor(best, space, meta, coef, booster, layers=layer_model)
     report = {"kind": best, "selection": selection, "n_train": len(train)}
     if len(test):
         report["test"] = metrics(pred.predict(candidates_of(test)), test["median_ms"].to_numpy(float))

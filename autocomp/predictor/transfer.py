@@ -37,14 +37,14 @@ def adapt(source: Predictor, candidates: Sequence[Candidate], latency_ms: Sequen
         from autocomp.measure.fingerprint import fingerprint_id
 
         meta["fingerprint_id"] = fingerprint_id(fingerprint)
-    src = Predictor(source.kind, source.space, meta, source.coef, source.booster, None, source.columns)  # the source's model, the target's features
+    src = Predictor(source.kind, source.space, meta, source.coef, source.booster, None, source.columns, source.layers)  # the source's model, the target's features
     p = np.log(src.predict(candidates))
     if method == "scale" or len(y) < 3:
         a, b = float(np.mean(y - p)), 1.0
     else:
         b, a = np.polyfit(p, y, 1)
         a, b = float(a), float(b)
-    out = Predictor(source.kind, source.space, meta, source.coef, source.booster, {"a": a, "b": b}, source.columns)
+    out = Predictor(source.kind, source.space, meta, source.coef, source.booster, {"a": a, "b": b}, source.columns, source.layers)
     if method == "refit" and source.booster is not None:
         import lightgbm as lgb
 
@@ -67,9 +67,9 @@ def adapt(source: Predictor, candidates: Sequence[Candidate], latency_ms: Sequen
     return out
 
 
-def _precision_groups() -> np.ndarray:
-    """For each ``group_features`` column, 0 fp32, 1 fp16, 2 int8, 3 shared by all precisions."""
-    from autocomp.predictor.features import PRECISIONS, group_feature_names
+def _precision_groups(names: Sequence[str]) -> np.ndarray:
+    """For each design column (``names``), 0 fp32, 1 fp16, 2 int8, 3 shared by all precisions."""
+    from autocomp.predictor.features import PRECISIONS
 
     def group(name: str) -> int:
         for i, prec in enumerate(PRECISIONS):
@@ -79,7 +79,7 @@ def _precision_groups() -> np.ndarray:
             return 2 if "_int8_" in name else 0
         return {"qdq_elems": 2, "int8_weights": 2, "cast_elems": 1, "casts": 1}.get(name, 3)
 
-    return np.array([group(n) for n in group_feature_names()])
+    return np.array([group(n) for n in names])
 
 
 def _precision_prior(g: np.ndarray, y: np.ndarray, coef: np.ndarray, groups: np.ndarray, lam: float = 0.03) -> np.ndarray:
@@ -116,12 +116,12 @@ def _ridge_adapt(out: Predictor, src: Predictor, candidates: Sequence[Candidate]
     log-linear calibration."""
     if src.coef is None:
         return out
-    from autocomp.predictor.features import group_features, network_features
+    from autocomp.predictor.features import network_features
 
-    g = group_features(candidates, src.space, block=src.block)
+    g = src.design(candidates)
     if src.kind == "sum+gbm":
         g = g * np.exp(src.booster.predict(src.gbm_input(network_features(candidates, src.space, block=src.block)), num_threads=1))[:, None]
-    groups = _precision_groups()
+    groups = _precision_groups(src.design_names())
     prior = _precision_prior(g, y, src.coef * scale, groups)
     keeps = [np.arange(len(y)) != i for i in range(len(y))]
     loo_priors = [_precision_prior(g[keep], y[keep], src.coef * scale, groups) for keep in keeps]
