@@ -58,15 +58,6 @@ from autocomp.resources import predictors_dir  # noqa: E402
 from autocomp.space import get_space  # noqa: E402
 
 
-def rescaled(data: LayerData, y: np.ndarray, run_ms: np.ndarray) -> LayerData:
-    """A copy whose every conv time is rescaled by its candidate's measured over profiled latency."""
-    out = object.__new__(LayerData)
-    out.__dict__.update(data.__dict__)
-    out.us = data.us * (y / run_ms)[data.owner]
-    out.profiled_ms = np.bincount(data.owner, out.us, data.n) / 1000.0
-    return out
-
-
 def heldout(g: np.ndarray, y: np.ndarray, test: np.ndarray, variants: dict[str, LayerData]) -> dict[str, dict]:
     """Trained on the rows outside ``test``, scored on ``test`` (the predictor's own split)."""
     tr = ~test
@@ -115,9 +106,8 @@ def main() -> None:
     if len(keep) < len(cands):  # candidates ONNX Runtime rewrote beyond one node per conv: left out
         cands, ids, y = [cands[i] for i in keep], [ids[i] for i in keep], y[keep]
         data = LayerData(cands, ids, space, prof)
-    run_ms = prof.groupby("id")["run_ms"].first().reindex(ids).to_numpy(float)
     g = group_features(cands, space, block=nchwc_block(host_info(table)["fingerprint"]))
-    variants = {"layers": data, "layers_rescaled": rescaled(data, y, run_ms)}
+    variants = {"layers": data, "layers_rescaled": data.rescaled(y)}
     results = []
     for seed in range(args.seeds):
         row = {"seed": seed, "sum": cross_validate(g, g, y, ("sum",), args.folds, seed)["sum"]}
@@ -131,7 +121,7 @@ def main() -> None:
     print(f"held out ({int(test.sum())} rows): " + " | ".join(f"{k} {held[k]['within_10pct']:.3f}" for k in ("sum", *variants)))
     mean = {k: {m: float(np.mean([r[k][m] for r in results])) for m in ("within_10pct", "rmspe", "spearman")} for k in ("sum", *variants)}
     print(f"mean over {args.seeds} fold draws: " + ", ".join(f"{k} {mean[k]['within_10pct']:.3f}" for k in mean) + " within ±10 %")
-    conv_share = np.median(data.profiled_ms / run_ms)
+    conv_share = np.median(data.profiled_ms / data.run_ms)
     out = args.out or Path(__file__).parent / "results" / f"predictor_layers_{args.space}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({

@@ -81,15 +81,19 @@ def profile_table(
     root: Optional[Path] = typer.Option(None, help="Predictors folder (default: predictors/)."),
     fingerprint: Optional[str] = typer.Option(None, help=FINGERPRINT_HELP),
     runs: int = typer.Option(25, min=1, max=10_000, help="Profiled runs per candidate (the median of each conv is kept)."),
+    again: bool = typer.Option(False, "--again", help="Profile every candidate again (default: only those not yet profiled)."),
 ) -> None:
     """Per-conv times of every candidate of this machine's table under ONNX Runtime's profiler, written
-    beside the table (layers.parquet): the labels of the sum+layers predictor. Run it alone on the machine."""
+    beside the table (layers.parquet): the labels of the sum+layers predictor. Resumable: candidates
+    already profiled are kept. Run it alone on the machine."""
+    import pandas as pd
+
     from rich.progress import Progress
 
     from autocomp.errors import UserError
     from autocomp.measure import get_device
     from autocomp.measure.fingerprint import fingerprint_id
-    from autocomp.predictor.layers import PROFILE_NAME, profile
+    from autocomp.predictor.layers import PROFILE_NAME, profile, read_profile
     from autocomp.predictor.model import candidates_of
     from autocomp.space import get_space
 
@@ -102,15 +106,21 @@ def profile_table(
         raise UserError("--fingerprint", f"the table {path.parent.name} was measured on another machine (this one is {here})",
                         "this machine's table: a profile belongs to the host that ran it")
     space = get_space(str(df["space"].iloc[0]))
-    cands = candidates_of(df)
+    out = path.parent / PROFILE_NAME
+    ids = df["id"].astype(str)
+    done = read_profile(out) if out.exists() and not again else pd.DataFrame(columns=["id", "conv", "us", "run_ms"])
+    done = done[done["id"].isin(set(ids))]
+    todo = df[~ids.isin(set(done["id"]))]
+    cands = candidates_of(todo)
     with Progress(console=console) as bar:
         task = bar.add_task(f"profiling {len(cands)} candidates", total=len(cands))
-        prof = profile(cands, df["id"].astype(str).tolist(), space, dev, runs, progress=lambda: bar.advance(task))
-    out = path.parent / PROFILE_NAME
+        new = profile(cands, todo["id"].astype(str).tolist(), space, dev, runs, progress=lambda: bar.advance(task))
+    prof = pd.concat([done, new], ignore_index=True) if len(done) else new
     tmp = out.with_name(PROFILE_NAME + ".tmp")
     prof.to_parquet(tmp, index=False)
     tmp.replace(out)
-    console.print(f"{prof['id'].nunique()} of {len(cands)} candidates profiled ({len(prof)} convs) -> {out}")
+    console.print(f"{new['id'].nunique()} of {len(cands)} candidates profiled now, {prof['id'].nunique()} of {len(df)} in all "
+                  f"({len(prof)} convs) -> {out}")
 
 
 @app.command("eval")

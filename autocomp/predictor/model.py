@@ -270,7 +270,7 @@ class Predictor:
         else:
             raise UserError(str(path), "names no space", "a predictor.json written by `autocomp predictor train` (space or space_def)")
         columns = None  # the LightGBM model's input columns, where it was fit on fewer features than this version's
-        if d["kind"] != "sum" and d.get("network_features") not in (None, network_feature_names(space)):
+        if d["kind"] in ("whole", "sum+gbm") and d.get("network_features") not in (None, network_feature_names(space)):
             current, names = network_feature_names(space), d["network_features"]
             if not isinstance(names, list) or not set(names) <= set(current):
                 raise UserError(str(path), "feature set differs from this autocomp version", "a predictor retrained with this version")
@@ -449,6 +449,10 @@ def fit(table: pd.DataFrame, space: SearchSpace | None = None, kinds: Sequence[s
         if not layers.covered.all():
             layer_note = f"{int((~layers.covered).sum())} of {len(cands)} training candidates have no profiled convs"
             layers = None
+        elif (scaled := layers.rescaled(y)) is not None:  # which labels: as profiled, or rescaled to the measured latency
+            labels = {d.labels: cross_validate(g, x, y, ("sum+layers",), folds, layers=d)["sum+layers"] for d in (layers, scaled)}
+            layers = min((layers, scaled), key=lambda d: labels[d.labels]["rmspe"])
+            layer_note = "labels " + ", ".join(f"{k}: CV RMSPE {v['rmspe']:.4f}" for k, v in labels.items())
     if layers is None:
         if tuple(kinds) == ("sum+layers",):
             raise UserError("--kind", "sum+layers needs the table's layer profile" + (f" ({layer_note})" if layer_note else ""),
@@ -469,7 +473,7 @@ def fit(table: pd.DataFrame, space: SearchSpace | None = None, kinds: Sequence[s
         "n_table": int(len(table)), "trained_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "trained_on": platform.node(), "selection": selection, "target": "median_ms",
         "rounds": rounds, "learning_rate": lr or LGB_PARAMS["learning_rate"], "split": f"held out: sha1('split:'+id) % {TEST_SHARE} == 0; train: first {max_train} others by (seed, index)",
-        "layer_profile": None if layers is None else {"candidates": int(layers.n), "convs": int(len(layers.us))},
+        "layer_profile": None if layers is None else {"candidates": int(layers.n), "convs": int(len(layers.us)), "labels": layers.labels},
         **({"layer_profile_note": layer_note} if layer_note else {}),
     }
     pred = Predictor(best, space, meta, coef, booster, layers=layer_model)
