@@ -36,6 +36,7 @@ import numpy as np
 from autocomp.measure import get_device
 from autocomp.measure.fingerprint import cpu_model, fingerprint_id
 from autocomp.predictor.campaign import export_candidate, noise_floor, read_table, table_path
+from autocomp.predictor.layers import table_profile
 from autocomp.predictor import predictor_dir
 from autocomp.predictor.model import candidates_of, fit, split_table
 from autocomp.space import get_space
@@ -59,7 +60,7 @@ def remeasure(test, space, device, k: int) -> dict:
     for r in rows.itertuples():
         c = candidates_of(rows.loc[[r.Index]])[0]
         with tempfile.TemporaryDirectory() as tmp:
-            path, _ = export_candidate(c, space, Path(tmp) / "m.onnx")
+            path, _ = export_candidate(c, space, Path(tmp) / "m.onnx", int8=device.int8_scheme())  # as the campaign exported it
             now = device.measure(path, c.precision).median_ms
         rel.append(now / r.median_ms - 1)
     rel = np.array(rel)
@@ -106,12 +107,13 @@ def main() -> None:
     load_before = os.getloadavg()
     fid = args.fingerprint or fingerprint_id(get_device(args.device).fingerprint())
     df = read_table(table_path(args.device, fid, args.root))
+    prof = table_profile(table_path(args.device, fid, args.root))  # layers.parquet: sum+layers is compared too
     if args.drop_flagged:
         df = df[~df["flagged"].astype(bool)].reset_index(drop=True)
     space = get_space(str(df["space"].iloc[0]))
     device = get_device(args.device)
     t0 = time.perf_counter()
-    pred, report = fit(df, space, max_train=args.max_train)
+    pred, report = fit(df, space, max_train=args.max_train, profile=prof)
     fit_s = time.perf_counter() - t0
     _, test = split_table(df, args.max_train)
     res = {"device": args.device, "space": space.name, "fingerprint_id": fid, "drop_flagged": args.drop_flagged, "cpu_model": cpu_model(), "backend_version": pred.meta.get("backend_version"),

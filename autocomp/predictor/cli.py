@@ -54,12 +54,11 @@ def train(
         from autocomp.errors import UserError
 
         raise UserError("--kind", f"{kind[:40]!r} is not a model kind", f"one of {', '.join(KINDS)}")
-    from autocomp.predictor.layers import PROFILE_NAME, read_profile
+    from autocomp.predictor.layers import table_profile
 
     df, path = _table(device, root, fingerprint)
     kinds = KINDS if kind is None else (kind,)
-    prof = read_profile(path.parent / PROFILE_NAME) if (path.parent / PROFILE_NAME).exists() else None
-    pred, report = fit(df, kinds=kinds, max_train=max_train, profile=prof)
+    pred, report = fit(df, kinds=kinds, max_train=max_train, profile=table_profile(path))
     out = pred.save(predictor_dir(device, path.parent.name, root))
     if as_json:
         from autocomp.cliutil import print_json

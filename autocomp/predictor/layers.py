@@ -119,6 +119,12 @@ def read_profile(path: Path) -> pd.DataFrame:
     return df
 
 
+def table_profile(table_path: Path) -> pd.DataFrame | None:
+    """The layer profile beside a measurement table, or None where it has none."""
+    path = Path(table_path).parent / PROFILE_NAME
+    return read_profile(path) if path.exists() else None
+
+
 class LayerData:
     """The profiled convs of a table's candidates, aligned with :func:`conv_features`: ``x`` (rows),
     ``owner`` (candidate of each row), ``us`` (label), ``profiled_ms`` (each candidate's conv sum),
