@@ -365,6 +365,15 @@ def test_layer_profile_trains_a_sum_layers_predictor(tmp_path, monkeypatch):
     monkeypatch.setattr(pickle, "loads", no_pickle)
     again = Predictor.load(tmp_path)
     np.testing.assert_allclose(again.predict(cands), pred.predict(cands), rtol=1e-9)
+    # a calibration from it (another host) keeps its layer model and adapts the conv column with the rest
+    from autocomp.predictor.transfer import adapt
+
+    y = df["median_ms"].to_numpy(float) * 1.5
+    adapted = adapt(again, cands[:20], y[:20], "ridge", device="b")
+    assert adapted.kind == "sum+layers" and adapted.layers is again.layers and adapted.coef.shape == again.coef.shape
+    assert metrics(adapted.predict(cands[20:]), y[20:])["rmspe"] < metrics(again.predict(cands[20:]), y[20:])["rmspe"]
+    adapted.save(tmp_path / "b")
+    np.testing.assert_allclose(Predictor.load(tmp_path / "b").predict(cands), adapted.predict(cands), rtol=1e-9)
     (tmp_path / PROFILE_NAME).write_text("not parquet")
     with pytest.raises(UserError, match="unreadable layer profile"):
         read_profile(tmp_path / PROFILE_NAME)
