@@ -430,3 +430,30 @@ def test_a_cached_calibration_is_refit_once_runs_have_measured_enough(env, devic
     assert len(read_table(table_path(device.name, fid, space_root(env["user"], tiny.name)))) == len(before)  # nothing new measured
     # and it is what the next search loads, without refitting again
     assert latency_model(device, tiny, here, k=K, say=said.append, progress=False).how == "cached" and len(said) == 1
+
+
+def test_a_shipped_predictor_of_this_fingerprint_supersedes_a_smaller_calibration(env, device, measured, tiny, monkeypatch, tmp_path):
+    """A calibration cached before the package shipped a predictor of this very fingerprint gives way
+    to it when the shipped one was fit on more of the fingerprint's measurements (and keeps its
+    place when it was not), in the search's driver and in every controller alike."""
+    import shutil
+
+    here, fid = env["here"], env["fid"]
+    assert latency_model(device, tiny, here, k=K, say=lambda m: None, progress=False).how == "calibrated"
+    root = tmp_path / "shipped"
+    shutil.copytree(env["root"], root)
+    for module in (autocomp.resources, autocomp.predictor, calibrate_mod):
+        monkeypatch.setattr(module, "predictors_dir", lambda: root)
+    pred, table = measured
+    assert pred.fingerprint_id == fid and pred.meta["n_train"] > K
+    pred.save(predictor_dir(device.name, fid, root, tiny.name))
+    cands = candidates_of(table)
+    said: list[str] = []
+    lm = latency_model(device, tiny, here, k=K, say=said.append, progress=False)
+    assert lm.how == "matched" and said == []
+    np.testing.assert_allclose(lm.predictor.predict(cands), pred.predict(cands), rtol=1e-9)
+    np.testing.assert_allclose(load_model(device.name, tiny, here).predict(cands), pred.predict(cands), rtol=1e-9)
+    small = Predictor(pred.kind, pred.space, {**pred.meta, "n_train": K - 1}, pred.coef)
+    small.save(predictor_dir(device.name, fid, root, tiny.name))
+    assert latency_model(device, tiny, here, k=K, say=said.append, progress=False).how == "cached"
+    assert load_model(device.name, tiny, here).meta["calibration"]["k"] == K

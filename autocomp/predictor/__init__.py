@@ -71,20 +71,30 @@ def load_predictor(device_name: str, fp_id: str | None = None, root: Path | str 
 
 def find_predictor(device_name: str, fingerprint: dict, roots: list[Path] | None = None,
                    space: str | None = None) -> Predictor | None:
-    """The predictor of ``space`` measured on exactly this fingerprint (the user's cache first, then
-    shipped), or None."""
+    """The predictor of ``space`` measured on exactly this fingerprint, or None. Where several roots
+    hold one (a calibration in the user's cache, a shipped table's), the one fit on the most
+    measurements of the fingerprint (:func:`fit_size`); on a tie the earlier root's (the cache first)."""
     from autocomp.errors import UserError
     from autocomp.space import DEFAULT_SPACE
 
     fid = fingerprint_id(fingerprint)
+    best = None
     for root in roots if roots is not None else [user_predictors_dir(), predictors_dir()]:
         try:
             pred = load_predictor(device_name, fid, root, space)
         except UserError:  # one a search would set aside (corrupt, or of an older feature set): the next root's
             continue
         if pred is not None and pred.space.name == (space or DEFAULT_SPACE):  # a cache written before tables were per space may hold another's
-            return pred
-    return None
+            if best is None or fit_size(pred) > fit_size(best):
+                best = pred
+    return best
+
+
+def fit_size(pred: Predictor) -> int:
+    """How many measurements of its own fingerprint a predictor was fit on: a calibration's ``k``
+    (its source's table was another host's), a refit's or a table fit's training rows."""
+    cal = pred.meta.get("calibration") or {}
+    return int(cal.get("n_fit") or 0) if cal else int(pred.meta.get("n_train") or 0)
 
 
 def nearest_predictor(device_name: str, fingerprint: dict, devices: list[str] | None = None,

@@ -4,7 +4,8 @@ A predictor is valid only for the fingerprint it was measured on (:mod:`autocomp
 :func:`latency_model` finds, for a device and the fingerprint probed on its node now:
 
 1. a predictor of exactly that fingerprint: the user's cache first (``$AUTOCOMP_CACHE/predictors``,
-   earlier calibrations), then the shipped ``predictors/``;
+   earlier calibrations), then the shipped ``predictors/`` (which wins where it was fit on more
+   measurements of the fingerprint than the cached one: a calibration made before it shipped);
 2. otherwise it **calibrates**: a short seeded campaign of ``k`` candidates spread over the latency
    range (evenly spaced quantiles of the source's predicted log latency over a seeded pool),
    measured on the device, then the nearest fingerprint's predictor (the *source*) adapted to them
@@ -40,7 +41,7 @@ import numpy as np
 from autocomp.errors import UserError
 from autocomp.measure import Device
 from autocomp.measure.fingerprint import differences, fingerprint_id
-from autocomp.predictor import find_predictor, nearest_predictor, predictor_dir, space_root
+from autocomp.predictor import find_predictor, fit_size, nearest_predictor, predictor_dir, space_root
 from autocomp.predictor.model import Predictor, candidates_of, fit, host_info, metrics
 from autocomp.resources import predictors_dir, user_predictors_dir
 from autocomp.space import Candidate, SearchSpace
@@ -75,8 +76,9 @@ class LatencyModel:
 
 
 def load_model(device: str, space: SearchSpace, fingerprint: dict) -> Predictor | None:
-    """The predictor of exactly this fingerprint for ``space`` (a calibration in the user's cache first,
-    then the shipped one), or None. What the search's controller loads, in every process."""
+    """The predictor of exactly this fingerprint for ``space`` (of the user's cache's and the shipped
+    one, the one fit on more of its measurements), or None. What the search's controller loads, in
+    every process."""
     pred = find_predictor(device, fingerprint, space=space.name)
     return pred if pred is not None and pred.space.name == space.name else None
 
@@ -107,6 +109,9 @@ def latency_model(device: Device, space: SearchSpace, fingerprint: dict[str, Any
     """The latency model of ``device`` (whose node has ``fingerprint`` now) for ``space``; see the module docs."""
     fid = fingerprint_id(fingerprint)
     cached = _load_cached(device.name, fingerprint, space, say)
+    shipped = find_predictor(device.name, fingerprint, [predictors_dir()], space.name)
+    if cached is not None and shipped is not None and fit_size(shipped) > max(fit_size(cached), _table_rows(device.name, fid, space)):
+        cached = None  # a calibration made before a predictor of this fingerprint shipped, on fewer measurements
     if cached is not None and cached.space.name == space.name:
         info = dict(cached.meta.get("calibration") or {})
         rows = _table_rows(device.name, fid, space)
@@ -116,7 +121,6 @@ def latency_model(device: Device, space: SearchSpace, fingerprint: dict[str, Any
         say(f"{rows} measurements of {fid} since its calibration on {info.get('n_table')}: refitting its latency model")
         pred, info = calibrate(device, space, fingerprint, None, 0, seed, progress=progress)  # no new measurement
         return LatencyModel(pred, info["how"], fingerprint, calibration=info)
-    shipped = find_predictor(device.name, fingerprint, [predictors_dir()], space.name)
     if shipped is not None and shipped.space.name == space.name:
         return LatencyModel(shipped, "matched", fingerprint)
     source = nearest_predictor(device.name, fingerprint, list(source_devices), space=space.name)
