@@ -3,7 +3,7 @@
     python benchmarks/predictor_layers.py                                   # this host's fbnet-224 cpu-ort table
     python benchmarks/predictor_layers.py --space mnist-mbv2 --runs 200     # the default space's table
 
-The profile is :func:`autocomp.predictor.layers.profile` (what ``autocomp predictor profile`` writes
+The profile is :func:`autocomp.predictor.campaign.profile` (what ``autocomp predictor profile`` writes
 beside a table as ``layers.parquet``: that file is read instead when it exists, ``--reprofile`` to
 run again) and the ``layers`` variant is the predictor's ``sum+layers`` kind, scored by
 :func:`autocomp.predictor.model.cross_validate`.
@@ -50,9 +50,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from autocomp.measure import get_device  # noqa: E402
 from autocomp.measure.fingerprint import fingerprint_id  # noqa: E402
 from autocomp.predictor import predictor_dir  # noqa: E402
-from autocomp.predictor.campaign import read_table  # noqa: E402
+from autocomp.predictor.campaign import profile, read_table  # noqa: E402
 from autocomp.predictor.features import group_features, nchwc_block  # noqa: E402
-from autocomp.predictor.layers import PROFILE_NAME, LayerData, profile, read_profile  # noqa: E402
+from autocomp.predictor.layers import PROFILE_NAME, LayerData, read_profile  # noqa: E402
 from autocomp.predictor.model import _fit_sum, candidates_of, cross_validate, host_info, is_test_id, metrics  # noqa: E402
 from autocomp.resources import predictors_dir  # noqa: E402
 from autocomp.space import get_space  # noqa: E402

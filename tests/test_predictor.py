@@ -338,7 +338,8 @@ def test_layer_profile_trains_a_sum_layers_predictor(tmp_path, monkeypatch):
     family's layer table; ``fit`` then compares ``sum+layers`` (refused without a profile), which saves
     its layer model as LightGBM text and loads, without pickle, to the same predictions."""
     from autocomp.measure import get_device
-    from autocomp.predictor.layers import LAYERS_MODEL, PROFILE_NAME, conv_features, profile, read_profile
+    from autocomp.predictor.campaign import profile
+    from autocomp.predictor.layers import LAYERS_MODEL, PROFILE_NAME, conv_features, read_profile
 
     df = _small_table().head(40)
     cands, ids = candidates_of(df), df["id"].astype(str).tolist()

@@ -4,6 +4,9 @@ predictors are fit on. A table holds the measurements of one device fingerprint
 (:mod:`autocomp.measure.fingerprint`): the fingerprint is probed on the measuring node before the
 first measurement, and every row records the one it was measured with.
 
+:func:`profile` re-runs a table's candidates under ONNX Runtime's profiler: the per-conv labels of
+the ``sum+layers`` predictor (``layers.parquet``, :mod:`autocomp.predictor.layers`).
+
 The campaign is resumable: candidate ``i`` of a campaign is the ``i``-th sample of
 ``random.Random(seed)``, and ids already in the table are skipped, so running the same command
 twice measures nothing twice, and a larger ``n`` continues where the last run stopped. The table
@@ -54,10 +57,12 @@ so a later run with more passes continues where the last stopped.
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import os
 import random
 import tempfile
 import time
+from collections import defaultdict
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -342,3 +347,47 @@ def noise_floor(candidate: Candidate, space: SearchSpace, device: Device, repeat
         "between_run_cv": float(med.std(ddof=1) / med.mean()) if repeats > 1 else 0.0,
         "within_run_cv": float(np.mean([m.cv for m in ms])),
     }
+
+
+CONV_OPS = {"Conv", "FusedConv", "QLinearConv", "NhwcFusedConv", "NhwcConv"}  # the profiled nodes that are convs
+
+
+def profile(candidates: Sequence[Candidate], ids: Sequence[str], space: SearchSpace, device: Any, runs: int = 25,
+            progress: Any = None) -> pd.DataFrame:
+    """Profile each candidate (exported as a campaign exports it) under ONNX Runtime on this host:
+    the rows of ``layers.parquet`` (:mod:`autocomp.predictor.layers`): per conv node, in execution
+    order, its median time. A candidate whose conv nodes do not pair one to one with its layer
+    table's conv rows (ONNX Runtime rewrote the graph beyond one node per conv) gets no rows.
+    ``progress``: called once per candidate."""
+    from autocomp.measure.onnxruntime import session
+    from autocomp.predictor.layers import conv_features
+
+    batch = int(device.options.get("batch", 1))
+    threads = int(device.options.get("threads", 1))
+    _, owner = conv_features(candidates, space)
+    n_convs = np.bincount(owner, minlength=len(candidates))
+    out = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        for cid, c, n in zip(ids, candidates, n_convs):
+            path, _ = export_candidate(c, space, tmp / "m.onnx", int8=device.int8_scheme())
+            sess = session(path, threads=threads, profile_prefix=str(tmp / "profile"))
+            shape = [batch if not isinstance(d, int) else d for d in sess.get_inputs()[0].shape]
+            feed = {sess.get_inputs()[0].name: np.random.default_rng(0).standard_normal(shape).astype(np.float32)}
+            for _ in range(runs + 3):
+                sess.run(None, feed)
+            trace = Path(sess.end_profiling())
+            events = json.loads(trace.read_text())
+            trace.unlink()
+            order, times = [], defaultdict(list)
+            run_ms = float(np.median([e["dur"] for e in events if e.get("name") == "model_run"][3:])) / 1000.0
+            for e in events:
+                if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and e["args"].get("op_name") in CONV_OPS:
+                    if e["name"] not in times:
+                        order.append(e["name"])
+                    times[e["name"]].append(e["dur"])
+            if len(order) == n:
+                out += [(str(cid), j, float(np.median(times[name][3:] or times[name])), run_ms) for j, name in enumerate(order)]
+            if progress is not None:
+                progress()
+    return pd.DataFrame(out, columns=["id", "conv", "us", "run_ms"])

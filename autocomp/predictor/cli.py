@@ -92,7 +92,8 @@ def profile_table(
     from autocomp.errors import UserError
     from autocomp.measure import get_device
     from autocomp.measure.fingerprint import fingerprint_id
-    from autocomp.predictor.layers import PROFILE_NAME, profile, read_profile
+    from autocomp.predictor.campaign import profile
+    from autocomp.predictor.layers import PROFILE_NAME, read_profile
     from autocomp.predictor.model import candidates_of
     from autocomp.space import get_space
 

@@ -4,6 +4,7 @@ A ``sum`` predictor learns one cost per (precision, op kind) from whole-network 
 numbers per table. Every measured network also holds dozens of convs whose times, in context (the
 neighbours' layouts, the caches as the network leaves them), ONNX Runtime's profiler reports.
 ``autocomp predictor profile`` re-runs every candidate of a table of *this host* under the profiler
+(:func:`autocomp.predictor.campaign.profile`)
 and writes ``layers.parquet`` beside the table: one row per conv (``id``: the candidate, ``conv``:
 its index among the candidate's conv rows of the family's layer table, ``us``: the profiled median
 time, ``run_ms``: the candidate's median profiled run). ``autocomp predictor train`` then also cross-validates the ``sum+layers`` kind: LightGBM on
@@ -23,9 +24,6 @@ node weighs) gains less.
 
 from __future__ import annotations
 
-import json
-import tempfile
-from collections import defaultdict
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -36,7 +34,6 @@ from autocomp.space import Candidate, SearchSpace
 
 PROFILE_NAME = "layers.parquet"
 LAYERS_MODEL = "layers.txt"
-CONV_OPS = {"Conv", "FusedConv", "QLinearConv", "NhwcFusedConv", "NhwcConv"}
 _PREC = {"fp32": 0, "fp16": 1, "int8": 2}
 _KIND = {"full": 0, "pw": 1, "dw": 2, "fc": 3}
 # 100 trees at learning rate 0.3 cross-validated as well as 600 at 0.05 on both of the Zen 4 host's
@@ -68,44 +65,6 @@ def conv_features(candidates: Sequence[Candidate], space: SearchSpace) -> tuple[
                 owner.append(i)
             prev = layer.precision
     return np.array(rows, float).reshape(len(rows), 19), np.array(owner, int)
-
-
-def profile(candidates: Sequence[Candidate], ids: Sequence[str], space: SearchSpace, device: Any, runs: int = 25,
-            progress: Any = None) -> pd.DataFrame:
-    """Profile each candidate (exported as a campaign exports it) under ONNX Runtime on this host:
-    the rows of ``layers.parquet``. ``progress``: called once per candidate."""
-    from autocomp.measure.onnxruntime import session
-    from autocomp.predictor.campaign import export_candidate
-
-    batch = int(device.options.get("batch", 1))
-    threads = int(device.options.get("threads", 1))
-    _, owner = conv_features(candidates, space)
-    n_convs = np.bincount(owner, minlength=len(candidates))
-    out = []
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        for cid, c, n in zip(ids, candidates, n_convs):
-            path, _ = export_candidate(c, space, tmp / "m.onnx", int8=device.int8_scheme())
-            sess = session(path, threads=threads, profile_prefix=str(tmp / "profile"))
-            shape = [batch if not isinstance(d, int) else d for d in sess.get_inputs()[0].shape]
-            feed = {sess.get_inputs()[0].name: np.random.default_rng(0).standard_normal(shape).astype(np.float32)}
-            for _ in range(runs + 3):
-                sess.run(None, feed)
-            trace = Path(sess.end_profiling())
-            events = json.loads(trace.read_text())
-            trace.unlink()
-            order, times = [], defaultdict(list)
-            run_ms = float(np.median([e["dur"] for e in events if e.get("name") == "model_run"][3:])) / 1000.0
-            for e in events:
-                if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and e["args"].get("op_name") in CONV_OPS:
-                    if e["name"] not in times:
-                        order.append(e["name"])
-                    times[e["name"]].append(e["dur"])
-            if len(order) == n:  # else ONNX Runtime rewrote the graph beyond one node per conv: no rows
-                out += [(str(cid), j, float(np.median(times[name][3:] or times[name])), run_ms) for j, name in enumerate(order)]
-            if progress is not None:
-                progress()
-    return pd.DataFrame(out, columns=["id", "conv", "us", "run_ms"])
 
 
 def read_profile(path: Path) -> pd.DataFrame:
