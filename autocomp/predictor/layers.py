@@ -4,10 +4,10 @@ A ``sum`` predictor learns one cost per (precision, op kind) from whole-network 
 numbers per table. Every measured network also holds dozens of convs whose times, in context (the
 neighbours' layouts, the caches as the network leaves them), ONNX Runtime's profiler reports.
 ``autocomp predictor profile`` re-runs every candidate of a table of *this host* under the profiler
-(:func:`autocomp.predictor.campaign.profile`)
-and writes ``layers.parquet`` beside the table: one row per conv (``id``: the candidate, ``conv``:
-its index among the candidate's conv rows of the family's layer table, ``us``: the profiled median
-time, ``run_ms``: the candidate's median profiled run). ``autocomp predictor train`` then also cross-validates the ``sum+layers`` kind: LightGBM on
+(:func:`autocomp.predictor.campaign.profile`) and writes ``layers.parquet`` beside the table: one
+row per conv (``id``: the candidate, ``conv``: its index among the candidate's conv rows of the
+family's layer table, ``us``: the profiled median time, ``run_ms``: the candidate's median profiled
+run). ``autocomp predictor train`` then also cross-validates the ``sum+layers`` kind: LightGBM on
 one conv's log time from its layer-table row (:func:`conv_features`), whose predicted conv times,
 summed per candidate, are one more column of the ``sum`` model's least squares (fit on the
 profiled sums, applied to the predicted ones). The labels are the profiled times as they are, or
@@ -33,7 +33,7 @@ import pandas as pd
 from autocomp.space import Candidate, SearchSpace
 
 PROFILE_NAME = "layers.parquet"
-LAYERS_MODEL = "layers.txt"
+LAYERS_MODEL = "layers.txt"  # the layer model of a sum+layers predictor, beside its predictor.json
 _PREC = {"fp32": 0, "fp16": 1, "int8": 2}
 _KIND = {"full": 0, "pw": 1, "dw": 2, "fc": 3}
 # 100 trees at learning rate 0.3 cross-validated as well as 600 at 0.05 on both of the Zen 4 host's
@@ -109,7 +109,7 @@ class LayerData:
                 self.covered[i] = True
         self.profiled_ms = np.bincount(self.owner, self.us, self.n) / 1000.0
 
-    def rescaled(self, latency_ms: np.ndarray) -> "LayerData":
+    def rescaled(self, latency_ms: np.ndarray) -> "LayerData | None":
         """A copy whose conv times are rescaled per candidate by its measured latency over its profiled
         run. A profile is one short run without the reference protocol, so a slow phase of the host
         inflates every conv of that candidate; the table's latency does not (fbnet-224 on the Zen 4

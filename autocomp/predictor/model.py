@@ -43,12 +43,12 @@ from autocomp.predictor.features import (
     network_feature_names,
     network_features,
 )
+from autocomp.predictor.layers import LAYERS_MODEL
 from autocomp.space import Candidate, SearchSpace, get_space
 
 SCHEMA_VERSION = 1
 META_NAME = "predictor.json"
 MODEL_NAME = "model.txt"
-LAYERS_NAME = "layers.txt"  # the layer model of a sum+layers predictor (LightGBM text)
 KINDS = ("sum", "whole", "sum+gbm", "sum+layers")
 LAYERS_COLUMN = "conv_ms_layers"  # the layer model's column of a sum+layers design
 MAX_TRAIN = 300
@@ -227,7 +227,7 @@ class Predictor:
             "network_features": [n for i, n in enumerate(network_feature_names(self.space)) if self.columns is None or i in self.columns],
             "coef": None if self.coef is None else [float(v) for v in self.coef],
             "calibration": self.calibration, "model_file": MODEL_NAME if self.booster is not None else None,
-            "layers_file": LAYERS_NAME if self.layers is not None else None,
+            "layers_file": LAYERS_MODEL if self.layers is not None else None,
             "meta": self.meta,
         }
 
@@ -238,9 +238,9 @@ class Predictor:
             self.booster.save_model(str(tmp))
             tmp.replace(directory / MODEL_NAME)
         if self.layers is not None:
-            tmp = directory / (LAYERS_NAME + ".tmp")
+            tmp = directory / (LAYERS_MODEL + ".tmp")
             self.layers.save_model(str(tmp))
-            tmp.replace(directory / LAYERS_NAME)
+            tmp.replace(directory / LAYERS_MODEL)
         tmp = directory / (META_NAME + ".tmp")
         tmp.write_text(json.dumps(self.to_json(), indent=1, default=str))
         tmp.replace(directory / META_NAME)
@@ -276,7 +276,7 @@ class Predictor:
                 raise UserError(str(path), "feature set differs from this autocomp version", "a predictor retrained with this version")
             columns = [current.index(n) for n in names]
         booster = layers = None
-        for key, name in (("model_file", MODEL_NAME), ("layers_file", LAYERS_NAME)):
+        for key, name in (("model_file", MODEL_NAME), ("layers_file", LAYERS_MODEL)):
             if d.get(key) or (key == "layers_file" and d["kind"] == "sum+layers"):
                 mpath = directory / name
                 try:
