@@ -80,7 +80,8 @@ def search_models(pred, space, device, n: int, seed: int = 1) -> dict:
     measured = []
     for c in cands:
         with tempfile.TemporaryDirectory() as tmp:
-            path = to_onnx(compressed_model(c, space, data, EvalSettings()), Path(tmp) / "m.onnx", data.input_shape)
+            model = compressed_model(c, space, data, EvalSettings(), int8=device.int8_scheme())  # as the search exports it
+            path = to_onnx(model, Path(tmp) / "m.onnx", data.input_shape)
             measured.append(device.measure(path, c.precision).median_ms)
     measured, predicted = np.array(measured), pred.predict(cands)
     rel = predicted / measured - 1
