@@ -110,7 +110,7 @@ def latency_model(device: Device, space: SearchSpace, fingerprint: dict[str, Any
     fid = fingerprint_id(fingerprint)
     cached = _load_cached(device.name, fingerprint, space, say)
     shipped = find_predictor(device.name, fingerprint, [predictors_dir()], space.name)
-    if cached is not None and shipped is not None and fit_size(shipped) > max(fit_size(cached), _table_rows(device.name, fid, space)):
+    if cached is not None and shipped is not None and fit_size(shipped) > fit_size(cached):
         cached = None  # a calibration made before a predictor of this fingerprint shipped, on fewer measurements
     if cached is not None and cached.space.name == space.name:
         info = dict(cached.meta.get("calibration") or {})

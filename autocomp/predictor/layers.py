@@ -24,6 +24,7 @@ node weighs) gains less.
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -116,8 +117,7 @@ class LayerData:
         host: 5-fold CV 88 -> 90 % within ±10 %). None where a candidate's run time is unknown."""
         if not np.isfinite(self.run_ms).all():
             return None
-        out = object.__new__(LayerData)
-        out.__dict__.update(self.__dict__)
+        out = copy.copy(self)
         out.us = self.us * (np.asarray(latency_ms, float) / self.run_ms)[self.owner]
         out.profiled_ms = np.bincount(self.owner, out.us, self.n) / 1000.0
         out.labels = "rescaled"

@@ -275,15 +275,15 @@ class Predictor:
             if not isinstance(names, list) or not set(names) <= set(current):
                 raise UserError(str(path), "feature set differs from this autocomp version", "a predictor retrained with this version")
             columns = [current.index(n) for n in names]
-        booster = layers = None
-        for key, name in (("model_file", MODEL_NAME), ("layers_file", LAYERS_MODEL)):
-            if d.get(key) or (key == "layers_file" and d["kind"] == "sum+layers"):
-                mpath = directory / name
-                try:
-                    model = lgb.Booster(model_str=mpath.read_text())
-                except Exception as e:
-                    raise UserError(str(mpath), f"unreadable LightGBM model ({type(e).__name__})", "a LightGBM text model") from None
-                booster, layers = (model, layers) if key == "model_file" else (booster, model)
+
+        def booster_of(mpath: Path) -> Any:
+            try:
+                return lgb.Booster(model_str=mpath.read_text())
+            except Exception as e:
+                raise UserError(str(mpath), f"unreadable LightGBM model ({type(e).__name__})", "a LightGBM text model") from None
+
+        booster = booster_of(directory / d["model_file"]) if d.get("model_file") else None
+        layers = booster_of(directory / LAYERS_MODEL) if d["kind"] == "sum+layers" else None
         try:
             coef = np.asarray(d["coef"], float) if d.get("coef") is not None else None
         except (TypeError, ValueError):
@@ -385,10 +385,12 @@ def cross_validate(g: np.ndarray, x: np.ndarray, y: np.ndarray, kinds: Sequence[
 
 
 def select(g: np.ndarray, x: np.ndarray, y: np.ndarray, kinds: Sequence[str] = KINDS, folds: int = 5,
-           grid: Sequence[tuple[int, float]] = GBM_GRID, layers: Any = None) -> tuple[str, int, float | None, dict[str, dict]]:
+           grid: Sequence[tuple[int, float]] = GBM_GRID, layers: Any = None,
+           known: dict[str, dict] | None = None) -> tuple[str, int, float | None, dict[str, dict]]:
     """Cross-validate every kind (the LightGBM kinds at every ``grid`` size); returns (kind, rounds,
     learning rate, scores keyed ``kind`` or ``kind@rounds``). The best CV RMSPE wins, except that an
-    option within ``GBM_TIE`` (relative) of it that scores faster (no trees, or fewer) is taken instead."""
+    option within ``GBM_TIE`` (relative) of it that scores faster (no trees, or fewer) is taken instead.
+    ``known``: scores already cross-validated with these folds, by key (not computed again)."""
     options: list[tuple[str, int, float | None, int]] = []  # (kind, rounds, lr, trees)
     for kind in kinds:
         if kind == "sum":
@@ -400,7 +402,8 @@ def select(g: np.ndarray, x: np.ndarray, y: np.ndarray, kinds: Sequence[str] = K
     scores, rmspe = {}, {}
     for kind, r, lr, trees in options:
         key = kind if kind in ("sum", "sum+layers") else f"{kind}@{r}"
-        scores[key] = cross_validate(g, x, y, (kind,), folds, rounds=max(r, 1), learning_rate=lr, layers=layers)[kind]
+        scores[key] = (known or {}).get(key) or cross_validate(g, x, y, (kind,), folds, rounds=max(r, 1), learning_rate=lr,
+                                                               layers=layers)[kind]
         rmspe[(kind, r, lr, trees)] = scores[key]["rmspe"]
     best = min(rmspe.values())
     kind, r, lr, _ = min((o for o in rmspe if rmspe[o] <= best * (1 + GBM_TIE) + 1e-4), key=lambda o: (o[3], rmspe[o]))
@@ -441,7 +444,7 @@ def fit(table: pd.DataFrame, space: SearchSpace | None = None, kinds: Sequence[s
     y = train["median_ms"].to_numpy(float)
     block = nchwc_block(host_info(table)["fingerprint"])
     g, x = group_features(cands, space, block=block), network_features(cands, space, block=block)
-    layers, layer_note = None, None
+    layers, layer_note, known = None, None, {}
     if "sum+layers" in kinds and profile is not None:
         from autocomp.predictor.layers import LayerData
 
@@ -452,6 +455,7 @@ def fit(table: pd.DataFrame, space: SearchSpace | None = None, kinds: Sequence[s
         elif (scaled := layers.rescaled(y)) is not None:  # which labels: as profiled, or rescaled to the measured latency
             labels = {d.labels: cross_validate(g, x, y, ("sum+layers",), folds, layers=d)["sum+layers"] for d in (layers, scaled)}
             layers = min((layers, scaled), key=lambda d: labels[d.labels]["rmspe"])
+            known["sum+layers"] = labels[layers.labels]  # (the same folds as select's)
             layer_note = "labels " + ", ".join(f"{k}: CV RMSPE {v['rmspe']:.4f}" for k, v in labels.items())
     if layers is None:
         if tuple(kinds) == ("sum+layers",):
@@ -461,7 +465,7 @@ def fit(table: pd.DataFrame, space: SearchSpace | None = None, kinds: Sequence[s
     lr = None
     grid = GBM_GRID if rounds is None else ((rounds, None),)
     if len(kinds) > 1:
-        best, rounds, lr, selection = select(g, x, y, kinds, folds, grid, layers)
+        best, rounds, lr, selection = select(g, x, y, kinds, folds, grid, layers, known)
     else:
         best, selection, (rounds, lr) = kinds[0], {}, grid[-1]
     coef, booster = _fit_kind(best, g, x, y, rounds, lr, layers)
