@@ -11,7 +11,9 @@ pool and the test rows (at least 60). For each k, the k adaptation rows are chos
 calibration chooses them (spread evenly over the source's predicted log latency; ``spread``) and
 also at random (``random``, mean over ``--draws`` draws). Methods: the adaptations of
 :mod:`autocomp.predictor.transfer` and, from k >= 20, ``fit`` (a predictor fit on the k rows alone,
-what refitting does once enough measurements exist): the learning curve.
+what refitting does once enough measurements exist): the learning curve. ``profiled`` (the
+calibration's method on ONNX Runtime devices) also reads the k rows' profiled convs from the target
+table's ``layers.parquet`` (``autocomp predictor profile``); it is skipped where the table has none.
 
 Prints a table and saves ``benchmarks/results/predictor_crosshost.json`` (with both fingerprints).
 """
@@ -43,14 +45,14 @@ def spread_rows(pool, source, k: int) -> np.ndarray:
     return order[np.unique(np.round(np.linspace(0, len(pool) - 1, k)).astype(int))]
 
 
-def score(source, adapt_rows, test, method: str, fp: dict) -> dict:
+def score(source, adapt_rows, test, method: str, fp: dict, profile=None) -> dict:
     y = adapt_rows["median_ms"].to_numpy(float)
     if method == "fit":
         pred, _ = fit(adapt_rows, source.space, max_train=len(adapt_rows), folds=min(5, len(adapt_rows) // 4))
     elif len(adapt_rows) == 0:
         pred = source
     else:
-        pred = adapt(source, candidates_of(adapt_rows), y, method, fingerprint=fp)
+        pred = adapt(source, candidates_of(adapt_rows), y, method, fingerprint=fp, profile=profile)
     return metrics(pred.predict(candidates_of(test)), test["median_ms"].to_numpy(float))
 
 
@@ -82,6 +84,9 @@ def main() -> None:
             sys.exit(f"no table of this host's fingerprint {here}: run `autocomp measure --device {args.source_device} --n 200`")
         args.target = found[0]
     table = read_table(args.target)
+    from autocomp.predictor.layers import table_profile
+
+    profile = table_profile(args.target)
     target_fp = host_info(table)["fingerprint"]
     if target_fp and source.fingerprint_id == host_info(table)["fingerprint_id"]:
         sys.exit("source and target are the same fingerprint")
@@ -91,19 +96,19 @@ def main() -> None:
     test, pool = table.iloc[perm[:n_test]], table.iloc[perm[n_test:]]
     if len(pool) < max(ks) or len(test) < args.test:
         sys.exit(f"{len(table)} target rows: too few for k up to {max(ks)} and {args.test} test rows")
-    methods = args.methods.split(",")
+    methods = [m for m in args.methods.split(",") if m != "profiled" or profile is not None]
     t0 = time.time()
     results = []
     for k in ks:
         for method in methods + (["fit"] if k >= 20 else []):
             if k == 0 and method != methods[0]:
                 continue
-            m_spread = score(source, pool.iloc[spread_rows(pool, source, k)] if k else pool.iloc[:0], test, method, target_fp)
+            m_spread = score(source, pool.iloc[spread_rows(pool, source, k)] if k else pool.iloc[:0], test, method, target_fp, profile)
             draws = []
             if k:
                 rng = np.random.default_rng(args.seed + 1)
                 for _ in range(args.draws):
-                    draws.append(score(source, pool.iloc[rng.choice(len(pool), k, replace=False)], test, method, target_fp))
+                    draws.append(score(source, pool.iloc[rng.choice(len(pool), k, replace=False)], test, method, target_fp, profile))
             row = {"k": k, "method": "none" if k == 0 else method,
                    "spread": {m: round(v, 4) for m, v in m_spread.items()},
                    "random_mean": {m: round(float(np.mean([d[m] for d in draws])), 4) for m in m_spread} if draws else None}
@@ -116,7 +121,8 @@ def main() -> None:
         "source": {"device": args.source_device, "fingerprint_id": source.fingerprint_id, "fingerprint": source.fingerprint,
                    "kind": source.kind},
         "target": {"table": str(args.target), "fingerprint_id": host_info(table)["fingerprint_id"], "fingerprint": target_fp,
-                   "rows": len(table), "flagged": int(table["flagged"].sum())},
+                   "rows": len(table), "flagged": int(table["flagged"].sum()),
+                   "profiled": None if profile is None else int(profile["id"].nunique())},
         "n_test": len(test), "pool": len(pool), "draws": args.draws, "results": results, "wall_s": round(time.time() - t0, 1),
         "command": " ".join(sys.argv),
     }

@@ -164,6 +164,41 @@ def test_a_predictor_of_another_cpu_triggers_calibration_before_any_filtering(en
     np.testing.assert_allclose(lm2.predictor.predict(cands), lm.predictor.predict(cands), rtol=1e-9)
 
 
+def test_an_onnxruntime_calibration_profiles_its_candidates_and_learns_this_hosts_convs(env, device, tiny):
+    """From PROFILED_MIN calibration measurements on an ONNX Runtime device the calibration also
+    profiles them per conv (beside the table in the user cache) and adds a layer model of this host
+    to the source's model; it saves as LightGBM text and loads to the same predictions."""
+    from autocomp.predictor.layers import HOST_LAYERS_MODEL, PROFILE_NAME, read_profile
+    from autocomp.predictor.transfer import PROFILED_MIN, adapt
+
+    here, fid, source, user = env["here"], env["fid"], env["source"], env["user"]
+    lm = latency_model(device, tiny, here, k=PROFILED_MIN, say=lambda m: None, progress=False)
+    cal = lm.calibration
+    assert lm.how == "calibrated" and cal["method"] == "profiled" and cal["n_profiled"] == PROFILED_MIN
+    assert cal["profile_s"] > 0 and set(cal["loo"]) >= {"within_10pct", "rmspe"}
+    path = table_path(device.name, fid, space_root(user, tiny.name))
+    table, prof = read_table(path), read_profile(path.parent / PROFILE_NAME)
+    assert set(prof["id"]) == set(table["id"]) and len(table) == PROFILED_MIN and (prof["us"] > 0).all()
+    pred = lm.predictor
+    assert pred.host_layers is not None and set(pred.calibration) == {"a", "b", "c"} and pred.calibration["c"] != 0
+    d = predictor_dir(device.name, fid, user, tiny.name)
+    assert (d / HOST_LAYERS_MODEL).read_text().startswith("tree")  # LightGBM text, no pickle
+    cands = candidates_of(table)
+    ref = adapt(source, cands, table["median_ms"].to_numpy(float), "profiled", fingerprint=here, profile=prof)
+    np.testing.assert_allclose(pred.predict(cands), ref.predict(cands), rtol=1e-9)
+    pool = [tiny.sample(random.Random(i)) for i in range(50)]
+    loaded = load_model(device.name, tiny, here)
+    np.testing.assert_allclose(loaded.predict(pool), pred.predict(pool), rtol=1e-9)
+    # the conv term is used: the same calibration without it predicts otherwise
+    assert not np.allclose(Predictor(pred.kind, tiny, pred.meta, pred.coef, pred.booster,
+                                     {**pred.calibration, "c": None}).predict(pool), pred.predict(pool))
+    # a damaged layer model of the host is refused with one line, set aside, calibrated again
+    (d / HOST_LAYERS_MODEL).write_text("not a model")
+    said: list[str] = []
+    assert latency_model(device, tiny, here, k=PROFILED_MIN, say=said.append, progress=False).how == "calibrated"
+    assert "refused" in said[0] and HOST_LAYERS_MODEL in said[0] and "\n" not in said[0]
+
+
 def _another_space_rows(fp: dict, device_name: str):
     """60 real measurement rows of another space (the shipped cpu-ort table, mnist-mbv2), relabelled
     as this fingerprint's: more than REFIT_MIN, so fitting on them would be a refit, not a calibration."""

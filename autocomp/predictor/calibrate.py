@@ -8,8 +8,9 @@ A predictor is valid only for the fingerprint it was measured on (:mod:`autocomp
    measurements of the fingerprint than the cached one: a calibration made before it shipped);
 2. otherwise it **calibrates**: a short seeded campaign of ``k`` candidates spread over the latency
    range (evenly spaced quantiles of the source's predicted log latency over a seeded pool),
-   measured on the device, then the nearest fingerprint's predictor (the *source*) adapted to them
-   (:func:`autocomp.predictor.transfer.adapt`); from ``REFIT_MIN`` measurements of the fingerprint on
+   measured on the device (on ONNX Runtime devices also profiled per conv), then the nearest
+   fingerprint's predictor (the *source*) adapted to them (:func:`autocomp.predictor.transfer.adapt`,
+   ``profiled``: with a layer model of this host's convs; ``ridge`` elsewhere); from ``REFIT_MIN`` measurements of the fingerprint on
    (calibrations and the measurements of earlier runs accumulate in its table) a predictor is
    refit on them instead. The result is cached per fingerprint and reused next time;
 3. with calibration switched off (``k == 0``) the search runs without the budget filter.
@@ -28,13 +29,14 @@ candidates predicted just over the limit in fact fit, against 6-9 % with the 90t
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import random
 import shutil
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -53,7 +55,10 @@ REFIT_MIN = 50
 FIT_MIN_K = 20
 POOL_PER_POINT = 50  # the spread is chosen from a seeded pool of k * POOL_PER_POINT samples
 CALIBRATION_SEED = 7919
-METHOD = "ridge"  # see transfer.METHODS; the best of them at k = 20 on the cross-host benchmark
+# see transfer.METHODS: the best at k = 20 on the cross-host benchmark; "profiled" where the device
+# runs ONNX Runtime (its profiler gives the calibration candidates' conv times), else "ridge"
+METHOD = "profiled"
+PROFILE_RUNS = 100  # profiled runs per calibration candidate (the median of each conv's times is kept)
 MIN_MARGIN, MAX_MARGIN = 0.05, 0.5
 MARGIN_SD = 2.0  # the filter's margin in standard deviations of the latency model's log error
 
@@ -189,29 +194,53 @@ def calibrate(device: Device, space: SearchSpace, fingerprint: dict, source: Pre
             info["held_out"] = report["test"]
     else:
         rows = table[table["id"].isin({c.id for c in chosen})]
+        profile = None
+        if method == "profiled" and device.backend == "onnxruntime":
+            from autocomp.predictor.campaign import extend_profile
+
+            t1 = time.time()
+            with _status(progress, f"profiling the {len(rows)} calibration candidates' convs"):
+                profile = extend_profile(table_path(device.name, fid, root), candidates_of(rows), space, device, PROFILE_RUNS)
+            info["profile_s"] = round(time.time() - t1, 1)
+        elif method == "profiled":
+            method = "ridge"
         # the source's model on this fingerprint's features (its NCHWc block), fit and used alike
         pred = adapt(source, candidates_of(rows), rows["median_ms"].to_numpy(float), method, device=device.name,
-                     fingerprint=fingerprint)
+                     fingerprint=fingerprint, profile=profile)
         pred.meta.update(host_info(rows))
+        method = pred.meta.get("adapt_method", method)  # (profiled falls back to ridge without enough profiled convs)
         info.update(how="calibrated", method=method, n_fit=int(len(rows)),
-                    loo=leave_one_out(source, rows, method, fingerprint) if len(rows) >= 5 else None)
+                    **({"n_profiled": pred.meta.get("n_profiled")} if method == "profiled" else {}),
+                    loo=leave_one_out(source, rows, method, fingerprint, profile) if len(rows) >= 5 else None)
     pred.meta["calibration"] = info
     pred.save(predictor_dir(device.name, fid, root))
     return pred, info
 
 
-def leave_one_out(source: Predictor, rows, method: str, fingerprint: dict) -> dict[str, float]:
-    """Leave-one-out error of adapting ``source`` on ``rows`` (measured on ``fingerprint``): the
-    calibration's own error estimate."""
+def leave_one_out(source: Predictor, rows, method: str, fingerprint: dict, profile=None) -> dict[str, float]:
+    """Leave-one-out error of adapting ``source`` on ``rows`` (measured on ``fingerprint``; ``profile``:
+    their profiled convs): the calibration's own error estimate."""
     from autocomp.predictor.transfer import adapt
 
     cands, y = candidates_of(rows), rows["median_ms"].to_numpy(float)
     pred = np.empty(len(y))
     for i in range(len(y)):
         keep = np.arange(len(y)) != i
-        p = adapt(source, [c for c, m in zip(cands, keep) if m], y[keep], method, fingerprint=fingerprint)
+        p = adapt(source, [c for c, m in zip(cands, keep) if m], y[keep], method, fingerprint=fingerprint, profile=profile)
         pred[i] = p.predict([cands[i]])[0]
     return {k: round(v, 4) for k, v in metrics(pred, y).items() if isinstance(v, float)}
+
+
+@contextlib.contextmanager
+def _status(progress: bool, text: str) -> Iterator[None]:
+    """A rich spinner with ``text`` while the block runs (nothing without ``progress``)."""
+    if not progress:
+        yield
+        return
+    from rich.console import Console
+
+    with Console(stderr=True).status(text):
+        yield
 
 
 def record_measurements(device: str, fingerprint: dict, space: SearchSpace, rows: list[dict]) -> int:

@@ -391,3 +391,31 @@ def profile(candidates: Sequence[Candidate], ids: Sequence[str], space: SearchSp
             if progress is not None:
                 progress()
     return pd.DataFrame(out, columns=["id", "conv", "us", "run_ms"])
+
+
+def extend_profile(table: Path, candidates: Sequence[Candidate], space: SearchSpace, device: Any, runs: int = 25,
+                   progress: Any = None, again: bool = False) -> pd.DataFrame:
+    """Profile those of ``candidates`` (rows of ``table``, a table of this device's host) that the layer
+    profile beside it lacks (all of them with ``again``), on the device's node when Ray runs, and write
+    the merged profile there (``layers.parquet``); returns it."""
+    from autocomp.cluster import measures_here, on_device
+    from autocomp.predictor.layers import PROFILE_NAME, read_profile
+
+    out = Path(table).parent / PROFILE_NAME
+    done = read_profile(out) if out.exists() else pd.DataFrame(columns=["id", "conv", "us", "run_ms"])
+    todo = [c for c in candidates if again or c.id not in set(done["id"])]
+    if again:
+        done = done[~done["id"].isin({c.id for c in todo})]
+    if not todo:
+        return done
+    ids = [c.id for c in todo]
+    if measures_here(device):
+        new = profile(todo, ids, space, device, runs, progress)
+    else:  # (no progress from another node)
+        new = on_device(device, profile, todo, ids, space, device, runs)
+    prof = pd.concat([done, new], ignore_index=True) if len(done) else new
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(PROFILE_NAME + ".tmp")
+    prof.to_parquet(tmp, index=False)
+    tmp.replace(out)
+    return prof

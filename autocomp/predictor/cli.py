@@ -92,7 +92,7 @@ def profile_table(
     from autocomp.errors import UserError
     from autocomp.measure import get_device
     from autocomp.measure.fingerprint import fingerprint_id
-    from autocomp.predictor.campaign import profile
+    from autocomp.predictor.campaign import extend_profile
     from autocomp.predictor.layers import PROFILE_NAME, read_profile
     from autocomp.predictor.model import candidates_of
     from autocomp.space import get_space
@@ -107,19 +107,14 @@ def profile_table(
                         "this machine's table: a profile belongs to the host that ran it")
     space = get_space(str(df["space"].iloc[0]))
     out = path.parent / PROFILE_NAME
-    ids = df["id"].astype(str)
-    done = read_profile(out) if out.exists() and not again else pd.DataFrame(columns=["id", "conv", "us", "run_ms"])
-    done = done[done["id"].isin(set(ids))]
-    todo = df[~ids.isin(set(done["id"]))]
-    cands = candidates_of(todo)
+    before = read_profile(out) if out.exists() and not again else pd.DataFrame(columns=["id", "conv", "us", "run_ms"])
+    todo = df[~df["id"].astype(str).isin(set(before["id"]))]
+    cands = candidates_of(df)
     with Progress(console=console) as bar:
-        task = bar.add_task(f"profiling {len(cands)} candidates", total=len(cands))
-        new = profile(cands, todo["id"].astype(str).tolist(), space, dev, runs, progress=lambda: bar.advance(task))
-    prof = pd.concat([done, new], ignore_index=True) if len(done) else new
-    tmp = out.with_name(PROFILE_NAME + ".tmp")
-    prof.to_parquet(tmp, index=False)
-    tmp.replace(out)
-    console.print(f"{new['id'].nunique()} of {len(cands)} candidates profiled now, {prof['id'].nunique()} of {len(df)} in all "
+        task = bar.add_task(f"profiling {len(todo)} candidates", total=len(todo))
+        prof = extend_profile(path, cands, space, dev, runs, progress=lambda: bar.advance(task), again=again)
+    new = prof[~prof["id"].isin(set(before["id"]))] if not again else prof
+    console.print(f"{new['id'].nunique()} of {len(todo)} candidates profiled now, {prof['id'].nunique()} of {len(df)} in all "
                   f"({len(prof)} convs) -> {out}")
 
 

@@ -35,6 +35,7 @@ from autocomp.space import Candidate, SearchSpace
 
 PROFILE_NAME = "layers.parquet"
 LAYERS_MODEL = "layers.txt"  # the layer model of a sum+layers predictor, beside its predictor.json
+HOST_LAYERS_MODEL = "host_layers.txt"  # a calibration's layer model of the calibrated host (transfer's "profiled")
 _PREC = {"fp32": 0, "fp16": 1, "int8": 2}
 _KIND = {"full": 0, "pw": 1, "dw": 2, "fc": 3}
 # 100 trees at learning rate 0.3 cross-validated as well as 600 at 0.05 on both of the Zen 4 host's
@@ -123,13 +124,13 @@ class LayerData:
         out.labels = "rescaled"
         return out
 
-    def fit(self, rows: np.ndarray | None = None) -> Any:
+    def fit(self, rows: np.ndarray | None = None, params: dict | None = None) -> Any:
         """LightGBM on the log time of the convs of the candidates ``rows`` (a boolean mask; all)."""
         import lightgbm as lgb
 
         mask = np.ones(len(self.owner), bool) if rows is None else rows[self.owner]
         ds = lgb.Dataset(self.x[mask], np.log(self.us[mask]), params={"verbose": -1, "num_threads": 1})
-        return lgb.train(LGB_PARAMS, ds, ROUNDS)
+        return lgb.train(params or LGB_PARAMS, ds, ROUNDS)
 
     def predicted_ms(self, booster: Any, rows: np.ndarray) -> np.ndarray:
         """The predicted conv sums of the candidates ``rows`` (boolean mask), in ms."""

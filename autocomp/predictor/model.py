@@ -43,7 +43,7 @@ from autocomp.predictor.features import (
     network_feature_names,
     network_features,
 )
-from autocomp.predictor.layers import LAYERS_MODEL
+from autocomp.predictor.layers import HOST_LAYERS_MODEL, LAYERS_MODEL
 from autocomp.space import Candidate, SearchSpace, get_space
 
 SCHEMA_VERSION = 1
@@ -133,14 +133,17 @@ class Predictor:
 
     def __init__(self, kind: str, space: SearchSpace, meta: dict[str, Any], coef: np.ndarray | None = None,
                  booster: Any = None, calibration: dict[str, float] | None = None, columns: list[int] | None = None,
-                 layers: Any = None):
+                 layers: Any = None, host_layers: Any = None):
         if kind not in KINDS:
             raise ValueError(f"unknown predictor kind {kind!r}; expected one of {KINDS}")
         self.kind, self.space, self.meta = kind, space, meta
         self.coef, self.booster = coef, booster
-        self.calibration = calibration  # {"a", "b"}: ms' = exp(a + b * log(ms)), from a few new-device measurements
+        # {"a", "b"}: ms' = exp(a + b * log(ms)), from a few new-device measurements; with "c" also
+        # + c * log(conv ms of host_layers), the new host's own layer model (transfer's "profiled")
+        self.calibration = calibration
         self.columns = columns  # the network features its LightGBM model reads (None: all of this version's)
         self.layers = layers  # sum+layers: the per-conv LightGBM model (autocomp.predictor.layers)
+        self.host_layers = host_layers  # a calibration's per-conv model of the calibrated host (profiled convs)
 
     @property
     def fingerprint(self) -> dict[str, Any]:
@@ -201,7 +204,7 @@ class Predictor:
             raise UserError("candidate.space", f"{sorted(spaces)} but this predictor was fit on space {self.space.name!r}", self.space.name)
         if len(candidates) > CHUNK:
             return _chunked(self.predict, [candidates[i:i + CHUNK] for i in range(0, len(candidates), CHUNK)])
-        return self._calibrated(self._raw(candidates))
+        return self._calibrated(self._raw(candidates), candidates)
 
     def predict_arrays(self, arrays: dict[str, np.ndarray]) -> np.ndarray:
         """Like :meth:`predict` from :func:`autocomp.predictor.features.block_arrays` output: for a
@@ -210,11 +213,18 @@ class Predictor:
         n = len(arrays["stem_width"])
         if n > CHUNK:
             return _chunked(self.predict_arrays, [{k: v[i:i + CHUNK] for k, v in arrays.items()} for i in range(0, n, CHUNK)])
-        return self._calibrated(self._raw(None, arrays))
+        return self._calibrated(self._raw(None, arrays), None, arrays)
 
-    def _calibrated(self, y: np.ndarray) -> np.ndarray:
+    def _calibrated(self, y: np.ndarray, candidates: Sequence[Candidate] | None, arrays: dict[str, np.ndarray] | None = None) -> np.ndarray:
         if self.calibration:
-            y = np.exp(self.calibration["a"] + self.calibration["b"] * np.log(y))
+            log_y = self.calibration["a"] + self.calibration["b"] * np.log(y)
+            if self.calibration.get("c") is not None:
+                from autocomp.predictor.features import candidates_from_arrays
+                from autocomp.predictor.layers import predict_conv_ms
+
+                cands = list(candidates) if candidates is not None else candidates_from_arrays(arrays, self.space)
+                log_y = log_y + self.calibration["c"] * np.log(np.maximum(predict_conv_ms(self.host_layers, cands, self.space), 1e-6))
+            y = np.exp(log_y)
         return y
 
     # ----------------------------------------------------------------- persistence
@@ -228,6 +238,7 @@ class Predictor:
             "coef": None if self.coef is None else [float(v) for v in self.coef],
             "calibration": self.calibration, "model_file": MODEL_NAME if self.booster is not None else None,
             "layers_file": LAYERS_MODEL if self.layers is not None else None,
+            "host_layers_file": HOST_LAYERS_MODEL if self.host_layers is not None else None,
             "meta": self.meta,
         }
 
@@ -237,10 +248,11 @@ class Predictor:
             tmp = directory / (MODEL_NAME + ".tmp")
             self.booster.save_model(str(tmp))
             tmp.replace(directory / MODEL_NAME)
-        if self.layers is not None:
-            tmp = directory / (LAYERS_MODEL + ".tmp")
-            self.layers.save_model(str(tmp))
-            tmp.replace(directory / LAYERS_MODEL)
+        for model, name in ((self.layers, LAYERS_MODEL), (self.host_layers, HOST_LAYERS_MODEL)):
+            if model is not None:
+                tmp = directory / (name + ".tmp")
+                model.save_model(str(tmp))
+                tmp.replace(directory / name)
         tmp = directory / (META_NAME + ".tmp")
         tmp.write_text(json.dumps(self.to_json(), indent=1, default=str))
         tmp.replace(directory / META_NAME)
@@ -284,6 +296,11 @@ class Predictor:
 
         booster = booster_of(directory / d["model_file"]) if d.get("model_file") else None
         layers = booster_of(directory / LAYERS_MODEL) if d["kind"] == "sum+layers" else None
+        calibration = d.get("calibration")
+        if calibration is not None and (not isinstance(calibration, dict) or not all(
+                isinstance(calibration.get(k), (int, float)) for k in ("a", "b")) or not isinstance(calibration.get("c"), (int, float, type(None)))):
+            raise UserError(str(path), "calibration is not {a, b[, c]} numbers", "a predictor.json written by autocomp's calibration")
+        host_layers = booster_of(directory / HOST_LAYERS_MODEL) if calibration and calibration.get("c") is not None else None
         try:
             coef = np.asarray(d["coef"], float) if d.get("coef") is not None else None
         except (TypeError, ValueError):
@@ -292,7 +309,7 @@ class Predictor:
             raise UserError(str(path), "coef is not a list of finite numbers", "a predictor.json written by `autocomp predictor train`")
         if coef is not None:
             coef = _by_name(coef, d.get("group_features"), path, design_names(d["kind"]))
-        return cls(d["kind"], space, d.get("meta", {}), coef, booster, d.get("calibration"), columns, layers)
+        return cls(d["kind"], space, d.get("meta", {}), coef, booster, calibration, columns, layers, host_layers)
 
 
 def design_names(kind: str) -> list[str]:

@@ -11,26 +11,49 @@ measurements: a runtime or host mostly differs from another per precision (integ
 fp16 arithmetic), so four factors learn most of the change from few points and the ridge the rest.
 ``refit``: for the LightGBM kinds, LightGBM continues boosting from the source model
 (``init_model``) on the new measurements, a few shallow rounds, after the log-linear calibration.
+``profiled``: the new host's own conv times as well. Its k calibration candidates are also run under
+ONNX Runtime's profiler (:func:`autocomp.predictor.campaign.profile`): some 20-40 convs each, so
+hundreds of labelled convs of the new host where the other methods see k numbers. A small layer
+model (:mod:`autocomp.predictor.layers`, shallow trees) is fit on them, and
+log ms_new = a + b * log(source ms) + c * log(predicted conv ms) by least squares on the k
+measurements: the source knows the whole network (its non-conv ops, its int8 boundaries), the layer
+model what this host's conv kernels cost. On the cpu-ort pair Zen 5 -> Zen 4 at k = 20 (spread),
+within ±10 % went 69 % (``ridge``) -> 82 % (``benchmarks/predictor_crosshost.py --profile``). With
+fewer than ``PROFILED_MIN`` profiled candidates it is ``ridge``.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
 from autocomp.predictor.model import Predictor
 from autocomp.space import Candidate
 
-METHODS = ("scale", "loglinear", "refit", "ridge")
+if TYPE_CHECKING:
+    import pandas as pd
+
+METHODS = ("scale", "loglinear", "refit", "ridge", "profiled")
+PROFILED_MIN = 10  # profiled candidates a "profiled" adaptation needs (else it is "ridge")
+# the calibrated host's layer model: k candidates' convs only, so shallower trees than a table's
+# (num_leaves 7 against 31: Zen 5 -> Zen 4 cpu-ort k = 20, within ±10 % 79 -> 82 %)
+HOST_LAYER_PARAMS = {"num_leaves": 7}
 
 
 def adapt(source: Predictor, candidates: Sequence[Candidate], latency_ms: Sequence[float], method: str = "loglinear",
-          device: str | None = None, fingerprint: dict | None = None) -> Predictor:
+          device: str | None = None, fingerprint: dict | None = None, profile: "pd.DataFrame | None" = None) -> Predictor:
     """A copy of ``source`` calibrated on (candidates, measured ms) of the new device, whose
-    ``fingerprint`` (default: the source's) decides the host-dependent features (NCHWc block)."""
+    ``fingerprint`` (default: the source's) decides the host-dependent features (NCHWc block).
+    ``profile``: the candidates' profiled convs on the new device (``layers.parquet`` rows), which
+    the ``profiled`` method needs."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
+    if method == "profiled":
+        out = _profiled_adapt(source, candidates, latency_ms, device, fingerprint, profile)
+        if out is not None:
+            return out
+        method = "ridge"  # too few profiled candidates
     y = np.log(np.asarray(latency_ms, float))
     meta = {**source.meta, **({"fingerprint": fingerprint} if fingerprint is not None else {})}
     if fingerprint is not None:
@@ -65,6 +88,28 @@ def adapt(source: Predictor, candidates: Sequence[Candidate], latency_ms: Sequen
         out = _ridge_adapt(out, src, candidates, np.exp(y), float(np.exp(a)))
     out.meta.update(adapted_from=source.meta.get("device"), adapted_to=device, adapt_method=method, n_adapt=int(len(y)))
     return out
+
+
+def _profiled_adapt(source: Predictor, candidates: Sequence[Candidate], latency_ms: Sequence[float], device: str | None,
+                    fingerprint: dict | None, profile: "pd.DataFrame | None") -> Predictor | None:
+    """The ``profiled`` method (module docs), or None with fewer than ``PROFILED_MIN`` profiled candidates."""
+    from autocomp.predictor.layers import LGB_PARAMS, LayerData, predict_conv_ms
+
+    if profile is None or len(candidates) < PROFILED_MIN:
+        return None
+    data = LayerData(candidates, [c.id for c in candidates], source.space, profile)
+    if data.covered.sum() < PROFILED_MIN:
+        return None
+    base = adapt(source, candidates, latency_ms, "scale", device, fingerprint)  # the target's meta and features, a = b = 0 below
+    host_layers = data.fit(data.covered, {**LGB_PARAMS, **HOST_LAYER_PARAMS})
+    conv = np.log(np.maximum(predict_conv_ms(host_layers, candidates, source.space), 1e-6))
+    base.calibration = None
+    src = np.log(base.predict(candidates))
+    y = np.log(np.asarray(latency_ms, float))
+    a, b, c = (float(v) for v in np.linalg.lstsq(np.c_[np.ones_like(y), src, conv], y, rcond=None)[0])
+    base.calibration, base.host_layers = {"a": a, "b": b, "c": c}, host_layers
+    base.meta.update(adapt_method="profiled", n_profiled=int(data.covered.sum()), profiled_convs=int(data.covered[data.owner].sum()))
+    return base
 
 
 def _precision_groups(names: Sequence[str]) -> np.ndarray:
