@@ -74,7 +74,8 @@ def _latency_model(device: Device, space, model_dir: Path, resume: bool, k: int,
         console.print(f"[yellow]notice:[/] {escape(lm.notice)}")  # fingerprints hold [lists]: not markup
     elif lm.predictor is not None:
         console.print(f"latency model: {lm.how} predictor of {lm.predictor.fingerprint_id}"
-                      + (f" ({lm.calibration.get('method')}, {lm.calibration.get('n_fit')} measurements)" if lm.calibration else ""))
+                      + (f" ({lm.calibration.get('method')}, {lm.calibration.get('n_fit')} measurements)" if lm.calibration else "")
+                      + (f", rescaled by the host's drift since its table ({lm.anchor['drift']:.3f})" if lm.anchor else ""))
     return lm
 
 
@@ -398,6 +399,8 @@ def print_summary(summary: dict, budget_ms: float, console: Console) -> None:
         live = lm.get("live_error") or {}
         cal = lm.get("calibration") or {}
         how = lm["how"] + (f" ({cal.get('method')}, k={cal.get('k')}, from {cal.get('source_fingerprint_id')})" if cal else "")
+        if lm.get("anchor"):
+            how += f", rescaled by {lm['anchor']['drift']:.3f} (the host's drift since its table)"
         console.print(f"latency model of {lm['fingerprint_id']}: {how}")
         if live.get("n"):
             console.print(f"its live error on this run ({live['n']} evaluations): median |error| {live['median_abs_error']:.1%}, "

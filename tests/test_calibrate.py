@@ -156,12 +156,15 @@ def test_a_predictor_of_another_cpu_triggers_calibration_before_any_filtering(en
     assert loaded is not None and loaded.fingerprint_id == fid
     np.testing.assert_allclose(loaded.predict(cands), lm.predictor.predict(cands), rtol=1e-9)
 
-    # next time: the cached calibration, nothing measured, nothing said
+    # next time: the cached calibration, nothing calibrated, nothing added to the table; only
+    # re-anchored: ANCHORS of its rows re-measured, the predictions rescaled by their drift
     again: list[str] = []
     lm2 = latency_model(device, tiny, here, k=K, say=again.append, progress=False)
-    assert lm2.how == "cached" and again == [] and lm2.calibration["k"] == K
+    assert lm2.how == "cached" and not [m for m in again if "calibrat" in m] and lm2.calibration["k"] == K
     assert len(read_table(table_path(device.name, fid, space_root(user, tiny.name)))) == len(table)
-    np.testing.assert_allclose(lm2.predictor.predict(cands), lm.predictor.predict(cands), rtol=1e-9)
+    assert lm2.anchor["n"] == calibrate_mod.ANCHORS and set(lm2.anchor["ids"]) <= set(mine["id"])
+    np.testing.assert_allclose(lm2.predictor.predict(cands), lm2.anchor["drift"] * lm.predictor.predict(cands), rtol=1e-9)
+    assert Predictor.load(predictor_dir(device.name, fid, user, tiny.name)).calibration == lm.predictor.calibration  # not rewritten
 
 
 def test_an_onnxruntime_calibration_profiles_its_candidates_and_learns_this_hosts_convs(env, device, tiny):
@@ -199,6 +202,40 @@ def test_an_onnxruntime_calibration_profiles_its_candidates_and_learns_this_host
     assert "refused" in said[0] and HOST_LAYERS_MODEL in said[0] and "\n" not in said[0]
 
 
+def test_a_matched_predictor_is_rescaled_by_the_hosts_drift_since_its_table(env, device, measured, tiny, monkeypatch, tmp_path):
+    """A shipped predictor of this very fingerprint whose table was measured when the host ran four
+    times slower (its latencies x4, and the predictor fit on them): the search re-measures ANCHORS
+    of the table's rows first, finds the host about four times faster (the tiny protocol is noisy),
+    says so, and predicts that much less. With
+    --no-calibrate (k = 0) nothing is measured and the predictor is used as it is."""
+    import shutil
+
+    here, fid = env["here"], env["fid"]
+    root = tmp_path / "shipped"
+    shutil.copytree(env["root"], root)
+    for module in (autocomp.resources, autocomp.predictor, calibrate_mod):
+        monkeypatch.setattr(module, "predictors_dir", lambda: root)
+    _, table = measured
+    slow = table.copy()
+    slow["median_ms"] = 4 * slow["median_ms"]
+    path = table_path(device.name, fid, space_root(root, tiny.name))
+    write_table(slow, path)
+    pred, _ = fit(slow, tiny, kinds=("sum",))
+    pred.save(path.parent)
+    said: list[str] = []
+    lm = latency_model(device, tiny, here, k=K, say=said.append, progress=False)
+    assert lm.how == "matched" and lm.anchor["n"] == calibrate_mod.ANCHORS
+    assert 0.12 < lm.anchor["drift"] < 0.5 and len(lm.anchor["ratios"]) == calibrate_mod.ANCHORS
+    assert len(said) == 1 and "faster" in said[0] and "rescaled" in said[0]
+    cands = candidates_of(table)
+    np.testing.assert_allclose(lm.predictor.predict(cands), lm.anchor["drift"] * pred.predict(cands), rtol=1e-9)
+    assert lm.describe()["anchor"]["drift"] == lm.anchor["drift"]
+    assert Predictor.load(path.parent).calibration is None  # the shipped predictor is not rewritten
+    off = latency_model(device, tiny, here, k=0, say=said.append, progress=False)
+    assert off.how == "matched" and off.anchor == {} and len(said) == 1
+    np.testing.assert_allclose(off.predictor.predict(cands), pred.predict(cands), rtol=1e-9)
+
+
 def _another_space_rows(fp: dict, device_name: str):
     """60 real measurement rows of another space (the shipped cpu-ort table, mnist-mbv2), relabelled
     as this fingerprint's: more than REFIT_MIN, so fitting on them would be a refit, not a calibration."""
@@ -232,7 +269,8 @@ def test_a_corrupt_cached_calibration_is_refused_with_one_line_set_aside_and_red
     assert lm.how == "calibrated" and lm.predictor.fingerprint_id == fid
     assert Predictor.load(d).fingerprint_id == fid  # redone in its place
     # and the set-aside folder is no predictor to anyone: the next search takes the new calibration
-    assert latency_model(device, tiny, here, k=K, say=said.append, progress=False).how == "cached" and len(said) == 2
+    assert latency_model(device, tiny, here, k=K, say=said.append, progress=False).how == "cached"
+    assert len([m for m in said if "rescaled" not in m]) == 2  # nothing new said but maybe the host's drift
     assert [p.name for p in autocomp.predictor.predictor_dirs(device.name, space=tiny.name)] == [fid, env["source"].fingerprint_id]
 
 
@@ -460,11 +498,13 @@ def test_a_cached_calibration_is_refit_once_runs_have_measured_enough(env, devic
     assert added >= 6 and len(before) >= 12
     said: list[str] = []
     lm = latency_model(device, tiny, here, k=K, say=said.append, progress=False)
-    assert lm.how == "refit" and len(said) == 1 and "refitting" in said[0]
+    refits = [m for m in said if "rescaled" not in m]  # (and maybe the drift of the host since, re-anchored)
+    assert lm.how == "refit" and len(refits) == 1 and "refitting" in refits[0] and lm.anchor["n"] == calibrate_mod.ANCHORS
     assert lm.calibration["n_table"] == len(before) and lm.predictor.fingerprint_id == fid
     assert len(read_table(table_path(device.name, fid, space_root(env["user"], tiny.name)))) == len(before)  # nothing new measured
     # and it is what the next search loads, without refitting again
-    assert latency_model(device, tiny, here, k=K, say=said.append, progress=False).how == "cached" and len(said) == 1
+    assert latency_model(device, tiny, here, k=K, say=said.append, progress=False).how == "cached"
+    assert not [m for m in said if "rescaled" not in m][1:]
 
 
 def test_a_shipped_predictor_of_this_fingerprint_supersedes_a_smaller_calibration(env, device, measured, tiny, monkeypatch, tmp_path):

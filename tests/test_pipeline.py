@@ -2,6 +2,7 @@
 
 import csv
 import json
+import math
 import os
 import subprocess
 import sys
@@ -116,6 +117,11 @@ def test_results_record_the_fingerprint_and_the_latency_model(small_run):
     # the run's measurements (and a calibration's) were recorded in this fingerprint's table, in the user's cache
     table = read_table(table_path("cpu-ort", fid, cache / "predictors"))
     assert {r["id"] for r in rows} <= set(table["id"]) and set(table["fingerprint_id"]) == {fid}
+    if lm["how"] == "matched":  # the shipped predictor, rescaled by the host's drift since its table
+        from autocomp.predictor.calibrate import ANCHORS
+
+        assert lm["anchor"]["n"] == ANCHORS and len(lm["anchor"]["ratios"]) == ANCHORS
+        assert saved.calibration["a"] == pytest.approx(math.log(lm["anchor"]["drift"]), abs=1e-9) and saved.calibration["b"] == 1.0
     if lm["how"] == "calibrated":
         cal = lm["calibration"]
         assert cal["k"] == CALIBRATE and cal["fingerprint_id"] == fid and cal["source_fingerprint_id"] != fid

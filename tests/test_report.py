@@ -226,6 +226,29 @@ def test_predictions_and_metrics(run_with_predictions):
     assert "winners: exported, measured" in html
 
 
+def test_the_latency_model_section_states_calibration_drift_live_error_and_audit(run_with_predictions, tmp_path):
+    """What summary.json says of the run's latency model reaches the report and summary.md: how it was
+    calibrated, the host's drift it was rescaled by, its live error, the skip audit."""
+    from autocomp.report.markdown import render_markdown
+
+    path = tmp_path / "run-lm"
+    shutil.copytree(run_with_predictions, path)
+    summary = json.loads((path / "summary.json").read_text())
+    summary["latency_model"] = {
+        "how": "cached", "fingerprint_id": "fp-here", "predictor_fingerprint_id": "fp-here",
+        "calibration": {"k": 20, "n_fit": 20, "method": "profiled", "source_fingerprint_id": "fp-source"},
+        "anchor": {"n": 4, "drift": 0.9134, "ratios": [0.9, 0.91, 0.92, 0.95], "ids": ["a", "b", "c", "d"]},
+        "live_error": {"n": 16, "median_abs_error": 0.054, "within_10pct": 0.8125, "spearman": 0.94, "rmspe": 0.08}}
+    summary["skip_audit"] = {"skipped": 30, "audited": 3, "fit_budget": 0, "rows": []}
+    (path / "summary.json").write_text(json.dumps(summary))
+    html = write_report(path).read_text()
+    for text in ("<b>cached</b>", "(profiled)", "fp-source", "rescaled by 0.913, the host's drift since its table",
+                 "within ±10 % 81%", "<b>0</b> in fact fit it"):
+        assert text in html, text
+    md = render_markdown(load_run(path))
+    assert "profiled" in md and "rescaled by 0.913" in md and "within ±10 % 81%" in md and "3 of 30 skipped" in md
+
+
 def test_cli_compare(run_dir, run_dir_b):
     res = CliRunner().invoke(report_app, [str(run_dir), "--compare", str(run_dir_b)])
     assert res.exit_code == 0, res.output + repr(res.exception)

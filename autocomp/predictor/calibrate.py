@@ -15,6 +15,13 @@ A predictor is valid only for the fingerprint it was measured on (:mod:`autocomp
    refit on them instead. The result is cached per fingerprint and reused next time;
 3. with calibration switched off (``k == 0``) the search runs without the budget filter.
 
+A predictor found (1) was fit on measurements taken hours or months ago, and a shared host drifts:
+this project's 2-vCPU VM ran the same models 6-13 % faster one day than when its table was measured,
+and a matched search's first evaluations were over-predicted by 15-30 %. Before such a search
+:func:`anchor` therefore re-measures ``ANCHORS`` of the fingerprint's own table rows (spread over
+their latency range) and rescales the predictor by the median of now / then: the drift of the
+host since its table. (A calibration made now needs none; ``k == 0`` measures nothing.)
+
 A cached calibration that cannot be read is refused with one line, set aside (renamed, not
 deleted) and calibrated again.
 
@@ -60,6 +67,8 @@ CALIBRATION_SEED = 7919
 METHOD = "profiled"
 PROFILE_RUNS = 100  # profiled runs per calibration candidate (the median of each conv's times is kept)
 MIN_MARGIN, MAX_MARGIN = 0.05, 0.5
+ANCHORS = 4  # table rows re-measured before a search with an older predictor (the host's drift since)
+DRIFT_SAY = 0.05  # a drift beyond this is said in the run
 MARGIN_SD = 2.0  # the filter's margin in standard deviations of the latency model's log error
 
 
@@ -72,11 +81,13 @@ class LatencyModel:
     fingerprint: dict[str, Any]
     notice: str | None = None
     calibration: dict[str, Any] = field(default_factory=dict)
+    anchor: dict[str, Any] = field(default_factory=dict)  # the drift re-measured before the search (:func:`anchor`)
 
     def describe(self) -> dict[str, Any]:
         return {"how": self.how, "fingerprint_id": fingerprint_id(self.fingerprint), "fingerprint": self.fingerprint,
                 "predictor_fingerprint_id": self.predictor.fingerprint_id if self.predictor else None,
                 **({"calibration": self.calibration} if self.calibration else {}),
+                **({"anchor": self.anchor} if self.anchor else {}),
                 **({"notice": self.notice} if self.notice else {})}
 
 
@@ -121,13 +132,15 @@ def latency_model(device: Device, space: SearchSpace, fingerprint: dict[str, Any
         info = dict(cached.meta.get("calibration") or {})
         rows = _table_rows(device.name, fid, space)
         if rows < REFIT_MIN or rows < int(info.get("n_table", 0)) + REFIT_MIN // 2:
-            return LatencyModel(cached, "cached", fingerprint, calibration=info)
-        # earlier runs added their measurements to the fingerprint's table: refit on all of them
-        say(f"{rows} measurements of {fid} since its calibration on {info.get('n_table')}: refitting its latency model")
-        pred, info = calibrate(device, space, fingerprint, None, 0, seed, progress=progress)  # no new measurement
-        return LatencyModel(pred, info["how"], fingerprint, calibration=info)
+            lm = LatencyModel(cached, "cached", fingerprint, calibration=info)
+        else:  # earlier runs added their measurements to the fingerprint's table: refit on all of them
+            say(f"{rows} measurements of {fid} since its calibration on {info.get('n_table')}: refitting its latency model")
+            pred, info = calibrate(device, space, fingerprint, None, 0, seed, progress=progress)  # no new measurement
+            lm = LatencyModel(pred, info["how"], fingerprint, calibration=info)
+        return anchor(lm, device, space, user_predictors_dir(), say, progress) if k > 0 else lm
     if shipped is not None and shipped.space.name == space.name:
-        return LatencyModel(shipped, "matched", fingerprint)
+        lm = LatencyModel(shipped, "matched", fingerprint)
+        return anchor(lm, device, space, predictors_dir(), say, progress) if k > 0 else lm
     source = nearest_predictor(device.name, fingerprint, list(source_devices), space=space.name)
     if source is not None and source.space.name != space.name:
         source = None
@@ -143,6 +156,49 @@ def latency_model(device: Device, space: SearchSpace, fingerprint: dict[str, Any
     say(f"{why}; calibrating on {fid}: {k} measurements spread over the latency range")
     pred, info = calibrate(device, space, fingerprint, source, k, seed, progress=progress)
     return LatencyModel(pred, info["how"], fingerprint, calibration=info)
+
+
+def anchor(lm: LatencyModel, device: Device, space: SearchSpace, root, say: Callable[[str], None] = print,
+           progress: bool = True) -> LatencyModel:
+    """``lm`` with its predictor rescaled by the host's drift since its table: ``ANCHORS`` rows of the
+    fingerprint's table in ``root`` (of this space, exported as the device exports now; unflagged
+    where enough are),
+    evenly spread over their latency, re-measured on the device; the factor is the median of
+    now / then. The predictor found on disk is not changed (a rescaled copy). Without such rows, ``lm``."""
+    import copy
+
+    from autocomp.cluster import on_device
+    from autocomp.predictor.campaign import read_table, table_path
+
+    fid = fingerprint_id(lm.fingerprint)
+    table = read_table(table_path(device.name, fid, space_root(root, space.name)))
+    if not len(table):
+        return lm
+    ok = (table["space"] == space.name) & (table["fingerprint_id"] == fid)
+    if "int8_export" in table:
+        ok &= table["int8_export"].fillna("dequant").isin({"", device.int8_scheme().label})
+    if (ok & ~table["flagged"].astype(bool)).sum() >= ANCHORS:  # unflagged rows where there are enough
+        ok &= ~table["flagged"].astype(bool)
+    rows = table[ok].sort_values("median_ms", kind="stable").reset_index(drop=True)
+    if len(rows) < ANCHORS:
+        return lm
+    picks = rows.iloc[[int((i + 0.5) * len(rows) / ANCHORS) for i in range(ANCHORS)]]
+    t0 = time.time()
+    with _status(progress, f"re-measuring {ANCHORS} of the latency model's table rows (the host's drift since)"):
+        now = [on_device(device, _measure_json, r["candidate"], space, device.name)["median_ms"] for _, r in picks.iterrows()]
+    ratios = np.asarray(now, float) / picks["median_ms"].to_numpy(float)
+    drift = float(np.exp(np.median(np.log(ratios))))
+    pred = copy.copy(lm.predictor)
+    pred.meta = dict(pred.meta)
+    cal = dict(pred.calibration or {"a": 0.0, "b": 1.0})
+    cal["a"] = float(cal["a"]) + float(np.log(drift))
+    pred.calibration = cal
+    info = {"n": ANCHORS, "drift": drift, "ratios": [round(float(r), 4) for r in ratios],
+            "ids": picks["id"].astype(str).tolist(), "measure_s": round(time.time() - t0, 1)}
+    if abs(drift - 1) > DRIFT_SAY:
+        say(f"this host runs its latency model's table rows {abs(drift - 1):.0%} {'slower' if drift > 1 else 'faster'} than "
+            f"when they were measured ({ANCHORS} re-measured): predictions rescaled by {drift:.3f}")
+    return LatencyModel(pred, lm.how, lm.fingerprint, lm.notice, lm.calibration, info)
 
 
 def _table_rows(device: str, fid: str, space: SearchSpace) -> int:

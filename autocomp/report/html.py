@@ -364,6 +364,10 @@ def _latency_model_html(lm: dict | None, audit: dict | None) -> str:
     if cal:
         out.append(f"; calibrated with {_e(cal.get('n_fit', cal.get('k')))} measurements ({_e(cal.get('method'))}) "
                    f"from <code>{_e(cal.get('source_fingerprint_id'))}</code>")
+    anchor = lm.get("anchor") or {}
+    if anchor:
+        out.append(f"; rescaled by {anchor['drift']:.3f}, the host's drift since its table ({_e(anchor['n'])} of its rows "
+                   "re-measured before the search)")
     if lm.get("notice"):
         out.append(f". {_e(lm['notice'])}")
     out.append(".</p>")

@@ -62,7 +62,9 @@ def render_markdown(run: Run, compare: list[Run] | None = None) -> str:
         live, cal, audit = lm.get("live_error") or {}, lm.get("calibration") or {}, (run.summary or {}).get("skip_audit") or {}
         lines += ["", "## Latency model", "", f"- device fingerprint `{lm.get('fingerprint_id')}`: {lm.get('how')}"
                   + (f", calibrated with {cal.get('n_fit', cal.get('k'))} measurements ({cal.get('method')}) from "
-                     f"`{cal.get('source_fingerprint_id')}`" if cal else "")]
+                     f"`{cal.get('source_fingerprint_id')}`" if cal else "")
+                  + (f"; rescaled by {lm['anchor']['drift']:.3f}, the host's drift since its table ({lm['anchor']['n']} rows "
+                     "re-measured)" if lm.get("anchor") else "")]
         if lm.get("int8_warning"):
             lines.append(f"- precision on this fingerprint: {lm['int8_warning']}")
         if live.get("n"):
