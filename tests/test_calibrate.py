@@ -482,8 +482,9 @@ def test_skip_audit_of_a_pessimistic_predictor_finds_candidates_that_fit(env, de
 
 def test_a_cached_calibration_is_refit_once_runs_have_measured_enough(env, device, measured, tiny, monkeypatch):
     """Runs append their measurements to the fingerprint's table; once it has grown by REFIT_MIN / 2
-    past what the cached calibration saw (and holds REFIT_MIN), the next search refits on all of
-    them, without measuring anything new."""
+    past what the cached calibration saw (and holds REFIT_MIN), the next search fits a predictor on
+    all of them and adapts the source to all of them, without measuring anything new, and keeps the
+    one that validates better."""
     monkeypatch.setattr(calibrate_mod, "REFIT_MIN", 12)
     here, fid = env["here"], env["fid"]
     assert latency_model(device, tiny, here, k=K, say=lambda m: None, progress=False).how == "calibrated"
@@ -499,7 +500,15 @@ def test_a_cached_calibration_is_refit_once_runs_have_measured_enough(env, devic
     said: list[str] = []
     lm = latency_model(device, tiny, here, k=K, say=said.append, progress=False)
     refits = [m for m in said if "rescaled" not in m]  # (and maybe the drift of the host since, re-anchored)
-    assert lm.how == "refit" and len(refits) == 1 and "refitting" in refits[0] and lm.anchor["n"] == calibrate_mod.ANCHORS
+    assert len(refits) == 1 and "refitting" in refits[0] and lm.anchor["n"] == calibrate_mod.ANCHORS
+    # the fit on the table alone and the source adapted to all of it, compared: the better one kept
+    cal = lm.calibration
+    cv, loo = cal["compared"]["refit_cv_rmspe"], cal["compared"]["adapted_loo_rmspe"]
+    assert cv > 0 and loo > 0 and cal["source_fingerprint_id"] == env["source"].fingerprint_id
+    if lm.how == "refit":
+        assert cv < loo and cal["method"].startswith("fit ")
+    else:
+        assert lm.how == "calibrated" and cv >= loo and cal["n_fit"] == len(before) and cal["method"] == "ridge"
     assert lm.calibration["n_table"] == len(before) and lm.predictor.fingerprint_id == fid
     assert len(read_table(table_path(device.name, fid, space_root(env["user"], tiny.name)))) == len(before)  # nothing new measured
     # and it is what the next search loads, without refitting again

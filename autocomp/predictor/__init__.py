@@ -101,10 +101,12 @@ def nearest_predictor(device_name: str, fingerprint: dict, devices: list[str] | 
                       roots: list[Path] | None = None, space: str | None = None) -> Predictor | None:
     """The shipped or cached predictor of ``space`` whose fingerprint is closest to ``fingerprint``
     (the source of a calibration), among ``device_name``'s and then those of ``devices``; None when
-    there is none. A predictor that does not load is passed over (it is not this fingerprint's)."""
+    there is none. A predictor that does not load is passed over, and so is one of this very
+    fingerprint (a calibration's own earlier result is not its source)."""
     from autocomp.errors import UserError
     from autocomp.space import DEFAULT_SPACE
 
+    here = fingerprint_id(fingerprint)
     best, best_score = None, 0.0
     for name in [device_name, *(devices or [])]:
         for d in predictor_dirs(name, roots, space):
@@ -112,7 +114,7 @@ def nearest_predictor(device_name: str, fingerprint: dict, devices: list[str] | 
                 pred = Predictor.load(d)
             except UserError:
                 continue
-            if pred.space.name != (space or DEFAULT_SPACE):
+            if pred.space.name != (space or DEFAULT_SPACE) or pred.fingerprint_id == here:
                 continue
             score = similarity(pred.fingerprint, fingerprint) + (0.25 if name == device_name else 0.0)
             if score > best_score:

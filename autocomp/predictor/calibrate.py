@@ -10,9 +10,11 @@ A predictor is valid only for the fingerprint it was measured on (:mod:`autocomp
    range (evenly spaced quantiles of the source's predicted log latency over a seeded pool),
    measured on the device (on ONNX Runtime devices also profiled per conv), then the nearest
    fingerprint's predictor (the *source*) adapted to them (:func:`autocomp.predictor.transfer.adapt`,
-   ``profiled``: with a layer model of this host's convs; ``ridge`` elsewhere); from ``REFIT_MIN`` measurements of the fingerprint on
-   (calibrations and the measurements of earlier runs accumulate in its table) a predictor is
-   refit on them instead. The result is cached per fingerprint and reused next time;
+   ``profiled``: with a layer model of this host's convs; ``ridge`` elsewhere). From ``REFIT_MIN``
+   measurements of the fingerprint on (calibrations and the measurements of earlier runs accumulate
+   in its table) a predictor fit on them alone is compared with the adaptation, and replaces it
+   where it validates better: on the cross-host benchmark a fit needs 100-250 rows to beat a
+   profiled adaptation. The result is cached per fingerprint and reused next time;
 3. with calibration switched off (``k == 0``) the search runs without the budget filter.
 
 A predictor found (1) was fit on measurements taken hours or months ago, and a shared host drifts:
@@ -134,16 +136,16 @@ def latency_model(device: Device, space: SearchSpace, fingerprint: dict[str, Any
         if rows < REFIT_MIN or rows < int(info.get("n_table", 0)) + REFIT_MIN // 2:
             lm = LatencyModel(cached, "cached", fingerprint, calibration=info)
         else:  # earlier runs added their measurements to the fingerprint's table: refit on all of them
-            say(f"{rows} measurements of {fid} since its calibration on {info.get('n_table')}: refitting its latency model")
-            pred, info = calibrate(device, space, fingerprint, None, 0, seed, progress=progress)  # no new measurement
+            say(f"{rows} measurements of {fid} since its calibration on {info.get('n_table')}: refitting its latency model "
+                "(or adapting the nearest host's again, whichever validates better)")
+            source = _source(device, fingerprint, space, source_devices)
+            pred, info = calibrate(device, space, fingerprint, source, 0, seed, progress=progress)  # no new measurement
             lm = LatencyModel(pred, info["how"], fingerprint, calibration=info)
         return anchor(lm, device, space, user_predictors_dir(), say, progress) if k > 0 else lm
     if shipped is not None and shipped.space.name == space.name:
         lm = LatencyModel(shipped, "matched", fingerprint)
         return anchor(lm, device, space, predictors_dir(), say, progress) if k > 0 else lm
-    source = nearest_predictor(device.name, fingerprint, list(source_devices), space=space.name)
-    if source is not None and source.space.name != space.name:
-        source = None
+    source = _source(device, fingerprint, space, source_devices)
     why = (f"the latency predictor of {device.name!r} was measured on {source.fingerprint_id} "
            f"({'; '.join(differences(fingerprint, source.fingerprint)[:3])})" if source is not None
            else f"{device.name!r} has no latency predictor for space {space.name!r}")
@@ -201,6 +203,12 @@ def anchor(lm: LatencyModel, device: Device, space: SearchSpace, root, say: Call
     return LatencyModel(pred, lm.how, lm.fingerprint, lm.notice, lm.calibration, info)
 
 
+def _source(device: Device, fingerprint: dict, space: SearchSpace, source_devices: Sequence[str]) -> Predictor | None:
+    """The predictor of the nearest other fingerprint for ``space`` (what a calibration adapts), or None."""
+    source = nearest_predictor(device.name, fingerprint, list(source_devices), space=space.name)
+    return source if source is not None and source.space.name == space.name else None
+
+
 def _table_rows(device: str, fid: str, space: SearchSpace) -> int:
     """Rows of ``space`` in the fingerprint's table in the user's cache."""
     from autocomp.predictor.campaign import read_table, table_path
@@ -223,9 +231,11 @@ def spread(space: SearchSpace, k: int, seed: int, source: Predictor | None) -> l
 
 def calibrate(device: Device, space: SearchSpace, fingerprint: dict, source: Predictor | None, k: int, seed: int,
               progress: bool = True, method: str = METHOD) -> tuple[Predictor, dict[str, Any]]:
-    """Measure ``k`` spread candidates on ``device`` into the fingerprint's table in the user's cache,
-    then adapt ``source`` to them (or refit on the table once it holds ``REFIT_MIN`` rows); saves and
-    returns the predictor and a description of the calibration."""
+    """Measure ``k`` spread candidates on ``device`` into the fingerprint's table in the user's cache
+    (on ONNX Runtime devices, ``profiled``, also their convs), then adapt ``source`` to every row of
+    that table; once it holds ``REFIT_MIN`` rows, also fit a predictor on them alone and keep it where
+    its CV RMSPE beats the adaptation's leave-one-out (``compared``). Saves and returns the predictor
+    and a description of the calibration."""
     from autocomp.predictor.campaign import read_table, run_campaign, table_path
     from autocomp.predictor.transfer import adapt
 
@@ -243,48 +253,65 @@ def calibrate(device: Device, space: SearchSpace, fingerprint: dict, source: Pre
                             "source_device": source.meta.get("device") if source else None,
                             "measure_s": round(time.time() - t0, 1),
                             "at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
-    if len(table) >= REFIT_MIN or source is None:
-        pred, report = fit(table, space, max_train=len(table))
-        info.update(how="refit", method=f"fit {pred.kind} on {len(table)} measurements", n_fit=int(report["n_train"]))
-        if "test" in report:
-            info["held_out"] = report["test"]
-    else:
-        rows = table[table["id"].isin({c.id for c in chosen})]
-        profile = None
-        if method == "profiled" and device.backend == "onnxruntime":
-            from autocomp.predictor.campaign import extend_profile
+    profile = None
+    if source is not None and method == "profiled" and device.backend == "onnxruntime":
+        from autocomp.predictor.campaign import extend_profile
+        from autocomp.predictor.layers import table_profile
 
+        path = table_path(device.name, fid, root)
+        profile = table_profile(path)  # earlier calibrations' (a refit measures nothing new)
+        if chosen:
             t1 = time.time()
-            with _status(progress, f"profiling the {len(rows)} calibration candidates' convs"):
-                profile = extend_profile(table_path(device.name, fid, root), candidates_of(rows), space, device, PROFILE_RUNS)
+            with _status(progress, f"profiling the {len(chosen)} calibration candidates' convs"):
+                profile = extend_profile(path, chosen, space, device, PROFILE_RUNS)
             info["profile_s"] = round(time.time() - t1, 1)
-        elif method == "profiled":
-            method = "ridge"
+    elif method == "profiled":
+        method = "ridge"
+    pred = loo = None
+    if source is not None:  # every measurement of this fingerprint: this calibration's, earlier ones', the runs'
         # the source's model on this fingerprint's features (its NCHWc block), fit and used alike
-        pred = adapt(source, candidates_of(rows), rows["median_ms"].to_numpy(float), method, device=device.name,
+        pred = adapt(source, candidates_of(table), table["median_ms"].to_numpy(float), method, device=device.name,
                      fingerprint=fingerprint, profile=profile)
-        pred.meta.update(host_info(rows))
+        pred.meta.update(host_info(table))
         method = pred.meta.get("adapt_method", method)  # (profiled falls back to ridge without enough profiled convs)
-        info.update(how="calibrated", method=method, n_fit=int(len(rows)),
-                    **({"n_profiled": pred.meta.get("n_profiled")} if method == "profiled" else {}),
-                    loo=leave_one_out(source, rows, method, fingerprint, profile) if len(rows) >= 5 else None)
+        loo = leave_one_out(source, table, method, fingerprint, profile) if len(table) >= 5 else None
+        info.update(how="calibrated", method=method, n_fit=int(len(table)), loo=loo,
+                    **({"n_profiled": pred.meta.get("n_profiled")} if method == "profiled" else {}))
+    if len(table) >= REFIT_MIN or source is None:
+        # enough of this host's own measurements: a predictor fit on them alone, where it cross-validates
+        # better than the adaptation's leave-one-out (at 50 rows it mostly does not: crosshost benchmark)
+        refit, report = fit(table, space, max_train=len(table))
+        cv = min((v["rmspe"] for v in report["selection"].values()), default=None)
+        if loo is not None:
+            info["compared"] = {"refit_cv_rmspe": None if cv is None else round(float(cv), 4), "adapted_loo_rmspe": loo["rmspe"]}
+        if source is None or (loo is not None and cv is not None and cv < loo["rmspe"]):
+            pred = refit
+            info.update(how="refit", method=f"fit {refit.kind} on {len(table)} measurements", n_fit=int(report["n_train"]))
+            info.pop("n_profiled", None)
+            if "test" in report:
+                info["held_out"] = report["test"]
     pred.meta["calibration"] = info
     pred.save(predictor_dir(device.name, fid, root))
     return pred, info
 
 
+LOO_MAX = 40  # leave-one-out over at most this many of the rows (evenly spaced): a refit's table grows
+
+
 def leave_one_out(source: Predictor, rows, method: str, fingerprint: dict, profile=None) -> dict[str, float]:
     """Leave-one-out error of adapting ``source`` on ``rows`` (measured on ``fingerprint``; ``profile``:
-    their profiled convs): the calibration's own error estimate."""
+    their profiled convs): the calibration's own error estimate (each of at most ``LOO_MAX`` rows
+    left out in turn)."""
     from autocomp.predictor.transfer import adapt
 
     cands, y = candidates_of(rows), rows["median_ms"].to_numpy(float)
-    pred = np.empty(len(y))
-    for i in range(len(y)):
+    out = np.unique(np.round(np.linspace(0, len(y) - 1, min(len(y), LOO_MAX))).astype(int))
+    pred = np.empty(len(out))
+    for j, i in enumerate(out):
         keep = np.arange(len(y)) != i
         p = adapt(source, [c for c, m in zip(cands, keep) if m], y[keep], method, fingerprint=fingerprint, profile=profile)
-        pred[i] = p.predict([cands[i]])[0]
-    return {k: round(v, 4) for k, v in metrics(pred, y).items() if isinstance(v, float)}
+        pred[j] = p.predict([cands[i]])[0]
+    return {k: round(v, 4) for k, v in metrics(pred, y[out]).items() if isinstance(v, float)}
 
 
 @contextlib.contextmanager

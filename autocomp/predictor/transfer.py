@@ -17,9 +17,10 @@ hundreds of labelled convs of the new host where the other methods see k numbers
 model (:mod:`autocomp.predictor.layers`, shallow trees) is fit on them, and
 log ms_new = a + b * log(source ms) + c * log(predicted conv ms) by least squares on the k
 measurements: the source knows the whole network (its non-conv ops, its int8 boundaries), the layer
-model what this host's conv kernels cost. On the cpu-ort pair Zen 5 -> Zen 4 at k = 20 (spread),
-within ±10 % went 69 % (``ridge``) -> 82 % (``benchmarks/predictor_crosshost.py --profile``). With
-fewer than ``PROFILED_MIN`` profiled candidates it is ``ridge``.
+model what this host's conv kernels cost. ``benchmarks/predictor_crosshost.py`` (the target table's
+profile), cpu-ort Zen 5 -> Zen 4 at k = 20 (spread), within ±10 %: 69 % (``ridge``) -> 82 % on
+mnist-mbv2, 71 % -> 82 % on fbnet-224. With fewer than ``PROFILED_MIN`` profiled candidates it is
+``ridge``.
 """
 
 from __future__ import annotations
