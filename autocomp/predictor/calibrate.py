@@ -163,10 +163,10 @@ def latency_model(device: Device, space: SearchSpace, fingerprint: dict[str, Any
 def anchor(lm: LatencyModel, device: Device, space: SearchSpace, root, say: Callable[[str], None] = print,
            progress: bool = True) -> LatencyModel:
     """``lm`` with its predictor rescaled by the host's drift since its table: ``ANCHORS`` rows of the
-    fingerprint's table in ``root`` (of this space, exported as the device exports now; unflagged
-    where enough are),
-    evenly spread over their latency, re-measured on the device; the factor is the median of
-    now / then. The predictor found on disk is not changed (a rescaled copy). Without such rows, ``lm``."""
+    fingerprint's table in ``root`` (of this space, exported as the device exports now, unflagged
+    where enough are), evenly spread over their latency, re-measured on the device; the factor is
+    the median of now / then. The predictor on disk is not changed (a rescaled copy is returned).
+    Without such rows, ``lm`` as it is."""
     import copy
 
     from autocomp.cluster import on_device
