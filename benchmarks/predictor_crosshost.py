@@ -14,6 +14,8 @@ also at random (``random``, mean over ``--draws`` draws). Methods: the adaptatio
 what refitting does once enough measurements exist): the learning curve. ``profiled`` (the
 calibration's method on ONNX Runtime devices) also reads the k rows' profiled convs from the target
 table's ``layers.parquet`` (``autocomp predictor profile``); it is skipped where the table has none.
+``auto`` (``--methods ...,auto``) is what a calibration does: of
+:data:`autocomp.predictor.calibrate.METHODS`, the one of the lowest leave-one-out error on the k rows.
 
 Prints a table and saves ``benchmarks/results/predictor_crosshost.json`` (with both fingerprints).
 """
@@ -47,6 +49,11 @@ def spread_rows(pool, source, k: int) -> np.ndarray:
 
 def score(source, adapt_rows, test, method: str, fp: dict, profile=None) -> dict:
     y = adapt_rows["median_ms"].to_numpy(float)
+    if method == "auto" and len(adapt_rows):
+        from autocomp.predictor.calibrate import METHODS as CALIBRATION_METHODS, leave_one_out
+
+        tried = [m for m in CALIBRATION_METHODS if m != "profiled" or profile is not None]
+        method = min(tried, key=lambda m: leave_one_out(source, adapt_rows, m, fp, profile)["rmspe"])
     if method == "fit":
         pred, _ = fit(adapt_rows, source.space, max_train=len(adapt_rows), folds=min(5, len(adapt_rows) // 4))
     elif len(adapt_rows) == 0:
@@ -97,6 +104,9 @@ def main() -> None:
     if len(pool) < max(ks) or len(test) < args.test:
         sys.exit(f"{len(table)} target rows: too few for k up to {max(ks)} and {args.test} test rows")
     methods = [m for m in args.methods.split(",") if m != "profiled" or profile is not None]
+    unknown = set(methods) - set(METHODS) - {"auto"}
+    if unknown:
+        sys.exit(f"unknown method(s) {sorted(unknown)}: expected {', '.join(METHODS)} or auto")
     t0 = time.time()
     results = []
     for k in ks:

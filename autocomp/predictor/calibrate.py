@@ -9,8 +9,9 @@ A predictor is valid only for the fingerprint it was measured on (:mod:`autocomp
 2. otherwise it **calibrates**: a short seeded campaign of ``k`` candidates spread over the latency
    range (evenly spaced quantiles of the source's predicted log latency over a seeded pool),
    measured on the device (on ONNX Runtime devices also profiled per conv), then the nearest
-   fingerprint's predictor (the *source*) adapted to them (:func:`autocomp.predictor.transfer.adapt`,
-   ``profiled``: with a layer model of this host's convs; ``ridge`` elsewhere). From ``REFIT_MIN``
+   fingerprint's predictor (the *source*) adapted to them (:func:`autocomp.predictor.transfer.adapt`:
+   of ``profiled`` (with a layer model of this host's convs), ``ridge`` and ``loglinear``, the one of
+   the lowest leave-one-out error). From ``REFIT_MIN``
    measurements of the fingerprint on (calibrations and the measurements of earlier runs accumulate
    in its table) a predictor fit on them alone is compared with the adaptation, and replaces it
    where it validates better: on the cross-host benchmark a fit needs 100-250 rows to beat a
@@ -64,9 +65,11 @@ REFIT_MIN = 50
 FIT_MIN_K = 20
 POOL_PER_POINT = 50  # the spread is chosen from a seeded pool of k * POOL_PER_POINT samples
 CALIBRATION_SEED = 7919
-# see transfer.METHODS: the best at k = 20 on the cross-host benchmark; "profiled" where the device
-# runs ONNX Runtime (its profiler gives the calibration candidates' conv times), else "ridge"
-METHOD = "profiled"
+# see transfer.METHODS: of these, the calibration keeps the one whose leave-one-out error is the
+# lowest ("profiled" only where the device runs ONNX Runtime, whose profiler gives the candidates'
+# conv times). On the cross-host benchmark at k = 20 the best was "profiled" on cpu-ort (82 % within
+# ±10 %, ridge 69 %), "loglinear" on cpu-openvino (92 %, ridge 87 %)
+METHODS = ("profiled", "ridge", "loglinear")
 PROFILE_RUNS = 100  # profiled runs per calibration candidate (the median of each conv's times is kept)
 MIN_MARGIN, MAX_MARGIN = 0.05, 0.5
 ANCHORS = 4  # table rows re-measured before a search with an older predictor (the host's drift since)
@@ -230,14 +233,15 @@ def spread(space: SearchSpace, k: int, seed: int, source: Predictor | None) -> l
 
 
 def calibrate(device: Device, space: SearchSpace, fingerprint: dict, source: Predictor | None, k: int, seed: int,
-              progress: bool = True, method: str = METHOD) -> tuple[Predictor, dict[str, Any]]:
+              progress: bool = True, methods: Sequence[str] = METHODS) -> tuple[Predictor, dict[str, Any]]:
     """Measure ``k`` spread candidates on ``device`` into the fingerprint's table in the user's cache
-    (on ONNX Runtime devices, ``profiled``, also their convs), then adapt ``source`` to every row of
-    that table; once it holds ``REFIT_MIN`` rows, also fit a predictor on them alone and keep it where
+    (on ONNX Runtime devices also their convs, for ``profiled``), then adapt ``source`` to every row
+    of that table with the one of ``methods`` of the lowest leave-one-out error (``loo_by_method``); once it holds ``REFIT_MIN`` rows, also fit a predictor on them alone and keep it where
     its CV RMSPE beats the adaptation's leave-one-out (``compared``). Saves and returns the predictor
     and a description of the calibration."""
     from autocomp.predictor.campaign import read_table, run_campaign, table_path
-    from autocomp.predictor.transfer import adapt
+    from autocomp.predictor.layers import LayerData
+    from autocomp.predictor.transfer import PROFILED_MIN, adapt
 
     fid = fingerprint_id(fingerprint)
     root = space_root(user_predictors_dir(), space.name)
@@ -254,7 +258,8 @@ def calibrate(device: Device, space: SearchSpace, fingerprint: dict, source: Pre
                             "measure_s": round(time.time() - t0, 1),
                             "at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
     profile = None
-    if source is not None and method == "profiled" and device.backend == "onnxruntime":
+    methods = [m for m in methods if m != "profiled" or device.backend == "onnxruntime"]
+    if source is not None and "profiled" in methods:
         from autocomp.predictor.campaign import extend_profile
         from autocomp.predictor.layers import table_profile
 
@@ -265,16 +270,22 @@ def calibrate(device: Device, space: SearchSpace, fingerprint: dict, source: Pre
             with _status(progress, f"profiling the {len(chosen)} calibration candidates' convs"):
                 profile = extend_profile(path, chosen, space, device, PROFILE_RUNS)
             info["profile_s"] = round(time.time() - t1, 1)
-    elif method == "profiled":
-        method = "ridge"
     pred = loo = None
     if source is not None:  # every measurement of this fingerprint: this calibration's, earlier ones', the runs'
+        # (profiled falls back to ridge without enough profiled convs: not a method of its own then)
+        if profile is None or LayerData(candidates_of(table), table["id"].astype(str).tolist(), space, profile).covered.sum() < PROFILED_MIN:
+            methods = [m for m in methods if m != "profiled"] or ["ridge"]
+        if len(table) >= 5:
+            by_method = {m: leave_one_out(source, table, m, fingerprint, profile) for m in methods}
+            method = min(methods, key=lambda m: by_method[m]["rmspe"])
+            loo = by_method[method]
+            info["loo_by_method"] = {m: v["rmspe"] for m, v in by_method.items()}
+        else:
+            method = methods[0]
         # the source's model on this fingerprint's features (its NCHWc block), fit and used alike
         pred = adapt(source, candidates_of(table), table["median_ms"].to_numpy(float), method, device=device.name,
                      fingerprint=fingerprint, profile=profile)
         pred.meta.update(host_info(table))
-        method = pred.meta.get("adapt_method", method)  # (profiled falls back to ridge without enough profiled convs)
-        loo = leave_one_out(source, table, method, fingerprint, profile) if len(table) >= 5 else None
         info.update(how="calibrated", method=method, n_fit=int(len(table)), loo=loo,
                     **({"n_profiled": pred.meta.get("n_profiled")} if method == "profiled" else {}))
     if len(table) >= REFIT_MIN or source is None:
