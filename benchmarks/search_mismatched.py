@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -72,7 +73,7 @@ def main() -> None:
             out = work / f"run{i}"
             cmd = ["autocomp", "search", "--budget", args.budget, "--device", args.device, "--out", str(out)]
             t0 = time.time()
-            subprocess.run(cmd, check=True, env={**__import__("os").environ, "AUTOCOMP_CACHE": str(work / f"cache{i}")})
+            subprocess.run(cmd, check=True, env={**os.environ, "AUTOCOMP_CACHE": str(work / f"cache{i}")})
             runs.append(summarise(out, round(time.time() - t0, 1), " ".join(cmd)))
         finally:
             if moved:
