@@ -233,7 +233,7 @@ def test_a_matched_predictor_is_rescaled_by_the_hosts_drift_since_its_table(env,
     said: list[str] = []
     lm = latency_model(device, tiny, here, k=K, say=said.append, progress=False)
     assert lm.how == "matched" and lm.anchor["n"] == calibrate_mod.ANCHORS
-    assert 0.12 < lm.anchor["drift"] < 0.5 and len(lm.anchor["ratios"]) == calibrate_mod.ANCHORS
+    assert 0.08 < lm.anchor["drift"] < 0.6 and len(lm.anchor["ratios"]) == calibrate_mod.ANCHORS
     assert len(said) == 1 and "faster" in said[0] and "rescaled" in said[0]
     cands = candidates_of(table)
     np.testing.assert_allclose(lm.predictor.predict(cands), lm.anchor["drift"] * pred.predict(cands), rtol=1e-9)
