@@ -63,7 +63,7 @@ def main() -> None:
     runs = [summarise(d, None, "(collected: autocomp search run with this host's predictor moved aside, fresh cache)")
             for d in args.collect]
     shipped = predictors_dir() / args.device / fid
-    work = Path(tempfile.mkdtemp(prefix="autocomp-mismatched-"))
+    work = Path(tempfile.mkdtemp(prefix="autocomp-mismatched-")) if args.runs else Path()
     for i in range(args.runs):
         aside = work / "aside"
         moved = shipped.is_dir()
