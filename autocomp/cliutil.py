@@ -13,6 +13,25 @@ from autocomp.errors import UserError, clip
 MAX_LINE = 600  # an error line never grows past this, whatever the user's value was
 
 
+class spinner:
+    """A rich status line on stderr while slow work runs (a terminal only; nothing when ``show`` is false)."""
+
+    def __init__(self, text: str, show: bool = True):
+        self.text, self.status, self.show = text, None, show
+
+    def __enter__(self):
+        if self.show and sys.stderr.isatty():
+            from rich.console import Console
+
+            self.status = Console(stderr=True).status(self.text)
+            self.status.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self.status is not None:
+            self.status.__exit__(*exc)
+
+
 def fail(message: str) -> None:
     """Print ``message`` as one literal line on stderr (no markup, no wrapping) and exit 2."""
     sys.stderr.write(clip(f"error: {message}", MAX_LINE) + "\n")

@@ -46,6 +46,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from autocomp.cliutil import spinner
 from autocomp.errors import UserError
 from autocomp.resources import cache_dir
 
@@ -333,7 +334,7 @@ def _check_images(paths: list[str]) -> None:
         except Exception as e:  # noqa: BLE001 - any decoder error means the file is not an image
             return f"{type(e).__name__}: {str(e)[:120]}"
 
-    with _spinner(f"checking {len(paths)} image files", len(paths) > 20000), ThreadPoolExecutor(8) as pool:
+    with spinner(f"checking {len(paths)} image files", len(paths) > 20000), ThreadPoolExecutor(8) as pool:
         for path, why in zip(paths, pool.map(bad, paths, chunksize=64)):
             if why:
                 raise UserError("--data", f"{path} is not a readable image ({why})", "image files only in the class folders")
@@ -463,7 +464,7 @@ def load_imagefolder(root: Path, shape: tuple[int, int, int], opts: dict[str, st
         raise UserError("--data", f"{root} has {len(classes)} class folder(s)", "at least two class sub-folders")
     mk = lambda idx, tf, ttf=None: StreamSplit(files, idx, labels[idx], tf, ttf)  # noqa: E731
     if mean is None:
-        with _spinner(f"computing the per-channel mean/std of {min(NORM_SAMPLE, len(train_idx))} training images"):
+        with spinner(f"computing the per-channel mean/std of {min(NORM_SAMPLE, len(train_idx))} training images"):
             mean, std = _computed_norm(mk(train_idx, _transforms(shape, None, None, train=False)), c)
     mean, std = _per_channel(mean, c, "mean"), _per_channel(std, c, "std")
     eval_tf = _transforms(shape, mean, std, train=False)
@@ -482,25 +483,6 @@ def _check_first(ds: Dataset) -> None:
     if tuple(x.shape[1:]) != tuple(ds.input_shape):
         raise UserError("--data", f"items of {ds.name} are {'x'.join(map(str, x.shape[1:]))}",
                         f"{'x'.join(map(str, ds.input_shape))} (the search space input)")
-
-
-class _spinner:
-    """A rich status line on stderr while slow data work runs (a terminal only)."""
-
-    def __init__(self, text: str, show: bool = True):
-        self.text, self.status, self.show = text, None, show
-
-    def __enter__(self):
-        if self.show and sys.stderr.isatty():
-            from rich.console import Console
-
-            self.status = Console(stderr=True).status(self.text)
-            self.status.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        if self.status is not None:
-            self.status.__exit__(*exc)
 
 
 # --------------------------------------------------------------------------- a user's torch Datasets

@@ -39,17 +39,17 @@ candidates predicted just over the limit in fact fit, against 6-9 % with the 90t
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
 import json
 import random
 import shutil
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from autocomp.cliutil import spinner
 from autocomp.errors import UserError
 from autocomp.measure import Device
 from autocomp.measure.fingerprint import differences, fingerprint_id
@@ -189,7 +189,7 @@ def anchor(lm: LatencyModel, device: Device, space: SearchSpace, root, say: Call
         return lm
     picks = rows.iloc[[int((i + 0.5) * len(rows) / ANCHORS) for i in range(ANCHORS)]]
     t0 = time.time()
-    with _status(progress, f"re-measuring {ANCHORS} of the latency model's table rows (the host's drift since)"):
+    with spinner(f"re-measuring {ANCHORS} of the latency model's table rows (the host's drift since)", progress):
         now = [on_device(device, _measure_json, r["candidate"], space, device.name)["median_ms"] for _, r in picks.iterrows()]
     ratios = np.asarray(now, float) / picks["median_ms"].to_numpy(float)
     drift = float(np.exp(np.median(np.log(ratios))))
@@ -208,8 +208,7 @@ def anchor(lm: LatencyModel, device: Device, space: SearchSpace, root, say: Call
 
 def _source(device: Device, fingerprint: dict, space: SearchSpace, source_devices: Sequence[str]) -> Predictor | None:
     """The predictor of the nearest other fingerprint for ``space`` (what a calibration adapts), or None."""
-    source = nearest_predictor(device.name, fingerprint, list(source_devices), space=space.name)
-    return source if source is not None and source.space.name == space.name else None
+    return nearest_predictor(device.name, fingerprint, list(source_devices), space=space.name)
 
 
 def _table_rows(device: str, fid: str, space: SearchSpace) -> int:
@@ -240,8 +239,7 @@ def calibrate(device: Device, space: SearchSpace, fingerprint: dict, source: Pre
     its CV RMSPE beats the adaptation's leave-one-out (``compared``). Saves and returns the predictor
     and a description of the calibration."""
     from autocomp.predictor.campaign import read_table, run_campaign, table_path
-    from autocomp.predictor.layers import LayerData
-    from autocomp.predictor.transfer import PROFILED_MIN, adapt
+    from autocomp.predictor.transfer import adapt, profiled_convs
 
     fid = fingerprint_id(fingerprint)
     root = space_root(user_predictors_dir(), space.name)
@@ -267,13 +265,13 @@ def calibrate(device: Device, space: SearchSpace, fingerprint: dict, source: Pre
         profile = table_profile(path)  # earlier calibrations' (a refit measures nothing new)
         if chosen:
             t1 = time.time()
-            with _status(progress, f"profiling the {len(chosen)} calibration candidates' convs"):
+            with spinner(f"profiling the {len(chosen)} calibration candidates' convs", progress):
                 profile = extend_profile(path, chosen, space, device, PROFILE_RUNS)
             info["profile_s"] = round(time.time() - t1, 1)
     pred = loo = None
     if source is not None:  # every measurement of this fingerprint: this calibration's, earlier ones', the runs'
         # (profiled falls back to ridge without enough profiled convs: not a method of its own then)
-        if profile is None or LayerData(candidates_of(table), table["id"].astype(str).tolist(), space, profile).covered.sum() < PROFILED_MIN:
+        if profiled_convs(candidates_of(table), space, profile) is None:
             methods = [m for m in methods if m != "profiled"] or ["ridge"]
         if len(table) >= 5:
             by_method = {m: leave_one_out(source, table, m, fingerprint, profile) for m in methods}
@@ -324,17 +322,6 @@ def leave_one_out(source: Predictor, rows, method: str, fingerprint: dict, profi
         pred[j] = p.predict([cands[i]])[0]
     return {k: round(v, 4) for k, v in metrics(pred, y[out]).items() if isinstance(v, float)}
 
-
-@contextlib.contextmanager
-def _status(progress: bool, text: str) -> Iterator[None]:
-    """A rich spinner with ``text`` while the block runs (nothing without ``progress``)."""
-    if not progress:
-        yield
-        return
-    from rich.console import Console
-
-    with Console(stderr=True).status(text):
-        yield
 
 
 def record_measurements(device: str, fingerprint: dict, space: SearchSpace, rows: list[dict]) -> int:

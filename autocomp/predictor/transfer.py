@@ -35,6 +35,8 @@ from autocomp.space import Candidate
 if TYPE_CHECKING:
     import pandas as pd
 
+    from autocomp.predictor.layers import LayerData
+
 METHODS = ("scale", "loglinear", "refit", "ridge", "profiled")
 PROFILED_MIN = 10  # profiled candidates a "profiled" adaptation needs (else it is "ridge")
 # the calibrated host's layer model: k candidates' convs only, so shallower trees than a table's
@@ -94,12 +96,10 @@ def adapt(source: Predictor, candidates: Sequence[Candidate], latency_ms: Sequen
 def _profiled_adapt(source: Predictor, candidates: Sequence[Candidate], latency_ms: Sequence[float], device: str | None,
                     fingerprint: dict | None, profile: "pd.DataFrame | None") -> Predictor | None:
     """The ``profiled`` method (module docs), or None with fewer than ``PROFILED_MIN`` profiled candidates."""
-    from autocomp.predictor.layers import LGB_PARAMS, LayerData, predict_conv_ms
+    from autocomp.predictor.layers import LGB_PARAMS, predict_conv_ms
 
-    if profile is None or len(candidates) < PROFILED_MIN:
-        return None
-    data = LayerData(candidates, [c.id for c in candidates], source.space, profile)
-    if data.covered.sum() < PROFILED_MIN:
+    data = profiled_convs(candidates, source.space, profile)
+    if data is None:
         return None
     base = adapt(source, candidates, latency_ms, "scale", device, fingerprint)  # the target's meta and features, a = b = 0 below
     host_layers = data.fit(data.covered, {**LGB_PARAMS, **HOST_LAYER_PARAMS})
@@ -111,6 +111,17 @@ def _profiled_adapt(source: Predictor, candidates: Sequence[Candidate], latency_
     base.calibration, base.host_layers = {"a": a, "b": b, "c": c}, host_layers
     base.meta.update(adapt_method="profiled", n_profiled=int(data.covered.sum()), profiled_convs=int(data.covered[data.owner].sum()))
     return base
+
+
+def profiled_convs(candidates: Sequence[Candidate], space, profile: "pd.DataFrame | None") -> "LayerData | None":
+    """The profiled convs of ``candidates`` (:class:`autocomp.predictor.layers.LayerData`), or None
+    where fewer than ``PROFILED_MIN`` of them are profiled: then ``profiled`` is ``ridge``."""
+    from autocomp.predictor.layers import LayerData
+
+    if profile is None or len(candidates) < PROFILED_MIN:
+        return None
+    data = LayerData(candidates, [c.id for c in candidates], space, profile)
+    return data if data.covered.sum() >= PROFILED_MIN else None
 
 
 def _precision_groups(names: Sequence[str]) -> np.ndarray:
